@@ -16,22 +16,41 @@ ServeRegistry = Callable[[CollectorRegistry], str]
 
 
 @pytest.fixture
-def start_prometheus() -> Iterator[StartPrometheus]:
-    """Start Prometheus instances: `start_prometheus("127.0.0.1:PORT")` returns a running server
-    that has scraped the target once. Every instance is stopped when the test ends. Skips the test
+def prometheus_servers() -> Iterator[list[PrometheusServer]]:
+    """The Prometheus servers a test started; each is stopped when the test ends. Skips the test
     where Debian's prometheus package is not installed."""
     if prometheus_binary() is None:
         pytest.skip("prometheus is not installed (apt-get install -y prometheus)")
     servers: list[PrometheusServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def start_prometheus(prometheus_servers: list[PrometheusServer]) -> StartPrometheus:
+    """`start_prometheus("127.0.0.1:PORT")` returns a running Prometheus that scrapes that target
+    every second and has scraped it once (options as for `PrometheusServer.start`)."""
 
     def start(target: str, **options: Any) -> PrometheusServer:
         server = PrometheusServer.start(target, **options)
-        servers.append(server)
+        prometheus_servers.append(server)
         return server
 
-    yield start
-    for server in servers:
-        server.stop()
+    return start
+
+
+@pytest.fixture
+def start_prometheus_with_config(prometheus_servers: list[PrometheusServer]) -> StartPrometheus:
+    """`start_prometheus_with_config(config_text, files={...})`: Prometheus with a config of the
+    test's own (options as for `PrometheusServer.start_with_config`)."""
+
+    def start(config: str, **options: Any) -> PrometheusServer:
+        server = PrometheusServer.start_with_config(config, **options)
+        prometheus_servers.append(server)
+        return server
+
+    return start
 
 
 @pytest.fixture

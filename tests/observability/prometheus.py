@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,23 +115,31 @@ class PrometheusServer:
         With `wait_for_target=False` it returns once the HTTP API answers, which is enough for
         checking that expressions parse.
         """
+        return cls.start_with_config(
+            scrape_config(target, metrics_path),
+            timeout_s=timeout_s,
+            wait_for_target=wait_for_target,
+        )
+
+    @classmethod
+    def start_with_config(
+        cls,
+        config: str,
+        *,
+        files: Mapping[str, str] | None = None,
+        timeout_s: float = 30.0,
+        wait_for_target: bool = True,
+    ) -> PrometheusServer:
+        """Start Prometheus with a config of your own; `files` (name -> text) are written beside
+        it, where relative paths in the config (file_sd_configs, rule_files) find them. With
+        `wait_for_target` it returns once every active target has been scraped successfully."""
         binary = prometheus_binary()
         if binary is None:
             raise PrometheusError(
                 "the prometheus binary is not on PATH (apt-get install prometheus)"
             )
         deadline = time.monotonic() + timeout_s
-        for attempt in range(1, START_ATTEMPTS + 1):
-            server = cls._launch(binary, target, metrics_path)
-            try:
-                server._wait_until_ready(deadline)
-            except PrometheusError:
-                lost_port_race = "address already in use" in server.log_tail()
-                server.stop()
-                if not lost_port_race or attempt == START_ATTEMPTS:
-                    raise
-                continue
-            break
+        server = cls._start_listening(binary, config, dict(files or {}), deadline)
         if wait_for_target:
             try:
                 server.wait_for_target_up(deadline - time.monotonic())
@@ -141,10 +149,28 @@ class PrometheusServer:
         return server
 
     @classmethod
-    def _launch(cls, binary: str, target: str, metrics_path: str) -> PrometheusServer:
+    def _start_listening(
+        cls, binary: str, config: str, files: dict[str, str], deadline: float
+    ) -> PrometheusServer:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            server = cls._launch(binary, config, files)
+            try:
+                server._wait_until_ready(deadline)
+                return server
+            except PrometheusError:
+                lost_port_race = "address already in use" in server.log_tail()
+                server.stop()
+                if not lost_port_race or attempt == START_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    @classmethod
+    def _launch(cls, binary: str, config: str, files: dict[str, str]) -> PrometheusServer:
         workdir = Path(tempfile.mkdtemp(prefix="inferd-prometheus-"))
         config_path = workdir / "prometheus.yml"
-        config_path.write_text(scrape_config(target, metrics_path))
+        config_path.write_text(config)
+        for name, text in files.items():
+            (workdir / name).write_text(text)
         port = free_port()
         command = [
             binary,
