@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
@@ -15,12 +16,21 @@ StartPrometheus = Callable[..., PrometheusServer]
 ServeRegistry = Callable[[CollectorRegistry], str]
 
 
+def skip_without(tool: str) -> NoReturn:
+    """Skip a test that needs a tool from Debian's prometheus package where it is missing; under CI
+    (CI set in the environment) fail instead, so that a missing install step cannot pass as green."""
+    message = f"{tool} is not installed (apt-get install -y prometheus)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must install it", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture
 def prometheus_servers() -> Iterator[list[PrometheusServer]]:
     """The Prometheus servers a test started; each is stopped when the test ends. Skips the test
     where Debian's prometheus package is not installed."""
     if prometheus_binary() is None:
-        pytest.skip("prometheus is not installed (apt-get install -y prometheus)")
+        skip_without("prometheus")
     servers: list[PrometheusServer] = []
     yield servers
     for server in servers:
@@ -58,7 +68,7 @@ def promtool() -> str:
     """The promtool path; skips the test where Debian's prometheus package is not installed."""
     binary = promtool_binary()
     if binary is None:
-        pytest.skip("promtool is not installed (apt-get install -y prometheus)")
+        skip_without("promtool")
     return binary
 
 

@@ -87,6 +87,7 @@ def _add_request_metrics(registry: CollectorRegistry) -> None:
     for model, seconds, batch in (("tiny", 0.004, 8), ("minilm", 0.03, 4)):
         requests.labels(model, "200").inc(100)
         requests.labels(model, "429").inc(2)
+        requests.labels(model, "503").inc(1)
         for histogram in durations.values():
             histogram.labels(model).observe(seconds)
         batch_size.labels(model).observe(batch)
