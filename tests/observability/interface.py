@@ -10,6 +10,7 @@ The real exporter lives in the package; this one exists only for the tests here.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.parser import text_string_to_metric_families
 
 # Family names as they appear in PromQL (histograms without their _bucket/_sum/_count suffixes).
 METRIC_NAMES = frozenset(
@@ -34,6 +35,16 @@ METRIC_NAMES = frozenset(
     }
 )
 
+# Exported only where a model runs on a GPU.
+GPU_METRIC_NAMES = frozenset(
+    {
+        "inferd_gpu_memory_allocated_bytes",
+        "inferd_gpu_memory_reserved_bytes",
+        "inferd_gpu_memory_used_bytes",
+        "inferd_gpu_memory_total_bytes",
+    }
+)
+
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GIB = 1024**3
@@ -46,6 +57,18 @@ def family_of(series_name: str) -> str:
         if base != series_name and base in METRIC_NAMES:
             return base
     return series_name
+
+
+def exported_families(exposition: str) -> set[str]:
+    """The family names in Prometheus exposition text, spelled as PromQL and METRIC_NAMES spell
+    them (a counter with its _total). prometheus_client's *_created gauges are left out."""
+    names = set()
+    for family in text_string_to_metric_families(exposition):
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif not family.name.endswith("_created"):
+            names.add(family.name)
+    return names
 
 
 def standin_registry() -> CollectorRegistry:
