@@ -4,7 +4,8 @@
 port with a generated config that scrapes `target` every second into its own temporary storage,
 and returns once the server answers and has scraped the target successfully. Every wait polls a
 condition against a deadline; nothing sleeps for a fixed time. `stop()` sends SIGTERM, waits for a
-clean exit and removes the storage.
+clean exit and removes the storage. `start_with_config(text, files=...)` runs a config of the
+caller's own instead (several jobs, file-based discovery, relabelling).
 
 This module is test support, not a test: it is used by the dashboard and rule tests here and by
 end-to-end tests that point it at a running `inferd serve`.
@@ -29,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 POLL_INTERVAL_S = 0.05
-START_ATTEMPTS = (
-    3  # a free port can be taken by someone else between our probe and Prometheus' bind
-)
+# A free port can be taken by another process between our probe and Prometheus' bind.
+START_ATTEMPTS = 3
 LOG_TAIL_CHARS = 2000
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _PRCTL = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
