@@ -105,7 +105,7 @@ def decode_infer_request(body: bytes, header_length: int | None) -> V2InferReque
     """Decode a v2 infer request body; `header_length` is Inference-Header-Content-Length."""
     view = memoryview(body).cast("B")
     json_end = _json_length(header_length, len(view))
-    request = _expect_object(_load_json(view[:json_end]), "the request body")
+    request = _expect_object(_load_json(view[:json_end], header_length), "the request body")
     parameters = _optional_object(request, "parameters", "the request")
     binary_data_output = _optional_bool(parameters, "binary_data_output", "request parameters")
     reader = _BinaryReader(view, json_end, header_length is not None)
@@ -147,11 +147,17 @@ def _json_length(header_length: int | None, body_length: int) -> int:
     return header_length
 
 
-def _load_json(text: memoryview) -> Any:
+def _load_json(text: memoryview, header_length: int | None) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise V2DecodeError(f"the request's JSON is not valid: {exc}") from None
+        hint = ""
+        if header_length is None:
+            hint = (
+                "; if binary tensor data follows the JSON, give the JSON's length in the "
+                "Inference-Header-Content-Length header"
+            )
+        raise V2DecodeError(f"the request's JSON is not valid: {exc}{hint}") from None
 
 
 _JSON_TYPE_NAMES = {
@@ -366,6 +372,8 @@ def _array_from_json(data: Any, datatype: Datatype, shape: tuple[int, ...], what
         values[:] = [text.encode() for text in flat]
     else:
         values = _numbers(data, what)
+        if values.dtype.kind == "f" and datatype.name == "UINT64":
+            values = _exact_uint64(data, what)
         nested_shape = values.shape
     _check_layout(nested_shape, shape, values.size, what)
     if not datatype.is_bytes:
@@ -381,6 +389,15 @@ def _numbers(data: list[Any], what: str) -> np.ndarray:
             f"{what}: data is not a regular array (rows of different lengths, numbers mixed "
             f"with lists, or more than {MAX_DIMS} levels of nesting)"
         ) from None
+
+
+def _exact_uint64(data: list[Any], what: str) -> np.ndarray:
+    # numpy turns integers past INT64 mixed with smaller ones into float64, losing digits; the
+    # shape is known to be regular here, so an object array keeps each Python int exact.
+    objects = np.asarray(data, dtype=object)
+    if not all(type(item) is int and 0 <= item < 2**64 for item in objects.flat):
+        raise V2DecodeError(f"{what}: UINT64 data must hold integers in 0..{2**64 - 1}")
+    return objects.astype(np.uint64)
 
 
 def _flatten_strings(data: list[Any], what: str) -> tuple[list[str], tuple[int, ...]]:
@@ -455,7 +472,7 @@ def _to_float(values: np.ndarray, datatype: Datatype, what: str) -> np.ndarray:
 
 def _to_int(values: np.ndarray, datatype: Datatype, what: str) -> np.ndarray:
     limits = np.iinfo(datatype.numpy_dtype)
-    low, high = values.min(), values.max()
+    low, high = int(values.min()), int(values.max())  # Python ints compare across all ranges
     if low < limits.min or high > limits.max:
         bad = low if low < limits.min else high
         raise V2DecodeError(
