@@ -6,8 +6,7 @@ gets back the body and that header's value for the answer.
 Request body: a JSON object, optionally followed by binary tensor data (Triton's binary tensor data
 extension). With the header, the first `header_length` bytes are the JSON; each input whose
 parameters carry `binary_data_size` takes that many bytes, in input order, from the rest, which they
-must use up exactly. Binary data is little-endian, row-major, unpadded; BOOL is one byte; BYTES
-elements are each a 4-byte little-endian length and the bytes. Binary inputs come back as read-only
+must use up exactly (datatypes.py describes the binary form). Binary inputs come back as read-only
 numpy views into the body (no copy); JSON `data`, flat or nested as the shape says, becomes a fresh
 array of the input's dtype.
 
@@ -21,8 +20,8 @@ is expected; nothing else escapes the decoder, however the body is malformed.
 from __future__ import annotations
 
 import math
-import struct
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,16 +30,20 @@ import orjson
 
 from inferd.protocols.datatypes import (
     DATATYPES,
+    MAX_DIMS,
     Datatype,
-    bf16_bits_from_float32,
+    TensorDataError,
+    array_from_binary,
+    array_from_json,
+    binary_data,
     datatype_named,
     datatype_of_array,
-    float32_from_bf16_bits,
+    json_data,
+    json_type_name,
 )
 
-MAX_DIMS = 64  # numpy's limit on array rank
-_MAX_SHAPE_SPAN = 2**53  # product of the non-zero dims; numpy refuses shapes past int64 even if empty
-_LENGTH_PREFIX = struct.Struct("<I")
+# Bound on the product of a shape's non-zero dims: numpy refuses a shape past int64 even when empty.
+_MAX_SHAPE_SPAN = 2**53
 _UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_offset", "classification")
 
 
@@ -67,25 +70,29 @@ class V2InferRequest:
     requested_outputs: tuple[RequestedOutput, ...]  # empty: every output, as the protocol says
     binary_data_output: bool
 
-    def select_outputs(
-        self, produced: Mapping[str, np.ndarray]
-    ) -> tuple[dict[str, np.ndarray], set[str]]:
-        """The outputs to answer with and which of them go binary, per the request."""
-        if not self.requested_outputs:
-            binary = set(produced) if self.binary_data_output else set()
-            return dict(produced), binary
-        selected: dict[str, np.ndarray] = {}
-        binary = set()
+    def check_requested_outputs(self, output_names: Collection[str]) -> None:
+        """Refuse the request, before any computing, if it asks for an output the model lacks."""
         for wanted in self.requested_outputs:
-            if wanted.name not in produced:
-                known = ", ".join(repr(name) for name in produced)
+            if wanted.name not in output_names:
+                known = ", ".join(repr(name) for name in output_names)
                 raise V2DecodeError(
                     f"requested output {wanted.name!r} is not an output of this model "
                     f"(it has {known})"
                 )
-            selected[wanted.name] = produced[wanted.name]
-            if self.binary_data_output if wanted.binary_data is None else wanted.binary_data:
-                binary.add(wanted.name)
+
+    def select_outputs(
+        self, produced: Mapping[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], set[str]]:
+        """The outputs to answer with, in the order asked, and which of them go binary."""
+        if not self.requested_outputs:
+            return dict(produced), set(produced) if self.binary_data_output else set()
+        self.check_requested_outputs(produced.keys())
+        selected = {wanted.name: produced[wanted.name] for wanted in self.requested_outputs}
+        binary = {
+            wanted.name
+            for wanted in self.requested_outputs
+            if (self.binary_data_output if wanted.binary_data is None else wanted.binary_data)
+        }
         return selected, binary
 
 
@@ -105,7 +112,9 @@ def decode_infer_request(body: bytes, header_length: int | None) -> V2InferReque
     """Decode a v2 infer request body; `header_length` is Inference-Header-Content-Length."""
     view = memoryview(body).cast("B")
     json_end = _json_length(header_length, len(view))
-    request = _expect_object(_load_json(view[:json_end], header_length), "the request body")
+    # orjson reads bytes faster than a memoryview; with binary data only the JSON part is copied.
+    text = body if isinstance(body, bytes) and json_end == len(body) else bytes(view[:json_end])
+    request = _expect_object(_load_json(text, header_length), "the request body")
     parameters = _optional_object(request, "parameters", "the request")
     binary_data_output = _optional_bool(parameters, "binary_data_output", "request parameters")
     reader = _BinaryReader(view, json_end, header_length is not None)
@@ -147,7 +156,7 @@ def _json_length(header_length: int | None, body_length: int) -> int:
     return header_length
 
 
-def _load_json(text: memoryview, header_length: int | None) -> Any:
+def _load_json(text: bytes, header_length: int | None) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -160,25 +169,15 @@ def _load_json(text: memoryview, header_length: int | None) -> Any:
         raise V2DecodeError(f"the request's JSON is not valid: {exc}{hint}") from None
 
 
-_JSON_TYPE_NAMES = {
-    dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-    int: "a number", float: "a number", type(None): "null",
-}  # fmt: skip
-
-
-def _type_name(value: Any) -> str:
-    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-
-
 def _expect_object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise V2DecodeError(f"{what} must be a JSON object, got {_type_name(value)}")
+        raise V2DecodeError(f"{what} must be a JSON object, got {json_type_name(value)}")
     return value
 
 
 def _expect_list(value: Any, what: str) -> list[Any]:
     if not isinstance(value, list):
-        raise V2DecodeError(f"{what} must be a JSON array, got {_type_name(value)}")
+        raise V2DecodeError(f"{what} must be a JSON array, got {json_type_name(value)}")
     return value
 
 
@@ -190,14 +189,14 @@ def _optional_object(container: dict[str, Any], key: str, what: str) -> dict[str
 def _optional_str(container: dict[str, Any], key: str, what: str) -> str | None:
     value = container.get(key)
     if value is not None and not isinstance(value, str):
-        raise V2DecodeError(f"{what}'s {key!r} must be a string, got {_type_name(value)}")
+        raise V2DecodeError(f"{what}'s {key!r} must be a string, got {json_type_name(value)}")
     return value
 
 
 def _optional_bool(container: dict[str, Any], key: str, what: str) -> bool | None:
     value = container.get(key)
     if value is not None and not isinstance(value, bool):
-        raise V2DecodeError(f"{what}: {key!r} must be true or false, got {_type_name(value)}")
+        raise V2DecodeError(f"{what}: {key!r} must be true or false, got {json_type_name(value)}")
     return value
 
 
@@ -243,22 +242,29 @@ def _decode_input(item: Any, index: int, reader: _BinaryReader) -> tuple[str, Da
     parameters = _optional_object(spec, "parameters", what)
     _reject_unsupported(parameters, what)
     binary_size = parameters.get("binary_data_size")
-    if binary_size is None:
-        if "data" not in spec:
-            raise V2DecodeError(f"{what} has neither 'data' nor parameters.binary_data_size")
-        return name, datatype, _array_from_json(spec["data"], datatype, shape, what)
-    if "data" in spec:
+    if binary_size is not None and "data" in spec:
         raise V2DecodeError(f"{what} has both 'data' and binary_data_size; give one of them")
-    if not _is_int(binary_size) or binary_size < 0:
+    if binary_size is None and "data" not in spec:
+        raise V2DecodeError(f"{what} has neither 'data' nor parameters.binary_data_size")
+    if binary_size is not None and (not _is_int(binary_size) or binary_size < 0):
         raise V2DecodeError(f"{what}: binary_data_size must be a non-negative integer")
-    return name, datatype, reader.read_tensor(binary_size, datatype, shape, what)
+    try:
+        if binary_size is None:
+            return name, datatype, array_from_json(spec["data"], datatype, shape)
+        return name, datatype, array_from_binary(reader.take(binary_size, what), datatype, shape)
+    except TensorDataError as exc:
+        raise V2DecodeError(f"{what}: {exc}") from None
 
 
 def _input_datatype(value: Any, what: str) -> Datatype:
     if not isinstance(value, str):
-        raise V2DecodeError(f"{what}: datatype must be a string such as 'FP32', got {_type_name(value)}")
+        raise V2DecodeError(
+            f"{what}: datatype must be a string such as 'FP32', got {json_type_name(value)}"
+        )
     if value not in DATATYPES:
-        raise V2DecodeError(f"{what}: datatype must be one of {', '.join(DATATYPES)}, got {value!r}")
+        raise V2DecodeError(
+            f"{what}: datatype must be one of {', '.join(DATATYPES)}, got {value!r}"
+        )
     return DATATYPES[value]
 
 
@@ -279,10 +285,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _shape_text(shape: Iterable[int]) -> str:
-    return "[" + ", ".join(str(dim) for dim in shape) + "]"
-
-
 # ---- binary tensor data ---------------------------------------------------------------------
 
 
@@ -294,31 +296,7 @@ class _BinaryReader:
         self._offset = offset
         self._has_header = has_header
 
-    def read_tensor(
-        self, size: int, datatype: Datatype, shape: tuple[int, ...], what: str
-    ) -> np.ndarray:
-        start = self._take(size, what)
-        count = math.prod(shape)
-        if datatype.itemsize_bytes is None:
-            return _bytes_elements(self._view[start : start + size], count, what).reshape(shape)
-        expected = count * datatype.itemsize_bytes
-        if size != expected:
-            raise V2DecodeError(
-                f"{what}: binary_data_size is {size} but shape {_shape_text(shape)} of "
-                f"{datatype.name} needs {expected} bytes"
-            )
-        array = np.frombuffer(self._view, datatype.numpy_dtype, count, start)
-        return array.reshape(shape)
-
-    def expect_end(self) -> None:
-        left = len(self._view) - self._offset
-        if left:
-            raise V2DecodeError(
-                f"the body has {left} bytes after the JSON and the binary inputs; "
-                "Inference-Header-Content-Length and binary_data_size must account for all of it"
-            )
-
-    def _take(self, size: int, what: str) -> int:
+    def take(self, size: int, what: str) -> memoryview:
         if not self._has_header:
             raise V2DecodeError(
                 f"{what} has binary_data_size but the request has no "
@@ -329,156 +307,16 @@ class _BinaryReader:
             raise V2DecodeError(
                 f"{what}: binary_data_size {size} exceeds the {remaining} bytes remaining in the body"
             )
-        start = self._offset
         self._offset += size
-        return start
+        return self._view[self._offset - size : self._offset]
 
-
-def _bytes_elements(data: memoryview, count: int, what: str) -> np.ndarray:
-    if count * _LENGTH_PREFIX.size > len(data):
-        raise V2DecodeError(
-            f"{what}: {count} BYTES elements need at least {count * 4} bytes of length "
-            f"prefixes but binary_data_size is {len(data)}"
-        )
-    elements = np.empty(count, dtype=object)
-    position = 0
-    for index in range(count):
-        if position + _LENGTH_PREFIX.size > len(data):
-            raise V2DecodeError(f"{what}: BYTES element {index} has no 4-byte length prefix")
-        (length,) = _LENGTH_PREFIX.unpack_from(data, position)
-        position += _LENGTH_PREFIX.size
-        if position + length > len(data):
+    def expect_end(self) -> None:
+        left = len(self._view) - self._offset
+        if left:
             raise V2DecodeError(
-                f"{what}: BYTES element {index} declares {length} bytes but only "
-                f"{len(data) - position} remain in its binary_data_size"
+                f"the body has {left} bytes after the JSON and the binary inputs; "
+                "Inference-Header-Content-Length and binary_data_size must account for all of it"
             )
-        elements[index] = bytes(data[position : position + length])
-        position += length
-    if position != len(data):
-        raise V2DecodeError(
-            f"{what}: {len(data) - position} bytes are left over after its {count} BYTES elements"
-        )
-    return elements
-
-
-# ---- JSON tensor data -----------------------------------------------------------------------
-
-
-def _array_from_json(data: Any, datatype: Datatype, shape: tuple[int, ...], what: str) -> np.ndarray:
-    _expect_list(data, f"{what}: data")
-    if datatype.is_bytes:
-        flat, nested_shape = _flatten_strings(data, what)
-        values = np.empty(len(flat), dtype=object)
-        values[:] = [text.encode() for text in flat]
-    else:
-        values = _numbers(data, what)
-        if values.dtype.kind == "f" and datatype.name == "UINT64":
-            values = _exact_uint64(data, what)
-        nested_shape = values.shape
-    _check_layout(nested_shape, shape, values.size, what)
-    if not datatype.is_bytes:
-        values = _cast(values, datatype, what)
-    return values.reshape(shape)
-
-
-def _numbers(data: list[Any], what: str) -> np.ndarray:
-    try:
-        return np.asarray(data)
-    except (ValueError, TypeError, OverflowError, RecursionError):
-        raise V2DecodeError(
-            f"{what}: data is not a regular array (rows of different lengths, numbers mixed "
-            f"with lists, or more than {MAX_DIMS} levels of nesting)"
-        ) from None
-
-
-def _exact_uint64(data: list[Any], what: str) -> np.ndarray:
-    # numpy turns integers past INT64 mixed with smaller ones into float64, losing digits; the
-    # shape is known to be regular here, so an object array keeps each Python int exact.
-    objects = np.asarray(data, dtype=object)
-    if not all(type(item) is int and 0 <= item < 2**64 for item in objects.flat):
-        raise V2DecodeError(f"{what}: UINT64 data must hold integers in 0..{2**64 - 1}")
-    return objects.astype(np.uint64)
-
-
-def _flatten_strings(data: list[Any], what: str) -> tuple[list[str], tuple[int, ...]]:
-    # Level by level rather than recursively, so deep nesting costs a loop, never the stack.
-    level: list[Any] = data
-    shape = [len(data)]
-    while level and isinstance(level[0], list):
-        width = len(level[0])
-        if not all(isinstance(row, list) and len(row) == width for row in level):
-            raise V2DecodeError(
-                f"{what}: data is not a regular array (rows of different lengths, or strings "
-                "mixed with lists)"
-            )
-        level = [item for row in level for item in row]
-        shape.append(width)
-    if not all(isinstance(item, str) for item in level):
-        bad = next(item for item in level if not isinstance(item, str))
-        raise V2DecodeError(f"{what}: BYTES data must hold strings, got {_type_name(bad)}")
-    return level, tuple(shape)
-
-
-def _check_layout(
-    nested_shape: tuple[int, ...], shape: tuple[int, ...], size: int, what: str
-) -> None:
-    if len(nested_shape) > 1 and nested_shape != shape:
-        raise V2DecodeError(
-            f"{what}: data is nested as {_shape_text(nested_shape)} but shape is "
-            f"{_shape_text(shape)}; nest it as the shape says or send it flat"
-        )
-    count = math.prod(shape)
-    if size != count:
-        raise V2DecodeError(
-            f"{what}: shape {_shape_text(shape)} has {count} elements but data has {size}"
-        )
-
-
-def _cast(values: np.ndarray, datatype: Datatype, what: str) -> np.ndarray:
-    if values.size == 0:
-        return np.empty(values.shape, datatype.numpy_dtype)
-    kind = values.dtype.kind
-    if datatype.name == "BOOL":
-        if kind != "b":
-            raise V2DecodeError(f"{what}: BOOL data must hold true/false, got {_kind_name(kind)}")
-        return values
-    if kind not in "biuf":
-        raise V2DecodeError(f"{what}: {datatype.name} data must hold numbers, got {_kind_name(kind)}")
-    if datatype.numpy_dtype.kind == "f" or datatype.name == "BF16":
-        return _to_float(values, datatype, what)
-    if kind == "f":
-        raise V2DecodeError(
-            f"{what}: {datatype.name} data must hold integers, got numbers with a fraction "
-            "or exponent"
-        )
-    return _to_int(values, datatype, what)
-
-
-def _kind_name(kind: str) -> str:
-    return {"b": "booleans", "U": "strings", "O": "nulls, objects or out-of-range integers"}.get(
-        kind, "numbers"
-    )
-
-
-def _to_float(values: np.ndarray, datatype: Datatype, what: str) -> np.ndarray:
-    carrier = np.float32 if datatype.name == "BF16" else datatype.numpy_dtype
-    with np.errstate(over="ignore"):
-        converted = values.astype(carrier)
-    # JSON has no infinities, so any here is a value too large for the datatype.
-    if not np.isfinite(converted).all():
-        raise V2DecodeError(f"{what}: data holds a value too large for {datatype.name}")
-    return bf16_bits_from_float32(converted) if datatype.name == "BF16" else converted
-
-
-def _to_int(values: np.ndarray, datatype: Datatype, what: str) -> np.ndarray:
-    limits = np.iinfo(datatype.numpy_dtype)
-    low, high = int(values.min()), int(values.max())  # Python ints compare across all ranges
-    if low < limits.min or high > limits.max:
-        bad = low if low < limits.min else high
-        raise V2DecodeError(
-            f"{what}: {bad} is outside {datatype.name}'s range {limits.min}..{limits.max}"
-        )
-    return values.astype(datatype.numpy_dtype)
 
 
 # ---- response -------------------------------------------------------------------------------
@@ -489,27 +327,30 @@ def encode_infer_response(
     model_version: str,
     request_id: str | None,
     outputs: Mapping[str, np.ndarray],
-    binary: Set[str] = frozenset(),
+    binary: AbstractSet[str] = frozenset(),
     datatypes: Mapping[str, str] | None = None,
 ) -> tuple[bytes, int | None]:
     """The response body, and the Inference-Header-Content-Length value when any output is binary.
 
-    `datatypes` names an output's v2 datatype where its numpy dtype cannot (BF16 bits in uint16).
+    `datatypes` gives an output's v2 datatype where its numpy dtype does not say it (BF16 bits in
+    uint16) or should be converted; otherwise the dtype decides.
     """
     unknown = set(binary) - set(outputs)
     if unknown:
         raise V2EncodeError(f"binary outputs {sorted(unknown)} are not among the outputs")
     entries: list[dict[str, Any]] = []
-    chunks: list[Any] = []
+    chunks: list[bytes | memoryview] = []
     for name, array in outputs.items():
         datatype = _output_datatype(name, array, datatypes)
         entry: dict[str, Any] = {"name": name, "datatype": datatype.name, "shape": array.shape}
-        if name in binary:
-            chunk = _binary_chunk(array, datatype)
-            entry["parameters"] = {"binary_data_size": memoryview(chunk).nbytes}
-            chunks.append(chunk)
-        else:
-            entry["data"] = _json_data(name, array, datatype)
+        try:
+            if name in binary:
+                chunks.append(binary_data(array, datatype))
+                entry["parameters"] = {"binary_data_size": memoryview(chunks[-1]).nbytes}
+            else:
+                entry["data"] = json_data(array, datatype)
+        except TensorDataError as exc:
+            raise V2EncodeError(f"output {name!r}: {exc}") from None
         entries.append(entry)
     header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
@@ -518,56 +359,20 @@ def encode_infer_response(
     text = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return text, None
+    # One copy of each binary output, straight from its array's buffer.
     return b"".join([text, *chunks]), len(text)
 
 
-def _output_datatype(
-    name: str, array: np.ndarray, datatypes: Mapping[str, str] | None
-) -> Datatype:
+def _output_datatype(name: str, array: np.ndarray, datatypes: Mapping[str, str] | None) -> Datatype:
     try:
-        if datatypes is not None and name in datatypes:
-            datatype = datatype_named(datatypes[name])
-            if datatype.name == "BF16" and array.dtype.newbyteorder("=") != np.uint16:
-                raise KeyError(f"BF16 is carried as uint16 bits, got {array.dtype}")
-            return datatype
-        return datatype_of_array(array)
+        if datatypes is None or name not in datatypes:
+            return datatype_of_array(array)
+        datatype = datatype_named(datatypes[name])
     except KeyError as exc:
         raise V2EncodeError(f"output {name!r}: {exc.args[0]}") from None
-
-
-def _binary_chunk(array: np.ndarray, datatype: Datatype) -> Any:
-    if datatype.is_bytes:
-        return b"".join(
-            _LENGTH_PREFIX.pack(len(item)) + item for item in map(_as_bytes, array.ravel().tolist())
-        )
-    # A C-contiguous little-endian array is its own binary form; join copies it once.
-    return np.ascontiguousarray(array, dtype=datatype.numpy_dtype).reshape(-1).data
-
-
-def _as_bytes(item: Any) -> bytes:
-    return item.encode() if isinstance(item, str) else bytes(item)
-
-
-def _json_data(name: str, array: np.ndarray, datatype: Datatype) -> Any:
-    if datatype.is_bytes:
-        try:
-            return [_as_text(item) for item in array.ravel().tolist()]
-        except (UnicodeDecodeError, TypeError):
-            raise V2EncodeError(
-                f"output {name!r}: BYTES that are not UTF-8 text cannot go in JSON; "
-                "request the output with binary_data true"
-            ) from None
-    if datatype.name == "BF16":
-        return float32_from_bf16_bits(array.reshape(-1))
-    # orjson writes a native-order, C-contiguous array straight from its buffer (measured: several
-    # times faster than .tolist(), and float32 keeps its short form).
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")).reshape(-1)
-
-
-def _as_text(item: Any) -> str:
-    if isinstance(item, str):
-        return item
-    return bytes(item).decode()
+    if datatype.name == "BF16" and array.dtype.newbyteorder("=") != np.uint16:
+        raise V2EncodeError(f"output {name!r}: BF16 is carried as uint16 bits, got {array.dtype}")
+    return datatype
 
 
 # ---- metadata and configuration -------------------------------------------------------------
@@ -602,7 +407,11 @@ def model_metadata(
 
 
 def _tensor_metadata(spec: TensorSpecLike) -> dict[str, Any]:
-    return {"name": spec.name, "datatype": datatype_named(spec.datatype).name, "shape": list(spec.shape)}
+    return {
+        "name": spec.name,
+        "datatype": datatype_named(spec.datatype).name,
+        "shape": list(spec.shape),
+    }
 
 
 def model_config(
@@ -634,9 +443,7 @@ def model_config(
     if max_queue_delay_us is not None:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": max_queue_delay_us}
     if instance_count is not None:
-        config["instance_group"] = [
-            {"name": name, "kind": instance_kind, "count": instance_count}
-        ]
+        config["instance_group"] = [{"name": name, "kind": instance_kind, "count": instance_count}]
     return config
 
 

@@ -47,7 +47,9 @@ SAMPLES: dict[str, np.ndarray] = {
     "FP32": np.array([[0.1, -1.5, 3.4e38], [0.0, 1e-30, -7.25]], dtype=np.float32),
     "FP64": np.array([[0.1, -1.5, 1e300], [0.0, 1e-300, -7.25]], dtype=np.float64),
     "BF16": bf16_bits_from_float32(np.array([[1.0, -2.5, 0.15625], [0.0, 3.0e38, -1e-20]])),
-    "BYTES": np.array([[b"a", b"", "\u00e9t\u00e9".encode()], [b"x\x00y", b"{}", b"  "]], dtype=object),
+    "BYTES": np.array(
+        [[b"a", b"", "\u00e9t\u00e9".encode()], [b"x\x00y", b"{}", b"  "]], dtype=object
+    ),
 }
 ALL_DATATYPES = sorted(SAMPLES)
 assert set(ALL_DATATYPES) == set(DATATYPES)
@@ -100,7 +102,9 @@ class ClientOutput:
     entry: dict[str, Any]
 
 
-def parse_response(body: bytes, header_length: int | None) -> tuple[dict[str, Any], dict[str, ClientOutput]]:
+def parse_response(
+    body: bytes, header_length: int | None
+) -> tuple[dict[str, Any], dict[str, ClientOutput]]:
     end = len(body) if header_length is None else header_length
     document = orjson.loads(body[:end])
     offset = end
@@ -206,7 +210,12 @@ def test_binary_and_json_inputs_mix_in_order() -> None:
     first, second = np.arange(4, dtype=np.uint32), np.array([True, False, True])
     header = {
         "inputs": [
-            {"name": "a", "datatype": "UINT32", "shape": [2, 2], "parameters": {"binary_data_size": 16}},
+            {
+                "name": "a",
+                "datatype": "UINT32",
+                "shape": [2, 2],
+                "parameters": {"binary_data_size": 16},
+            },
             {"name": "j", "datatype": "INT64", "shape": [1], "data": [5]},
             {"name": "b", "datatype": "BOOL", "shape": [3], "parameters": {"binary_data_size": 3}},
         ]
@@ -221,7 +230,9 @@ def test_binary_and_json_inputs_mix_in_order() -> None:
 
 def test_binary_input_accepts_a_memoryview_body() -> None:
     chunk = np.arange(3, dtype=np.float32).tobytes()
-    body, header_length = request_body({"inputs": [one_input("FP32", [3], None, binary_data_size=12)]}, [chunk])
+    body, header_length = request_body(
+        {"inputs": [one_input("FP32", [3], None, binary_data_size=12)]}, [chunk]
+    )
     assert decode_infer_request(memoryview(body), header_length).inputs["x"].tolist() == [0, 1, 2]
 
 
@@ -233,7 +244,11 @@ def test_scalar_and_empty_shapes() -> None:
 
 
 def test_integers_and_booleans_fill_float_tensors() -> None:
-    assert decode_json(one_input("FP32", [3], [1, 2.5, True])).inputs["x"].tolist() == [1.0, 2.5, 1.0]
+    assert decode_json(one_input("FP32", [3], [1, 2.5, True])).inputs["x"].tolist() == [
+        1.0,
+        2.5,
+        1.0,
+    ]
     assert decode_json(one_input("UINT64", [1], [False])).inputs["x"].tolist() == [0]
 
 
@@ -283,8 +298,17 @@ def test_output_binary_data_overrides_the_request_flag() -> None:
 
 def test_requesting_an_unknown_output_names_the_known_ones() -> None:
     request = decode_json(one_input("FP32", [1], [1.0]), outputs=[{"name": "zz"}])
-    with pytest.raises(V2DecodeError, match="requested output 'zz' is not an output.*'a', 'b', 'c'"):
+    with pytest.raises(
+        V2DecodeError, match="requested output 'zz' is not an output.*'a', 'b', 'c'"
+    ):
         request.select_outputs(PRODUCED)
+
+
+def test_requested_outputs_are_checked_before_computing() -> None:
+    request = decode_json(one_input("FP32", [1], [1.0]), outputs=[{"name": "b"}])
+    request.check_requested_outputs(["a", "b"])
+    with pytest.raises(V2DecodeError, match="requested output 'b' is not an output"):
+        request.check_requested_outputs(["a"])
 
 
 # ---- request errors ---------------------------------------------------------------------------
@@ -301,20 +325,34 @@ JSON_ERRORS = [
     pytest.param([], "request body must be a JSON object, got an array", id="array-body"),
     pytest.param("x", "request body must be a JSON object, got a string", id="string-body"),
     pytest.param({}, "'inputs' must be a JSON array, got null", id="no-inputs"),
-    pytest.param({"inputs": {}}, "'inputs' must be a JSON array, got an object", id="inputs-object"),
-    pytest.param({"inputs": [3]}, r"inputs\[0\] must be a JSON object, got a number", id="input-number"),
-    pytest.param({"inputs": [{"shape": [1]}]}, r"inputs\[0\].name must be a non-empty string", id="no-name"),
+    pytest.param(
+        {"inputs": {}}, "'inputs' must be a JSON array, got an object", id="inputs-object"
+    ),
+    pytest.param(
+        {"inputs": [3]}, r"inputs\[0\] must be a JSON object, got a number", id="input-number"
+    ),
+    pytest.param(
+        {"inputs": [{"shape": [1]}]}, r"inputs\[0\].name must be a non-empty string", id="no-name"
+    ),
     pytest.param({"inputs": [{"name": 5}]}, r"inputs\[0\].name must be", id="name-number"),
     pytest.param({"id": 5, "inputs": []}, "'id' must be a string, got a number", id="id-number"),
-    pytest.param({"parameters": [], "inputs": []}, "'parameters' must be a JSON object", id="params-array"),
+    pytest.param(
+        {"parameters": [], "inputs": []}, "'parameters' must be a JSON object", id="params-array"
+    ),
     pytest.param(
         {"parameters": {"binary_data_output": 1}, "inputs": []},
         "'binary_data_output' must be true or false, got a number",
         id="binary-data-output-number",
     ),
-    pytest.param({"inputs": [], "outputs": {}}, "'outputs' must be a JSON array", id="outputs-object"),
-    pytest.param({"inputs": [], "outputs": [{}]}, r"outputs\[0\].name must be", id="output-no-name"),
-    pytest.param({"inputs": [], "outputs": ["y"]}, r"outputs\[0\] must be a JSON object", id="output-string"),
+    pytest.param(
+        {"inputs": [], "outputs": {}}, "'outputs' must be a JSON array", id="outputs-object"
+    ),
+    pytest.param(
+        {"inputs": [], "outputs": [{}]}, r"outputs\[0\].name must be", id="output-no-name"
+    ),
+    pytest.param(
+        {"inputs": [], "outputs": ["y"]}, r"outputs\[0\] must be a JSON object", id="output-string"
+    ),
     pytest.param(
         {"inputs": [], "outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]},
         "requested output 'y': 'binary_data' must be true or false, got a string",
@@ -338,39 +376,101 @@ JSON_ERRORS = [
 ]
 
 INPUT_ERRORS = [
-    pytest.param(one_input("FP8", [1], [1]), "datatype must be one of BOOL, .*, got 'FP8'", id="unknown-datatype"),
-    pytest.param(one_input(32, [1], [1]), "datatype must be a string such as 'FP32', got a number", id="datatype-number"),
-    pytest.param({"name": "x", "shape": [1], "data": [1]}, "datatype must be a string", id="no-datatype"),
-    pytest.param({"name": "x", "datatype": "FP32", "data": [1]}, "shape must be a JSON array, got null", id="no-shape"),
-    pytest.param(one_input("FP32", [2, -1], [1, 2]), r"shape must be a list of at most 64 non-negative integers, got \[2, -1\]", id="negative-dim"),
+    pytest.param(
+        one_input("FP8", [1], [1]),
+        "datatype must be one of BOOL, .*, got 'FP8'",
+        id="unknown-datatype",
+    ),
+    pytest.param(
+        one_input(32, [1], [1]),
+        "datatype must be a string such as 'FP32', got a number",
+        id="datatype-number",
+    ),
+    pytest.param(
+        {"name": "x", "shape": [1], "data": [1]}, "datatype must be a string", id="no-datatype"
+    ),
+    pytest.param(
+        {"name": "x", "datatype": "FP32", "data": [1]},
+        "shape must be a JSON array, got null",
+        id="no-shape",
+    ),
+    pytest.param(
+        one_input("FP32", [2, -1], [1, 2]),
+        r"shape must be a list of at most 64 non-negative integers, got \[2, -1\]",
+        id="negative-dim",
+    ),
     pytest.param(one_input("FP32", [2.0], [1, 2]), "non-negative integers", id="float-dim"),
     pytest.param(one_input("FP32", [True], [1]), "non-negative integers", id="bool-dim"),
     pytest.param(one_input("FP32", [1] * 65, [1]), "at most 64", id="too-many-dims"),
     pytest.param(one_input("FP32", [0, 2**40, 2**40], []), "is too large", id="huge-empty-shape"),
-    pytest.param(one_input("FP32", [1], None), "has neither 'data' nor parameters.binary_data_size", id="no-data"),
-    pytest.param(one_input("FP32", [1], [1.0], binary_data_size=4), "has both 'data' and binary_data_size", id="both"),
-    pytest.param(one_input("FP32", [1], "1.0"), "data must be a JSON array, got a string", id="data-string"),
-    pytest.param(one_input("FP32", [1], None, shared_memory_region="r"), "'shared_memory_region' is not supported", id="shm"),
-    pytest.param(one_input("FP32", [2, 3], [1, 2, 3, 4, 5]), r"input 'x': shape \[2, 3\] has 6 elements but data has 5", id="count"),
-    pytest.param(one_input("FP32", [4], [[1, 2], [3, 4]]), r"nested as \[2, 2\] but shape is \[4\]", id="nested-mismatch"),
+    pytest.param(
+        one_input("FP32", [1], None),
+        "has neither 'data' nor parameters.binary_data_size",
+        id="no-data",
+    ),
+    pytest.param(
+        one_input("FP32", [1], [1.0], binary_data_size=4),
+        "has both 'data' and binary_data_size",
+        id="both",
+    ),
+    pytest.param(
+        one_input("FP32", [1], "1.0"), "data must be a JSON array, got a string", id="data-string"
+    ),
+    pytest.param(
+        one_input("FP32", [1], None, shared_memory_region="r"),
+        "'shared_memory_region' is not supported",
+        id="shm",
+    ),
+    pytest.param(
+        one_input("FP32", [2, 3], [1, 2, 3, 4, 5]),
+        r"input 'x': shape \[2, 3\] has 6 elements but data has 5",
+        id="count",
+    ),
+    pytest.param(
+        one_input("FP32", [4], [[1, 2], [3, 4]]),
+        r"nested as \[2, 2\] but shape is \[4\]",
+        id="nested-mismatch",
+    ),
     pytest.param(one_input("FP32", [3], [[1, 2], [3]]), "not a regular array", id="ragged"),
     pytest.param(one_input("FP32", [2], [1, [2]]), "not a regular array", id="numbers-and-lists"),
     pytest.param(one_input("FP32", [1], deep(100)), "not a regular array", id="deeper-than-numpy"),
-    pytest.param(one_input("FP32", [1], ["1.0"]), "FP32 data must hold numbers, got strings", id="string-in-fp32"),
-    pytest.param(one_input("FP32", [2], [1.0, None]), "FP32 data must hold numbers, got nulls", id="null-in-fp32"),
+    pytest.param(
+        one_input("FP32", [1], ["1.0"]),
+        "FP32 data must hold numbers, got strings",
+        id="string-in-fp32",
+    ),
+    pytest.param(
+        one_input("FP32", [2], [1.0, None]),
+        "FP32 data must hold numbers, got nulls",
+        id="null-in-fp32",
+    ),
     pytest.param(one_input("FP32", [1], [{"a": 1}]), "must hold numbers", id="object-in-fp32"),
-    pytest.param(one_input("INT32", [2], [1, 1.5]), "INT32 data must hold integers", id="float-in-int32"),
-    pytest.param(one_input("INT8", [2], [1, 300]), "300 is outside INT8's range -128..127", id="int8-range"),
+    pytest.param(
+        one_input("INT32", [2], [1, 1.5]), "INT32 data must hold integers", id="float-in-int32"
+    ),
+    pytest.param(
+        one_input("INT8", [2], [1, 300]), "300 is outside INT8's range -128..127", id="int8-range"
+    ),
     pytest.param(one_input("UINT8", [1], [-1]), "-1 is outside UINT8's range", id="uint8-negative"),
     pytest.param(one_input("INT64", [1], [2**63]), "outside INT64's range", id="int64-range"),
     pytest.param(one_input("UINT64", [1], [2**64]), "must hold integers", id="uint64-overflow"),
     pytest.param(one_input("FP16", [1], [1e6]), "too large for FP16", id="fp16-overflow"),
     pytest.param(one_input("FP32", [1], [1e300]), "too large for FP32", id="fp32-overflow"),
     pytest.param(one_input("BF16", [1], [1e300]), "too large for BF16", id="bf16-overflow"),
-    pytest.param(one_input("BOOL", [2], [1, 0]), "BOOL data must hold true/false, got numbers", id="ints-in-bool"),
-    pytest.param(one_input("BYTES", [2], ["a", 1]), "BYTES data must hold strings, got a number", id="number-in-bytes"),
+    pytest.param(
+        one_input("BOOL", [2], [1, 0]),
+        "BOOL data must hold true/false, got numbers",
+        id="ints-in-bool",
+    ),
+    pytest.param(
+        one_input("BYTES", [2], ["a", 1]),
+        "BYTES data must hold strings, got a number",
+        id="number-in-bytes",
+    ),
     pytest.param(one_input("BYTES", [2], [["a"], "b"]), "not a regular array", id="ragged-bytes"),
-    pytest.param(one_input("BYTES", [3], [["a"], ["b", "c"]]), "not a regular array", id="ragged-bytes-rows"),
+    pytest.param(
+        one_input("BYTES", [3], [["a"], ["b", "c"]]), "not a regular array", id="ragged-bytes-rows"
+    ),
 ]
 
 
@@ -387,29 +487,69 @@ def test_malformed_input_is_named(entry: dict[str, Any], message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [b"", b"{", b"\xff\xfe", b"NaN", b"[" * 2000 + b"]" * 2000], ids=["empty", "open", "utf8", "nan", "deep"]
+    "body",
+    [b"", b"{", b"\xff\xfe", b"NaN", b"[" * 2000 + b"]" * 2000],
+    ids=["empty", "open", "utf8", "nan", "deep"],
 )
 def test_invalid_json_is_a_decode_error(body: bytes) -> None:
     with pytest.raises(V2DecodeError):
         decode_infer_request(body, None)
 
 
-def binary_request(size: int, chunk: bytes, datatype: str = "FP32", shape: list[int] | None = None) -> tuple[bytes, int]:
+def binary_request(
+    size: int, chunk: bytes, datatype: str = "FP32", shape: list[int] | None = None
+) -> tuple[bytes, int]:
     entry = one_input(datatype, shape if shape is not None else [1], None, binary_data_size=size)
     return request_body({"inputs": [entry]}, [chunk])
 
 
 BINARY_ERRORS = [
-    pytest.param(binary_request(4096, bytes(100)), "binary_data_size 4096 exceeds the 100 bytes remaining in the body", id="size-exceeds-body"),
+    pytest.param(
+        binary_request(4096, bytes(100)),
+        "binary_data_size 4096 exceeds the 100 bytes remaining in the body",
+        id="size-exceeds-body",
+    ),
     pytest.param(binary_request(2**62, bytes(8)), "exceeds the 8 bytes remaining", id="huge-size"),
-    pytest.param(binary_request(8, bytes(8)), r"binary_data_size is 8 but shape \[1\] of FP32 needs 4 bytes", id="size-vs-shape"),
-    pytest.param(binary_request(4, bytes(6)), "the body has 2 bytes after the JSON and the binary inputs", id="trailing-bytes"),
-    pytest.param(binary_request(-4, bytes(4)), "binary_data_size must be a non-negative integer", id="negative-size"),
-    pytest.param(binary_request("4", bytes(4)), "binary_data_size must be a non-negative integer", id="string-size"),
-    pytest.param(binary_request(4, bytes(4), "BYTES", [2]), "2 BYTES elements need at least 8 bytes", id="bytes-too-short"),
-    pytest.param(binary_request(9, struct.pack("<I", 1) + b"a" + struct.pack("<I", 9), "BYTES", [2]), "element 1 declares 9 bytes but only 0 remain", id="bytes-overrun"),
-    pytest.param(binary_request(7, struct.pack("<I", 1) + b"abc", "BYTES", [1]), "2 bytes are left over after its 1 BYTES elements", id="bytes-leftover"),
-    pytest.param(binary_request(11, struct.pack("<I", 5) + b"abcdexy", "BYTES", [2]), "element 1 has no 4-byte length prefix", id="bytes-no-prefix"),
+    pytest.param(
+        binary_request(8, bytes(8)),
+        r"binary_data_size is 8 but shape \[1\] of FP32 needs 4 bytes",
+        id="size-vs-shape",
+    ),
+    pytest.param(
+        binary_request(4, bytes(6)),
+        "the body has 2 bytes after the JSON and the binary inputs",
+        id="trailing-bytes",
+    ),
+    pytest.param(
+        binary_request(-4, bytes(4)),
+        "binary_data_size must be a non-negative integer",
+        id="negative-size",
+    ),
+    pytest.param(
+        binary_request("4", bytes(4)),
+        "binary_data_size must be a non-negative integer",
+        id="string-size",
+    ),
+    pytest.param(
+        binary_request(4, bytes(4), "BYTES", [2]),
+        "2 BYTES elements need at least 8 bytes",
+        id="bytes-too-short",
+    ),
+    pytest.param(
+        binary_request(9, struct.pack("<I", 1) + b"a" + struct.pack("<I", 9), "BYTES", [2]),
+        "element 1 declares 9 bytes but only 0 remain",
+        id="bytes-overrun",
+    ),
+    pytest.param(
+        binary_request(7, struct.pack("<I", 1) + b"abc", "BYTES", [1]),
+        "2 bytes are left over after its 1 BYTES elements",
+        id="bytes-leftover",
+    ),
+    pytest.param(
+        binary_request(11, struct.pack("<I", 5) + b"abcdexy", "BYTES", [2]),
+        "element 1 has no 4-byte length prefix",
+        id="bytes-no-prefix",
+    ),
 ]
 
 
@@ -423,13 +563,19 @@ def test_binary_input_without_the_header_is_named() -> None:
     body, header_length = binary_request(4, bytes(4))
     with pytest.raises(V2DecodeError, match="no Inference-Header-Content-Length header"):
         decode_infer_request(body[:header_length], None)
-    with pytest.raises(V2DecodeError, match="binary tensor data follows.*Inference-Header-Content-Length"):
+    with pytest.raises(
+        V2DecodeError, match="binary tensor data follows.*Inference-Header-Content-Length"
+    ):
         decode_infer_request(body, None)
 
 
 @pytest.mark.parametrize(
     ("header_length", "message"),
-    [(500, "Inference-Header-Content-Length 500 exceeds the body's"), (-1, "exceeds"), (0, "raw binary request")],
+    [
+        (500, "Inference-Header-Content-Length 500 exceeds the body's"),
+        (-1, "exceeds"),
+        (0, "raw binary request"),
+    ],
 )
 def test_bad_header_length_is_named(header_length: int, message: str) -> None:
     body, _ = binary_request(4, bytes(4))
@@ -501,23 +647,50 @@ def test_non_contiguous_and_big_endian_outputs() -> None:
 
 
 def test_string_outputs_are_bytes() -> None:
-    body, header_length = encode_infer_response("m", "1", None, {"t": np.array(["h\u00e9", "x"])}, {"t"})
+    body, header_length = encode_infer_response(
+        "m", "1", None, {"t": np.array(["h\u00e9", "x"])}, {"t"}
+    )
     _, parsed = parse_response(body, header_length)
-    assert parsed["t"].datatype == "BYTES" and parsed["t"].array.tolist() == ["h\u00e9".encode(), b"x"]
+    assert parsed["t"].datatype == "BYTES" and parsed["t"].array.tolist() == [
+        "h\u00e9".encode(),
+        b"x",
+    ]
 
 
 def test_non_utf8_bytes_cannot_go_in_json() -> None:
     with pytest.raises(V2EncodeError, match="output 'y': BYTES that are not UTF-8"):
         encode_infer_response("m", "1", None, {"y": np.array([b"\xff"], dtype=object)})
-    body, header_length = encode_infer_response("m", "1", None, {"y": np.array([b"\xff"], dtype=object)}, {"y"})
+    body, header_length = encode_infer_response(
+        "m", "1", None, {"y": np.array([b"\xff"], dtype=object)}, {"y"}
+    )
     assert parse_response(body, header_length)[1]["y"].array.tolist() == [b"\xff"]
 
 
+def test_bytes_outputs_hold_only_bytes_or_text() -> None:
+    for binary in (set(), {"y"}):
+        with pytest.raises(V2EncodeError, match="BYTES elements must be bytes or str, got int"):
+            encode_infer_response("m", "1", None, {"y": np.array([b"a", 5], dtype=object)}, binary)
+
+
+def test_named_datatype_converts_the_values() -> None:
+    outputs = {"y": np.array([1, 0, 2])}
+    for binary in (set(), {"y"}):
+        body, header_length = encode_infer_response(
+            "m", "1", None, outputs, binary, datatypes={"y": "FP32"}
+        )
+        parsed = parse_response(body, header_length)[1]["y"]
+        assert parsed.datatype == "FP32" and parsed.array.tolist() == [1.0, 0.0, 2.0]
+
+
 def test_encode_errors_are_named() -> None:
-    with pytest.raises(V2EncodeError, match="output 'y': numpy dtype complex128 has no v2 datatype"):
+    with pytest.raises(
+        V2EncodeError, match="output 'y': numpy dtype complex128 has no v2 datatype"
+    ):
         encode_infer_response("m", "1", None, {"y": np.zeros(1, complex)})
     with pytest.raises(V2EncodeError, match="BF16 is carried as uint16 bits, got float32"):
-        encode_infer_response("m", "1", None, {"y": np.zeros(1, np.float32)}, datatypes={"y": "BF16"})
+        encode_infer_response(
+            "m", "1", None, {"y": np.zeros(1, np.float32)}, datatypes={"y": "BF16"}
+        )
     with pytest.raises(V2EncodeError, match="binary outputs \\['z'\\] are not among the outputs"):
         encode_infer_response("m", "1", None, {"y": np.zeros(1)}, {"z"})
 
@@ -590,17 +763,38 @@ if st is None:
     def test_random_bodies_raise_only_decode_errors() -> None: ...
 
 else:
-    texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=4)  # orjson refuses surrogates
-    json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | texts
+    # orjson refuses lone surrogates, so texts leave them out to reach deeper into the codec.
+    texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=4)
+    json_scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | texts
+    )
     json_values_strategy = st.recursive(
-        json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=3), max_leaves=20
+        json_scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=3),
+        max_leaves=20,
     )
     dims = st.integers(min_value=-2, max_value=4) | st.sampled_from([2**40, 2**63, 1.0, True, "2"])
     datatypes = st.sampled_from([*DATATYPES, "FP8", 7, None])
-    numbers = st.integers(min_value=-(2**65), max_value=2**65) | st.floats(allow_nan=False, allow_infinity=False) | st.booleans()
-    tensor_data = st.recursive(st.lists(numbers | texts, max_size=6), lambda inner: st.lists(inner, max_size=3), max_leaves=24)
+    numbers = (
+        st.integers(min_value=-(2**65), max_value=2**65)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.booleans()
+    )
+    tensor_data = st.recursive(
+        st.lists(numbers | texts, max_size=6),
+        lambda inner: st.lists(inner, max_size=3),
+        max_leaves=24,
+    )
     parameters = st.fixed_dictionaries(
-        {}, optional={"binary_data_size": st.integers(min_value=-2, max_value=40) | json_scalars, "binary_data": json_values_strategy}
+        {},
+        optional={
+            "binary_data_size": st.integers(min_value=-2, max_value=40) | json_scalars,
+            "binary_data": json_values_strategy,
+        },
     )
     input_entries = st.fixed_dictionaries(
         {},
@@ -616,9 +810,14 @@ else:
         {},
         optional={
             "id": json_scalars,
-            "inputs": st.lists(input_entries | json_values_strategy, max_size=3) | json_values_strategy,
-            "outputs": st.lists(st.fixed_dictionaries({"name": texts, "parameters": parameters}), max_size=2) | json_values_strategy,
-            "parameters": st.fixed_dictionaries({}, optional={"binary_data_output": json_scalars}) | json_values_strategy,
+            "inputs": st.lists(input_entries | json_values_strategy, max_size=3)
+            | json_values_strategy,
+            "outputs": st.lists(
+                st.fixed_dictionaries({"name": texts, "parameters": parameters}), max_size=2
+            )
+            | json_values_strategy,
+            "parameters": st.fixed_dictionaries({}, optional={"binary_data_output": json_scalars})
+            | json_values_strategy,
         },
     )
 
@@ -633,24 +832,41 @@ else:
             element = draw(st.sampled_from([numbers, texts, st.booleans(), st.integers(0, 255)]))
             flat = draw(st.lists(element, min_size=max(count - 1, 0), max_size=count + 1))
             nested = len(flat) == count and draw(st.booleans())
-            entry["data"] = np.array(flat + [None], dtype=object)[:-1].reshape(shape).tolist() if nested else flat
+            entry["data"] = (
+                np.array(flat + [None], dtype=object)[:-1].reshape(shape).tolist()
+                if nested
+                else flat
+            )
             return dumps({"inputs": [entry]}), None
         tail = draw(st.binary(max_size=40))
         itemsize = DATATYPES[datatype].itemsize_bytes or 4
-        entry["parameters"] = {"binary_data_size": draw(st.sampled_from([len(tail), len(tail) - 1, len(tail) + 1, count * itemsize]))}
+        entry["parameters"] = {
+            "binary_data_size": draw(
+                st.sampled_from([len(tail), len(tail) - 1, len(tail) + 1, count * itemsize])
+            )
+        }
         text = dumps({"inputs": [entry]})
         return text + tail, len(text)
 
     @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(requests, st.binary(max_size=48), st.sampled_from(["exact", "none", "random"]), st.integers(-5, 200))
-    def test_random_requests_raise_only_decode_errors(document: Any, tail: bytes, header_mode: str, shift: int) -> None:
+    @given(
+        requests,
+        st.binary(max_size=48),
+        st.sampled_from(["exact", "none", "random"]),
+        st.integers(-5, 200),
+    )
+    def test_random_requests_raise_only_decode_errors(
+        document: Any, tail: bytes, header_mode: str, shift: int
+    ) -> None:
         text = dumps(document)
         header_length = {"exact": len(text), "none": None, "random": len(text) + shift}[header_mode]
         check_decoded(text + tail, header_length)
 
     @settings(max_examples=400, deadline=None)
     @given(near_valid_tensors())
-    def test_near_valid_tensors_raise_only_decode_errors(request_parts: tuple[bytes, int | None]) -> None:
+    def test_near_valid_tensors_raise_only_decode_errors(
+        request_parts: tuple[bytes, int | None],
+    ) -> None:
         check_decoded(*request_parts)
 
     @settings(max_examples=400, deadline=None)
