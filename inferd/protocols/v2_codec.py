@@ -280,8 +280,11 @@ def _input_shape(value: Any, what: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
+def _short(dims: list[Any]) -> str:
+    # repr of a deeply nested list would recurse as deep as the JSON went; only flat ones are shown.
+    if any(isinstance(dim, (list, dict)) for dim in dims):
+        return "an array holding arrays or objects"
+    text = repr(dims[: MAX_DIMS + 1])
     return text if len(text) <= 80 else text[:77] + "..."
 
 

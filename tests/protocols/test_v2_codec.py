@@ -314,6 +314,9 @@ def test_requested_outputs_are_checked_before_computing() -> None:
 # ---- request errors ---------------------------------------------------------------------------
 
 
+DEEP_JSON = b"[" * 1000 + b"1" + b"]" * 1000  # orjson's limit is 1,024 levels in all
+
+
 def deep(levels: int) -> Any:
     value: Any = [1.0]
     for _ in range(levels):
@@ -484,6 +487,27 @@ def test_malformed_request_json_is_named(document: Any, message: str) -> None:
 def test_malformed_input_is_named(entry: dict[str, Any], message: str) -> None:
     with pytest.raises(V2DecodeError, match=message):
         decode_json(entry)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "data", "message"),
+    [
+        ("FP32", b"[1]", DEEP_JSON, "not a regular array"),
+        ("BYTES", b"[1]", DEEP_JSON, "must hold strings"),
+        ("FP32", DEEP_JSON, b"[1]", "shape must be .* got an array holding arrays"),
+    ],
+    ids=["numbers", "bytes", "shape"],
+)
+def test_nesting_as_deep_as_json_allows_is_named(
+    datatype: str, shape: bytes, data: bytes, message: str
+) -> None:
+    entry = b'{"name": "x", "datatype": "%s", "shape": %s, "data": %s}' % (
+        datatype.encode(),
+        shape,
+        data,
+    )
+    with pytest.raises(V2DecodeError, match=message):
+        decode_infer_request(b'{"inputs": [%s]}' % entry, None)
 
 
 @pytest.mark.parametrize(
