@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from inferd.daemon import Daemon, ServedModel
 from inferd.errors import EXIT_STARTUP, ConfigError, StartupError
-from inferd.protocols import native
+from inferd.protocols import native, v2
 from inferd.protocols.http import answer, json_response, parse_json, read_body
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ def build_app(
     on_startup_failure: Callable[[StartupError], None],
     reload: Reloader,
     metrics_route: bool = True,
-    extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -51,7 +50,7 @@ def build_app(
         Route("/healthz", lambda request: json_response({"status": "alive"})),
         Route("/readyz", lambda request: _readiness(daemon)),
         Route("/admin/reload", _reload_endpoint(reload), methods=["POST"]),
-        *(extra_routes or []),
+        *v2.routes(daemon),
     ]
     if metrics_route:
         routes.append(Route("/metrics", metrics_endpoint(daemon)))

@@ -10,6 +10,7 @@ reload is left out (or left as it was) and the reason is reported.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from inferd.batching import Batcher, BatchPolicy
 from inferd.config import Config, ModelConfig
 from inferd.errors import StartupError
+from inferd.handler import TORCHSCRIPT, detect_format
 from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
 from inferd.placement import WorkerSlot
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 WORKER_STOP_TIMEOUT_S = 10.0
 DEFAULT_INPUTS = (TensorInfo("input", "FP32", (-1,)),)
+DEFAULT_HANDLER_INPUTS = (TensorInfo("input", "BYTES", (-1,)),)  # one item per element
 
 
 @dataclass
@@ -57,8 +60,18 @@ class ServedModel:
         info = self.workers.info
         if info and info.inputs:
             return info.inputs
-        declared = self.config.inputs or ()
-        return tuple(TensorInfo(s.name, s.datatype, s.shape) for s in declared) or DEFAULT_INPUTS
+        declared = tuple(TensorInfo(s.name, s.datatype, s.shape) for s in self.config.inputs or ())
+        return declared or (DEFAULT_HANDLER_INPUTS if self.is_handler else DEFAULT_INPUTS)
+
+    @functools.cached_property
+    def platform(self) -> str:
+        """The model's kind, as v2 metadata names it."""
+        if self.config.path is None:
+            return "python"
+        try:
+            return "pytorch_libtorch" if detect_format(self.config.path) == TORCHSCRIPT else "pytorch_export"
+        except StartupError:
+            return "pytorch"
 
     @property
     def outputs(self) -> tuple[TensorInfo, ...]:

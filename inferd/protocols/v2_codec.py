@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from inferd.protocols.datatypes import (
+from inferd.datatypes import (
     DATATYPES,
     MAX_DIMS,
     Datatype,

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from inferd.protocols.datatypes import (
+from inferd.datatypes import (
     DATATYPES,
     bf16_bits_from_float32,
     datatype_of_array,
