@@ -7,7 +7,8 @@ import asyncio
 import dataclasses
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import uvicorn
 
@@ -81,7 +82,16 @@ def _serve(args: argparse.Namespace) -> int:
     host = Host.detect()
     slots = plan(config, host)
     _log_plan(host, slots)
-    return asyncio.run(_run(config, slots, args.config))
+    return _run_event_loop(_run(config, slots, args.config))
+
+
+def _run_event_loop(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where it is installed (about twice the requests per core), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return int(uvloop.run(main))
 
 
 def _with_overrides(config: Config, args: argparse.Namespace) -> Config:

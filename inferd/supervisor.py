@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferd.channel import Channel, ChannelClosed, spawn_process
+from inferd.channel import ChannelClosed, MainChannel, connect, spawn_process
 from inferd.errors import StartupError
 from inferd.messages import Batch, BatchDone, BootFailed, Ready, Stats, Stop
 from inferd.worker import WorkerSpec, worker_main
@@ -44,10 +44,11 @@ STARTING, READY, STOPPING, EXITED = "starting", "ready", "stopping", "exited"
 class WorkerHandle:
     """The main process's view of one worker process."""
 
-    def __init__(self, spec: WorkerSpec, process: Any, channel: Channel) -> None:
+    def __init__(self, spec: WorkerSpec, process: Any) -> None:
         self.spec = spec
         self.process = process
-        self.channel = channel
+        self.channel: MainChannel | None = None
+        self.process_exited = False  # the sentinel fired
         self.state = STARTING
         self.ready: Ready | None = None
         self.boot_failure: BootFailed | None = None
@@ -76,6 +77,7 @@ class WorkerHandle:
         future: asyncio.Future[BatchDone] = asyncio.get_running_loop().create_future()
         self.pending, self.pending_id = future, batch.batch_id
         try:
+            assert self.channel is not None
             self.channel.send(batch)
         except ChannelClosed:
             self._fail_pending("the worker's channel closed while sending a batch")
@@ -134,7 +136,7 @@ class Supervisor:
         that cannot boot (after stopping the rest)."""
         for group in self.models.values():
             for spec in group.specs:
-                self._spawn(group, spec)
+                await self._spawn(group, spec)
         while not self._booted:
             failed = [h for g in self.models.values() for h in g.handles.values() if h.state == EXITED]
             if failed:
@@ -154,22 +156,22 @@ class Supervisor:
             self._changed.set_result(None)
         self.on_change(model)
 
-    def _spawn(self, group: ModelWorkers, spec: WorkerSpec) -> None:
-        process, channel = spawn_process(worker_main, (spec,), f"inferd-{spec.model.name}-{spec.slot.name}")
-        handle = WorkerHandle(spec, process, channel)
+    async def _spawn(self, group: ModelWorkers, spec: WorkerSpec) -> None:
+        process, sock = spawn_process(worker_main, (spec,), f"inferd-{spec.model.name}-{spec.slot.name}")
+        handle = WorkerHandle(spec, process)
         group.handles[spec.slot.name] = handle
         loop = asyncio.get_running_loop()
         self._exited[handle.pid] = loop.create_future()
-        loop.add_reader(channel.fileno(), self._read_messages, group, handle)
-        loop.add_reader(process.sentinel, self._on_exit, group, handle)
+        handle.channel = await connect(
+            sock, lambda message: self._handle_message(group, handle, message), lambda: self._on_exit(group, handle)
+        )
+        loop.add_reader(process.sentinel, self._on_sentinel, group, handle)
         log.info("started worker %s %s (pid %d)", group.name, spec.slot.describe(), handle.pid)
 
-    def _read_messages(self, group: ModelWorkers, handle: WorkerHandle) -> None:
-        try:
-            while handle.channel.poll():
-                self._handle_message(group, handle, handle.channel.recv())
-        except ChannelClosed:
-            asyncio.get_running_loop().remove_reader(handle.channel.fileno())
+    def _on_sentinel(self, group: ModelWorkers, handle: WorkerHandle) -> None:
+        asyncio.get_running_loop().remove_reader(handle.process.sentinel)
+        handle.process_exited = True
+        self._on_exit(group, handle)
 
     def _handle_message(self, group: ModelWorkers, handle: WorkerHandle, message: Any) -> None:
         if isinstance(message, BatchDone):
@@ -194,18 +196,16 @@ class Supervisor:
         self._notify(group.name)
 
     def _on_exit(self, group: ModelWorkers, handle: WorkerHandle) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(handle.process.sentinel)
-        self._read_messages(group, handle)  # a BootFailed sent just before exiting is still unread
-        try:
-            loop.remove_reader(handle.channel.fileno())
-        except (ValueError, OSError):
-            pass
-        handle.process.join(timeout=0)
+        """Called when the process's sentinel fires and when its channel closes; acts on the
+        second, so every message the worker sent before exiting (a BootFailed) has been read."""
+        if not (handle.process_exited and handle.channel is not None and handle.channel.closed):
+            return
+        if handle.state == EXITED:
+            return
+        handle.process.join(timeout=1.0)
         was_ready, handle.state = handle.state == READY, EXITED
         handle.exit_description = _describe_exit(handle.process.exitcode)
         handle._fail_pending(f"exited ({handle.exit_description}) while holding a batch")
-        handle.channel.close()
         self._exited[handle.pid].set_result(None)
         if self._stopping or handle.state == STOPPING:
             log.info("worker %s %s stopped (%s)", group.name, handle.name, handle.exit_description)
@@ -231,7 +231,7 @@ class Supervisor:
         if self._stopping:
             return
         group.restarts_total += 1
-        self._spawn(group, spec)
+        asyncio.get_running_loop().create_task(self._spawn(group, spec))
 
     def replace(self, handle: WorkerHandle, reason: str) -> None:
         """Kill a worker that is stuck; its exit is handled like any crash (so it is restarted)."""
@@ -248,7 +248,8 @@ class Supervisor:
         for handle in handles:
             handle.state = STOPPING
             try:
-                handle.channel.send(Stop())
+                if handle.channel is not None:
+                    handle.channel.send(Stop())
             except ChannelClosed:
                 pass
         waits = [self._exited[h.pid] for h in handles]

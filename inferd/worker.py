@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,13 @@ class WorkerSpec:
     base_dir: Path  # the config file's folder: handler files resolve against it
     log_level: str
     log_format: str = "text"
+    parent_pid: int = field(default_factory=os.getpid)  # taken in the main process, which may be PID 1
 
 
 def worker_main(spec: WorkerSpec, channel: Channel) -> None:
     """Entry point of a worker process (the spawn target)."""
     pin_before_torch(spec.slot)
-    _die_with_parent()
+    _die_with_parent(spec.parent_pid)
     # Ctrl+C, `timeout` and systemd signal the whole process group; the main process drains first
     # and then stops its workers itself, so a worker must not die of the group's signal mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -67,14 +68,14 @@ def worker_main(spec: WorkerSpec, channel: Channel) -> None:
     _serve(runner, spec, channel)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Ask the kernel to SIGKILL this process when the main process dies, however it dies."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the end-of-stream check still applies
         pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect (in a container it is PID 1)
         os._exit(0)
 
 
