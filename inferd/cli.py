@@ -13,6 +13,7 @@ import uvicorn
 from inferd import __version__, logs
 from inferd.config import Config, load_config
 from inferd.errors import EXIT_CONFIG, EXIT_OK, ConfigError
+from inferd.handler import model_file_problems
 from inferd.placement import Host, WorkerSlot, plan
 
 log = logging.getLogger("inferd")
@@ -40,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a config file without serving")
     validate.add_argument("config", help="path to the YAML config")
     validate.add_argument(
-        "--no-hardware", action="store_true", help="check the file alone, not against this machine's CPUs and GPUs"
+        "--schema-only",
+        action="store_true",
+        help="check the file's structure and values only, not this machine's CPUs, GPUs and model files",
     )
     validate.set_defaults(command=_validate)
     return parser
@@ -48,8 +51,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    if not args.no_hardware:
+    if not args.schema_only:
         plan(config, Host.detect())
+        problems = model_file_problems(config)
+        if problems:
+            raise ConfigError(config.source, problems)
     print(f"{args.config}: OK ({len(config.models)} model(s))")
     return EXIT_OK
 
