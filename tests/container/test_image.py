@@ -155,6 +155,14 @@ class Running:
     def state(self) -> dict[str, Any]:
         return json.loads(podman("inspect", "--format", "{{json .State}}", self.name).stdout)
 
+    def answers(self, path: str) -> bool:
+        """True once `path` answers 200; fails at once, with the logs, if the container exited."""
+        if http("GET", self.url + path)[0] == 200:
+            return True
+        if not self.state()["Running"]:
+            raise AssertionError(f"the container exited before {path} answered:\n{self.logs()}")
+        return False
+
 
 @pytest.fixture(scope="module")
 def running(image: str, example_models: Path, step_timer: Timer) -> Iterator[Running]:
@@ -170,7 +178,7 @@ def running(image: str, example_models: Path, step_timer: Timer) -> Iterator[Run
         try:
             port = podman("port", name, "8080/tcp").stdout.strip().rsplit(":", 1)[1]
             server = Running(name, f"http://127.0.0.1:{port}")
-            wait_until(lambda: http("GET", server.url + "/healthz")[0] == 200, 60, "/healthz", server.logs)
+            wait_until(lambda: server.answers("/healthz"), 60, "/healthz", server.logs)
         except BaseException:
             podman("rm", "--force", "--time", "0", name, check=False)
             raise
@@ -208,7 +216,7 @@ def prometheus(running: Running, tmp_path_factory: pytest.TempPathFactory) -> It
 def test_becomes_ready(running: Running, prometheus: str, step_timer: Timer) -> None:
     # Prometheus is started first (fixture order) so its start overlaps the models' loading.
     with step_timer("models loaded (/readyz 200)"):
-        wait_until(lambda: http("GET", running.url + "/readyz")[0] == 200, 180, "/readyz", running.logs)
+        wait_until(lambda: running.answers("/readyz"), 180, "/readyz", running.logs)
 
 
 def test_predicts_through_the_published_port(running: Running, step_timer: Timer) -> None:
