@@ -5,12 +5,13 @@ Protocol, over the worker's one channel to the main process:
     main -> worker   Batch            worker -> main   BatchDone (one per Batch, in order)
     main -> worker   Stop             the worker exits 0
     worker -> main   Stats, every few seconds on a GPU (sent under the same lock as BatchDone)
-Invariants: the process pins itself and caps its thread pools before torch is imported; it dies
-with the main process (PR_SET_PDEATHSIG, and an end-of-stream on its channel), so no worker
-outlives the daemon even when the main process is SIGKILLed.
+Invariants: the process pins itself and caps its thread pools before torch runs anything (a
+forkserver may have imported torch, idle, before forking it; torch's thread pools start on first
+use); it dies with the main process (PR_SET_PDEATHSIG on its parent, and an end-of-stream on its
+channel), so no worker outlives the daemon even when the main process is SIGKILLed.
 
-This module imports torch only inside functions: the spawned interpreter imports it first,
-before the worker has pinned itself.
+This module imports torch only inside functions, so that where workers are spawned the fresh
+interpreter imports it only after pinning.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,12 @@ class WorkerSpec:
     base_dir: Path  # the config file's folder: handler files resolve against it
     log_level: str
     log_format: str = "text"
-    parent_pid: int = field(default_factory=os.getpid)  # taken in the main process, which may be PID 1
 
 
 def worker_main(spec: WorkerSpec, channel: Channel) -> None:
     """Entry point of a worker process (the spawn target)."""
     pin_before_torch(spec.slot)
-    _die_with_parent(spec.parent_pid)
+    _die_with_parent()
     # Ctrl+C, `timeout` and systemd signal the whole process group; the main process drains first
     # and then stops its workers itself, so a worker must not die of the group's signal mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -68,20 +68,23 @@ def worker_main(spec: WorkerSpec, channel: Channel) -> None:
     _serve(runner, spec, channel)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when the main process dies, however it dies."""
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies, however it dies. The parent is
+    the forkserver, which exits when the main process does; and a worker whose channel reaches
+    its end (the main process is gone) exits too."""
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the end-of-stream check still applies
         pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect (in a container it is PID 1)
+    if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(0)
 
 
 def _boot(spec: WorkerSpec) -> tuple[Any, Ready]:
     started = time.perf_counter()
-    import torch  # first import, after pinning
+    import torch  # after pinning (a no-op where the forkserver preloaded it)
 
     from inferd.runners import build_runner, warm_up
 

@@ -55,8 +55,18 @@ def routes(daemon: Daemon) -> list[BaseRoute]:
         *model_routes("", _metadata(daemon), ["GET"]),
         *model_routes("/ready", _model_ready(daemon), ["GET"]),
         *model_routes("/config", _config(daemon), ["GET"]),
-        *model_routes("/infer", _infer(daemon), ["POST"]),
+        *model_routes("/infer", infer_endpoint(daemon), ["POST"]),
     ]
+
+
+def infer_path_params(path: str) -> dict[str, str] | None:
+    """{"name": ..., "version": ...} for an infer path, else None (the fast path's router)."""
+    parts = path.split("/")
+    if len(parts) == 5 and parts[:3] == ["", "v2", "models"] and parts[4] == "infer":
+        return {"name": parts[3]}
+    if len(parts) == 7 and parts[:3] == ["", "v2", "models"] and parts[4] == "versions" and parts[6] == "infer":
+        return {"name": parts[3], "version": parts[5]}
+    return None
 
 
 def _find(daemon: Daemon, request: Request) -> ServedModel:
@@ -113,7 +123,7 @@ def _config(daemon: Daemon) -> Endpoint:
     return _guarded(config)
 
 
-def _infer(daemon: Daemon) -> Endpoint:
+def infer_endpoint(daemon: Daemon) -> Endpoint:
     server = daemon.config.server
 
     async def infer(request: Request) -> Response:
