@@ -25,7 +25,9 @@ def build_app(name: str, model_path: str) -> Starlette:
 
     async def predict(request: Request) -> JSONResponse:
         if request.path_params["name"] != name:
-            return JSONResponse({"error": f"no model {request.path_params['name']!r}"}, status_code=404)
+            return JSONResponse(
+                {"error": f"no model {request.path_params['name']!r}"}, status_code=404
+            )
         body = await request.json()
         with torch.inference_mode():
             outputs = module(torch.tensor(body["inputs"], dtype=torch.float32))
@@ -34,14 +36,18 @@ def build_app(name: str, model_path: str) -> Starlette:
     async def ready(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
-    return Starlette(routes=[
-        Route("/models/{name}/predict", predict, methods=["POST"]),
-        Route("/readyz", ready),
-    ])
+    return Starlette(
+        routes=[
+            Route("/models/{name}/predict", predict, methods=["POST"]),
+            Route("/readyz", ready),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--host", default="127.0.0.1")

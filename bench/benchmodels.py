@@ -22,7 +22,9 @@ MODELS: dict[str, BenchModel] = {
 }
 
 
-def build(name: str):  # -> torch.nn.Module; torch is imported lazily so the harness itself stays light
+def build(
+    name: str,
+):  # -> torch.nn.Module; torch is imported lazily so the harness itself stays light
     import torch
 
     torch.manual_seed(0)

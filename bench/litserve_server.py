@@ -45,7 +45,9 @@ class TorchScriptAPI(ls.LitAPI):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--host", default="127.0.0.1")
@@ -53,17 +55,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-ms", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=2, help="inference workers per device")
-    parser.add_argument("--api-servers", type=int, help="HTTP server processes (LitServe's default: one per worker)")
-    parser.add_argument("--fast-queue", action="store_true", help="ZeroMQ queues instead of multiprocessing")
+    parser.add_argument(
+        "--api-servers", type=int, help="HTTP server processes (LitServe's default: one per worker)"
+    )
+    parser.add_argument(
+        "--fast-queue", action="store_true", help="ZeroMQ queues instead of multiprocessing"
+    )
     args = parser.parse_args(argv)
     api = TorchScriptAPI(
-        args.model_path, max_batch_size=args.max_batch_size,
-        batch_timeout=args.batch_timeout_ms / 1000, api_path=f"/models/{args.name}/predict",
+        args.model_path,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout_ms / 1000,
+        api_path=f"/models/{args.name}/predict",
     )
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers,
-                          fast_queue=args.fast_queue, timeout=30)
-    server.run(host=args.host, port=args.port, num_api_servers=args.api_servers,
-               log_level="warning", generate_client_file=False)
+    server = ls.LitServer(
+        api,
+        accelerator="cpu",
+        workers_per_device=args.workers,
+        fast_queue=args.fast_queue,
+        timeout=30,
+    )
+    server.run(
+        host=args.host,
+        port=args.port,
+        num_api_servers=args.api_servers,
+        log_level="warning",
+        generate_client_file=False,
+    )
     return 0
 
 

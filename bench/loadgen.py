@@ -57,9 +57,16 @@ def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_load(url: str, body: bytes, concurrency: int, duration_s: float, *,
-             taskset_cpus: list[int] | None = None, tool: str = "auto",
-             timeout_s: float = 10.0) -> LoadResult:
+def run_load(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    duration_s: float,
+    *,
+    taskset_cpus: list[int] | None = None,
+    tool: str = "auto",
+    timeout_s: float = 10.0,
+) -> LoadResult:
     """POST `body` to `url` from `concurrency` closed-loop clients for `duration_s` seconds."""
     if tool == "wrk" or (tool == "auto" and have_wrk()):
         return _run_wrk(url, body, concurrency, duration_s, taskset_cpus, timeout_s)
@@ -71,34 +78,58 @@ def _wrk_threads(concurrency: int, taskset_cpus: list[int] | None) -> int:
     return max(1, min(concurrency, cores))
 
 
-def _run_wrk(url: str, body: bytes, concurrency: int, duration_s: float,
-             taskset_cpus: list[int] | None, timeout_s: float) -> LoadResult:
+def _run_wrk(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    duration_s: float,
+    taskset_cpus: list[int] | None,
+    timeout_s: float,
+) -> LoadResult:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(LUA_TEMPLATE.format(body=body.decode()))
-    argv = ["wrk", f"-t{_wrk_threads(concurrency, taskset_cpus)}", f"-c{concurrency}",
-            f"-d{max(1, round(duration_s))}s", f"--timeout={max(1, round(timeout_s))}s",
-            "-s", script.name, url]
+    argv = [
+        "wrk",
+        f"-t{_wrk_threads(concurrency, taskset_cpus)}",
+        f"-c{concurrency}",
+        f"-d{max(1, round(duration_s))}s",
+        f"--timeout={max(1, round(timeout_s))}s",
+        "-s",
+        script.name,
+        url,
+    ]
     if taskset_cpus:
         argv = ["taskset", "-c", ",".join(map(str, taskset_cpus)), *argv]
     try:
-        finished = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
+        finished = subprocess.run(
+            argv, check=False, capture_output=True, text=True, timeout=duration_s + 60
+        )
     finally:
         Path(script.name).unlink(missing_ok=True)
     line = next((x for x in finished.stdout.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
-        raise RuntimeError(f"wrk printed no summary (exit {finished.returncode}): "
-                           f"{finished.stdout[-500:]} {finished.stderr[-500:]}")
-    figures = json.loads(line[len("WRKJSON "):])
+        raise RuntimeError(
+            f"wrk printed no summary (exit {finished.returncode}): "
+            f"{finished.stdout[-500:]} {finished.stderr[-500:]}"
+        )
+    figures = json.loads(line[len("WRKJSON ") :])
     errors = sum(figures[k] for k in ("connect", "read", "write", "status", "timeout"))
     return LoadResult(
-        concurrency=concurrency, requests=figures["requests"], seconds=figures["duration_us"] / 1e6,
-        errors=errors, p50_ms=figures["p50_us"] / 1000, p90_ms=figures["p90_us"] / 1000,
-        p99_ms=figures["p99_us"] / 1000, max_ms=figures["max_us"] / 1000, tool="wrk",
+        concurrency=concurrency,
+        requests=figures["requests"],
+        seconds=figures["duration_us"] / 1e6,
+        errors=errors,
+        p50_ms=figures["p50_us"] / 1000,
+        p90_ms=figures["p90_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        max_ms=figures["max_us"] / 1000,
+        tool="wrk",
     )
 
 
-def _run_python(url: str, body: bytes, concurrency: int, duration_s: float,
-                timeout_s: float) -> LoadResult:
+def _run_python(
+    url: str, body: bytes, concurrency: int, duration_s: float, timeout_s: float
+) -> LoadResult:
     """Threads with keep-alive connections: weaker than wrk (the GIL), for machines without it."""
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -118,7 +149,9 @@ def _run_python(url: str, body: bytes, concurrency: int, duration_s: float,
             except (OSError, http.client.HTTPException):
                 ok = False
                 connection.close()
-                connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+                connection = http.client.HTTPConnection(
+                    parts.hostname, parts.port, timeout=timeout_s
+                )
             latencies[index].append(time.perf_counter() - started)
             errors[index] += 0 if ok else 1
         connection.close()
@@ -132,9 +165,15 @@ def _run_python(url: str, body: bytes, concurrency: int, duration_s: float,
     elapsed = time.perf_counter() - began
     every = sorted(x for per_client in latencies for x in per_client)
     return LoadResult(
-        concurrency=concurrency, requests=len(every), seconds=elapsed, errors=sum(errors),
-        p50_ms=_percentile_ms(every, 50), p90_ms=_percentile_ms(every, 90),
-        p99_ms=_percentile_ms(every, 99), max_ms=1000 * every[-1] if every else 0.0, tool="python",
+        concurrency=concurrency,
+        requests=len(every),
+        seconds=elapsed,
+        errors=sum(errors),
+        p50_ms=_percentile_ms(every, 50),
+        p90_ms=_percentile_ms(every, 90),
+        p99_ms=_percentile_ms(every, 99),
+        max_ms=1000 * every[-1] if every else 0.0,
+        tool="python",
     )
 
 

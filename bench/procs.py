@@ -28,10 +28,14 @@ class CpuPlan:
 
     def describe(self) -> str:
         if self.server_cpus is None:
-            return (f"{self.total_cpus} CPUs; not pinned: servers and wrk share every CPU "
-                    "(too few cores to split them without starving one side)")
-        return (f"{self.total_cpus} CPUs; servers on {format_cpus(self.server_cpus)}, "
-                f"wrk on {format_cpus(self.loadgen_cpus or [])} (taskset)")
+            return (
+                f"{self.total_cpus} CPUs; not pinned: servers and wrk share every CPU "
+                "(too few cores to split them without starving one side)"
+            )
+        return (
+            f"{self.total_cpus} CPUs; servers on {format_cpus(self.server_cpus)}, "
+            f"wrk on {format_cpus(self.loadgen_cpus or [])} (taskset)"
+        )
 
 
 def format_cpus(cpus: list[int]) -> str:
@@ -45,8 +49,9 @@ def plan_cpus(mode: str) -> CpuPlan:
     if not split or len(cpus) < 2:
         return CpuPlan(total_cpus=len(cpus), server_cpus=None, loadgen_cpus=None)
     loadgen_count = max(1, len(cpus) // 4)
-    return CpuPlan(total_cpus=len(cpus), server_cpus=cpus[:-loadgen_count],
-                   loadgen_cpus=cpus[-loadgen_count:])
+    return CpuPlan(
+        total_cpus=len(cpus), server_cpus=cpus[:-loadgen_count], loadgen_cpus=cpus[-loadgen_count:]
+    )
 
 
 def pinned(argv: list[str], cpus: list[int] | None) -> list[str]:
@@ -62,9 +67,17 @@ def free_port() -> int:
 class ServerProcess:
     """One server under test: start, wait until ready, stop. Usable as a context manager."""
 
-    def __init__(self, argv: list[str], ready_url: str, log_path: Path, *,
-                 env: dict[str, str] | None = None, cwd: Path | None = None,
-                 ready_deadline_s: float = 120.0, stop_deadline_s: float = 40.0) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        ready_url: str,
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        ready_deadline_s: float = 120.0,
+        stop_deadline_s: float = 40.0,
+    ) -> None:
         self.argv = argv
         self.ready_url = ready_url
         self.log_path = log_path
@@ -75,7 +88,7 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> ServerProcess:  # noqa: PYI034 (Self needs 3.11)
         self.start()
         return self
 
@@ -89,22 +102,31 @@ class ServerProcess:
 
     def start(self) -> None:
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.env, cwd=self.cwd, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_deadline_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode} before it was "
-                                   f"ready: {' '.join(self.argv)}\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode} before it was "
+                    f"ready: {' '.join(self.argv)}\n{self.log_tail()}"
+                )
             if _answers_200(self.ready_url):
                 return
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"{self.ready_url} not 200 within {self.ready_deadline_s:.0f} s\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.ready_url} not 200 within {self.ready_deadline_s:.0f} s\n{self.log_tail()}"
+        )
 
     def stop(self) -> None:
         if self.process is None or self.exit_code is not None:

@@ -30,8 +30,9 @@ class RawResult:
     ms_per_batch: float
 
 
-def measure(model_path: Path, model_name: str, batch_size: int, seconds: float,
-            threads: int | None = None) -> RawResult:
+def measure(
+    model_path: Path, model_name: str, batch_size: int, seconds: float, threads: int | None = None
+) -> RawResult:
     import torch
 
     if threads:
@@ -50,14 +51,20 @@ def measure(model_path: Path, model_name: str, batch_size: int, seconds: float,
             batches += 1
         elapsed = time.perf_counter() - started
     return RawResult(
-        model=model_name, batch_size=batch_size, threads=torch.get_num_threads(), batches=batches,
-        seconds=round(elapsed, 3), rows_per_s=batches * batch_size / elapsed,
+        model=model_name,
+        batch_size=batch_size,
+        threads=torch.get_num_threads(),
+        batches=batches,
+        seconds=round(elapsed, 3),
+        rows_per_s=batches * batch_size / elapsed,
         ms_per_batch=1000 * elapsed / batches,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--model", choices=sorted(benchmodels.MODELS), default="mlp")
     parser.add_argument("--model-path", type=Path, help="TorchScript file; built fresh if omitted")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -71,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(asdict(result)))
     else:
-        print(f"raw {result.model} batch={result.batch_size} threads={result.threads}: "
-              f"{result.rows_per_s:,.0f} rows/s ({result.ms_per_batch:.3f} ms/batch)")
+        print(
+            f"raw {result.model} batch={result.batch_size} threads={result.threads}: "
+            f"{result.rows_per_s:,.0f} rows/s ({result.ms_per_batch:.3f} ms/batch)"
+        )
     return 0
 
 

@@ -33,7 +33,7 @@ class Ratio:
         return "meets" if met else "misses"
 
 
-def _cell(value: float | int | None, pattern: str) -> str:
+def _cell(value: float | None, pattern: str) -> str:
     return "-" if value is None else format(value, pattern)
 
 
@@ -53,6 +53,8 @@ def format_ratios(ratios: list[Ratio]) -> str:
     header = f"{'ratio':<44} {'value':>7} {'goal':>8} {'verdict':>7}  from"
     lines = [header, "-" * len(header)]
     for ratio in ratios:
-        lines.append(f"{ratio.name:<44} {_cell(ratio.value, '.2f'):>7} {ratio.goal:>8} "
-                     f"{ratio.verdict:>7}  {ratio.detail}")
+        lines.append(
+            f"{ratio.name:<44} {_cell(ratio.value, '.2f'):>7} {ratio.goal:>8} "
+            f"{ratio.verdict:>7}  {ratio.detail}"
+        )
     return "\n".join(lines)
