@@ -1,0 +1,260 @@
+"""One model's bounded queue, dynamic batcher and dispatch, in pure asyncio (no processes).
+
+Rules:
+- admission: at most `max_queue_size` requests wait; past that a request fails at once (429);
+- a batch forms only when a worker is idle: up to `max_batch_size` items from the head of the queue,
+  only requests whose batch key (names, dtypes and non-batch shapes) matches the head's, in order;
+- a batch that is not full waits until its oldest request has waited `batch_timeout_s`;
+- a request whose deadline passes is answered 504 at once; if still queued it is never computed;
+- a batch whose worker is lost is retried once on another ready worker, else fails with 503;
+- a batch still running after `request_timeout_s` gets its worker replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestError, RequestTimedOut
+from inferd.messages import Batch, BatchDone, Payload, RequestFailure
+
+log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    name: str
+
+    def submit(self, batch: Batch) -> asyncio.Future[BatchDone]: ...
+
+
+class WorkerPool(Protocol):
+    """What the batcher needs of a model's workers (the supervisor's ModelWorkers provides it)."""
+
+    @property
+    def ready_count(self) -> int: ...
+
+    @property
+    def unavailable_reason(self) -> str | None: ...
+
+    def idle_worker(self) -> Worker | None: ...
+
+
+class BatchObserver(Protocol):
+    def batch_dispatched(self, items: int, queue_waits_s: list[float]) -> None: ...
+
+    def batch_done(self, compute_s: float) -> None: ...
+
+
+class ModelError(RequestError):
+    """The model failed on a batch whatever its input: the server's fault, not the caller's."""
+
+    status = 500
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int
+    batch_timeout_s: float
+    max_queue_size: int
+    request_timeout_s: float
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    payload: Payload
+    items: int
+    key: Hashable
+    arrived: float
+    future: asyncio.Future[Payload]
+    attempts: int = 0
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: str,
+        policy: BatchPolicy,
+        pool: WorkerPool,
+        observer: BatchObserver,
+        replace_worker: Callable[[Worker, str], None],
+    ) -> None:
+        self.model = model
+        self.policy = policy
+        self._pool = pool
+        self._observer = observer
+        self._replace_worker = replace_worker
+        self._queue: deque[PendingRequest] = deque()
+        self._batch_ids = itertools.count(1)
+        self._waiter: asyncio.Future[None] | None = None
+        self.inflight_requests = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for request in self._queue:
+            _fail(request, ModelUnavailable(f"model {self.model!r} is shutting down"))
+        self._queue.clear()
+
+    async def infer(self, payload: Payload, items: int, key: Hashable) -> Payload:
+        """Queue one request and wait for its own outputs; raise a RequestError otherwise."""
+        if items > self.policy.max_batch_size:
+            raise _too_many_items(self.model, items, self.policy.max_batch_size)
+        reason = self._pool.unavailable_reason
+        if reason and not self._pool.ready_count:
+            raise ModelUnavailable(f"model {self.model!r} is unavailable: {reason}")
+        if len(self._queue) >= self.policy.max_queue_size:
+            raise QueueFull(
+                f"model {self.model!r} has {len(self._queue)} requests queued (max_queue_size); retry later",
+                headers={"Retry-After": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        request = PendingRequest(payload, items, key, time.monotonic(), loop.create_future())
+        request.timer = loop.call_later(self.policy.request_timeout_s, self._expire, request)
+        self._queue.append(request)
+        self.inflight_requests += 1
+        self.wake()
+        try:
+            return await request.future
+        finally:
+            self.inflight_requests -= 1
+            request.timer.cancel()
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _expire(self, request: PendingRequest) -> None:
+        if request.future.done():
+            return
+        timeout_ms = self.policy.request_timeout_s * 1000
+        request.future.set_exception(
+            RequestTimedOut(f"model {self.model!r} did not answer within {timeout_ms:g} ms (request_timeout_ms)")
+        )
+        try:
+            self._queue.remove(request)  # queued requests are never computed once they expire
+        except ValueError:
+            pass  # already dispatched: the batch runs on, its answer for this request is dropped
+
+    async def _run(self) -> None:
+        while True:
+            await self._dispatch_ready_batches()
+
+    async def _dispatch_ready_batches(self) -> None:
+        worker = self._pool.idle_worker() if self._queue else None
+        if worker is None:
+            return await self._sleep(None)
+        chosen, full = self._take()
+        wait_s = chosen[0].arrived + self.policy.batch_timeout_s - time.monotonic()
+        if not full and wait_s > 0:
+            return await self._sleep(wait_s)
+        self._remove(chosen)
+        self._dispatch(worker, chosen)
+
+    async def _sleep(self, timeout_s: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, self.wake) if timeout_s is not None else None
+        try:
+            await self._waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _take(self) -> tuple[list[PendingRequest], bool]:
+        """The head request and those after it that may share its batch; whether it is full."""
+        head = self._queue[0]
+        chosen, items = [], 0
+        for request in self._queue:
+            if request.key != head.key:
+                continue
+            if items + request.items > self.policy.max_batch_size:
+                return chosen, True
+            chosen.append(request)
+            items += request.items
+            if items == self.policy.max_batch_size:
+                return chosen, True
+        return chosen, False
+
+    def _remove(self, chosen: list[PendingRequest]) -> None:
+        if all(self._queue[i] is r for i, r in enumerate(chosen)):
+            for _ in chosen:
+                self._queue.popleft()
+        else:
+            taken = set(map(id, chosen))
+            self._queue = deque(r for r in self._queue if id(r) not in taken)
+
+    def _dispatch(self, worker: Worker, chosen: list[PendingRequest]) -> None:
+        now = time.monotonic()
+        self._observer.batch_dispatched(sum(r.items for r in chosen), [now - r.arrived for r in chosen])
+        for request in chosen:
+            request.attempts += 1
+        future = worker.submit(Batch(next(self._batch_ids), [r.payload for r in chosen]))
+        hung_timer = asyncio.get_running_loop().call_later(
+            self.policy.request_timeout_s, self._on_hung, worker, future
+        )
+        future.add_done_callback(lambda done: self._on_batch_done(done, chosen, hung_timer))
+
+    def _on_hung(self, worker: Worker, future: asyncio.Future[BatchDone]) -> None:
+        if not future.done():
+            self._replace_worker(worker, f"batch ran past request_timeout_ms ({self.policy.request_timeout_s:g} s)")
+
+    def _on_batch_done(
+        self, future: asyncio.Future[BatchDone], chosen: list[PendingRequest], hung_timer: asyncio.TimerHandle
+    ) -> None:
+        hung_timer.cancel()
+        error = future.exception()
+        if error is not None:
+            self._retry_or_fail(chosen, error)
+        else:
+            done = future.result()
+            self._observer.batch_done(done.compute_s)
+            for request, result in zip(chosen, done.results):
+                _deliver(self.model, request, result)
+        self.wake()
+
+    def _retry_or_fail(self, chosen: list[PendingRequest], error: BaseException) -> None:
+        live = [r for r in chosen if not r.future.done()]
+        if self._pool.ready_count and all(r.attempts < 2 for r in live):
+            log.warning("model %s: %s; retrying its %d request(s) once", self.model, error, len(live))
+            self._queue.extendleft(reversed(live))
+            return
+        for request in live:
+            _fail(request, ModelUnavailable(f"model {self.model!r}: {error}"))
+
+
+def _deliver(model: str, request: PendingRequest, result: Payload | RequestFailure) -> None:
+    if request.future.done():
+        return
+    if isinstance(result, RequestFailure):
+        error_class = ModelFailed if result.bad_input else ModelError
+        request.future.set_exception(error_class(f"model {model!r} failed: {result.error_type}: {result.message}"))
+    else:
+        request.future.set_result(result)
+
+
+def _fail(request: PendingRequest, error: RequestError) -> None:
+    if not request.future.done():
+        request.future.set_exception(error)
+
+
+def _too_many_items(model: str, items: int, limit: int) -> RequestError:
+    return BadRequest(
+        f"this request carries {items} items but model {model!r} takes at most {limit} per batch "
+        "(max_batch_size); split it into smaller requests"
+    )

@@ -1,0 +1,70 @@
+"""The exception hierarchy. Only the CLI turns an error into a message and an exit code;
+only the HTTP layer turns a request error into a status."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+
+
+class InferdError(Exception):
+    """Base of every error inferd raises on purpose."""
+
+
+class ConfigError(InferdError):
+    """A config file has one or more problems; each names its YAML path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {problem}" for problem in problems))
+
+
+class StartupError(InferdError):
+    """A model could not be started (its file does not load, its warmup fails)."""
+
+
+class RequestError(InferdError):
+    """A request failed; `status` is the HTTP status the caller gets."""
+
+    status = 500
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(RequestError):
+    status = 400
+
+
+class Unauthorized(RequestError):
+    status = 401
+
+
+class ModelNotFound(RequestError):
+    status = 404
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+
+
+class QueueFull(RequestError):
+    status = 429
+
+
+class ModelFailed(RequestError):
+    """The model raised on this request's input: the caller's data is the likely cause."""
+
+    status = 422
+
+
+class ModelUnavailable(RequestError):
+    status = 503
+
+
+class RequestTimedOut(RequestError):
+    status = 504

@@ -1,0 +1,122 @@
+"""The `Handler` contract users subclass, and loading of model files and handler classes.
+
+A handler serves a model that needs Python around it (a tokenizer, say). Its methods run inside a
+worker process, in this order:
+
+    handler = MyHandler(**handler_args)     # from the YAML's `handler_args`
+    handler.setup(device)                   # once: load weights onto "cpu" or "cuda:N"
+    item = handler.decode(raw_item)         # per item of a request, e.g. one string
+    outputs = handler.predict(items)        # per batch: a list of decoded items, one output each
+    answer = handler.encode(output)         # per item: a JSON value or a numpy array
+
+A request's `inputs` is a list of items (or one bare item); the batcher groups items of several
+requests into one `predict` call and gives each request back exactly its own outputs.
+
+This module imports torch only inside functions, so the main process can use `detect_format`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from inferd.errors import StartupError
+
+TORCHSCRIPT = "torchscript"
+EXPORTED = "torch.export"
+
+
+class Handler:
+    """Base class for handler models. Override `setup` and `predict`; the rest have defaults."""
+
+    def __init__(self, **handler_args: Any) -> None:
+        self.handler_args = handler_args
+
+    def setup(self, device: str) -> None:
+        """Load the model onto `device` ("cpu" or "cuda:N"). Called once, before any request."""
+
+    def decode(self, item: Any) -> Any:
+        """Turn one raw input item (as JSON gave it) into what `predict` takes. Raise ValueError
+        with a clear message on bad input: the caller gets a 400 with that message."""
+        return item
+
+    def predict(self, items: list[Any]) -> Sequence[Any]:
+        """Run one batch: return exactly one output per item, in order."""
+        raise NotImplementedError
+
+    def encode(self, output: Any) -> Any:
+        """Turn one output into a JSON value (lists, numbers, strings) or a numpy array."""
+        return output
+
+
+def detect_format(path: Path) -> str:
+    """Tell a TorchScript archive from a torch.export one by content, not by file name."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except FileNotFoundError:
+        raise StartupError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, OSError) as error:
+        raise StartupError(f"{path}: not a TorchScript or torch.export file ({error})") from None
+    if any(name.endswith("/archive_format") for name in names):
+        return EXPORTED
+    if any(name.endswith("/data.pkl") for name in names) and any("/code/" in n for n in names):
+        return TORCHSCRIPT
+    raise StartupError(f"{path}: a zip archive, but neither TorchScript nor torch.export")
+
+
+def load_model_file(path: Path, device: str) -> tuple[Any, Any]:
+    """Load a model file onto `device`; returns (callable module, ExportedProgram or None).
+
+    Neither loader unpickles arbitrary Python objects.
+    """
+    import torch
+
+    kind = detect_format(path)
+    if kind == TORCHSCRIPT:
+        module = torch.jit.load(str(path), map_location=device)
+        return module.eval(), None
+    program = torch.export.load(str(path))
+    return program.module().to(device), program
+
+
+def load_handler_class(spec: str, base_dir: Path) -> type[Handler]:
+    """Import `package.module:Class` or `relative/file.py:Class` (relative to the config file)."""
+    module_name, _, class_name = spec.rpartition(":")
+    if module_name.endswith(".py") or "/" in module_name:
+        module = _import_file(base_dir / module_name)
+    else:
+        module = _import_module(module_name, base_dir)
+    handler_class = getattr(module, class_name, None)
+    if handler_class is None:
+        raise StartupError(f"handler {spec!r}: module has no attribute {class_name!r}")
+    if not (isinstance(handler_class, type) and issubclass(handler_class, Handler)):
+        raise StartupError(f"handler {spec!r}: {class_name} is not a subclass of inferd.Handler")
+    return handler_class
+
+
+def _import_module(name: str, base_dir: Path) -> Any:
+    sys.path.insert(0, str(base_dir))
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name and name.startswith(error.name):
+            raise StartupError(f"handler module {name!r} not found (searched {base_dir} and sys.path)") from None
+        raise  # the module exists but one of its own imports failed: show that error as it is
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise StartupError(f"handler file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"inferd_handler_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise StartupError(f"handler file {path} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

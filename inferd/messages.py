@@ -1,0 +1,88 @@
+"""The messages main and workers exchange. Plain data only: numbers, strings, lists, dicts and
+numpy arrays; an error crosses as (type name, message), never as a pickled exception.
+
+A request's payload is a dict of named numpy arrays (tensor models) or a list of raw items
+(handler models); its outputs come back in the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+Payload = Union[dict[str, np.ndarray], list[Any]]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    datatype: str  # v2 datatype name, e.g. "FP32"
+    shape: tuple[int, ...]  # -1 where the size varies; the first is the batch dimension
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Sent once, after the model loaded and warmed up on its device."""
+
+    pid: int
+    cpus: tuple[int, ...]
+    threads: int
+    inputs: tuple[TensorInfo, ...] = ()
+    outputs: tuple[TensorInfo, ...] = ()
+    load_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class BootFailed:
+    """Sent instead of Ready when the model cannot be loaded or warmed up; the worker then exits."""
+
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: int
+    payloads: list[Payload]
+
+
+@dataclass(frozen=True)
+class RequestFailure:
+    """One request of a batch failed; `bad_input` when the model rejected that request's data."""
+
+    error_type: str
+    message: str
+    bad_input: bool = True
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    batch_id: int
+    results: list[Payload | RequestFailure]
+    compute_s: float
+    gpu: GpuMemory | None = None
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """What torch's allocator in one worker holds, read inside that worker."""
+
+    device: str
+    allocated_bytes: int
+    reserved_bytes: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Sent periodically by GPU workers so GPU memory is current without a request."""
+
+    gpu: GpuMemory
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Asks a worker to finish and exit 0."""
+
+    reason: str = field(default="shutdown")

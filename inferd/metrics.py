@@ -1,0 +1,202 @@
+"""Every metric inferd exports, declared once, in one registry owned by the main process.
+
+Event figures (requests, latencies, batch sizes) are recorded as they happen. State figures (queue
+depth, workers, CPU, memory, GPU memory) are read at scrape time by a collector, from the batchers,
+the supervisor's bookkeeping, psutil and NVML: a scrape never waits on a worker.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from inferd import __version__, gpu
+from inferd.messages import GpuMemory
+
+if TYPE_CHECKING:
+    from inferd.batching import Batcher
+    from inferd.supervisor import Supervisor, WorkerHandle
+
+WORKER_STATES = ("starting", "ready", "stopping", "exited")
+
+
+def _batch_buckets(largest: int) -> tuple[float, ...]:
+    sizes, size = [], 1
+    while size < largest:
+        sizes.append(float(size))
+        size *= 2
+    return (*sizes, float(largest))
+
+
+class Metrics:
+    def __init__(self, latency_buckets_s: tuple[float, ...], largest_batch: int) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "inferd_requests", "Requests answered, by HTTP status code.", ["model", "code"], registry=self.registry
+        )
+        self.request_duration = self._histogram(
+            "inferd_request_duration_seconds", "End-to-end request time inside the server.", latency_buckets_s
+        )
+        self.queue_duration = self._histogram(
+            "inferd_queue_duration_seconds", "Time from arrival to dispatch in a batch.", latency_buckets_s
+        )
+        self.inference_duration = self._histogram(
+            "inferd_inference_duration_seconds", "Compute time of each batch in its worker.", latency_buckets_s
+        )
+        self.batch_size = self._histogram(
+            "inferd_batch_size", "Items per batch sent to a worker.", _batch_buckets(largest_batch)
+        )
+        build = Gauge(
+            "inferd_build_info", "inferd build: always 1.", ["version", "torch", "python"], registry=self.registry
+        )
+        build.labels(__version__, _torch_version(), platform.python_version()).set(1)
+
+    def _histogram(self, name: str, documentation: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, documentation, ["model"], buckets=buckets, registry=self.registry)
+
+    def for_model(self, model: str) -> ModelMetrics:
+        return ModelMetrics(self, model)
+
+    def watch(self, supervisor: Supervisor, batchers: Mapping[str, Batcher]) -> StateCollector:
+        collector = StateCollector(supervisor, batchers)
+        self.registry.register(collector)
+        return collector
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _torch_version() -> str:
+    try:
+        return metadata.version("torch")  # read from the install: the main process never imports torch
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class ModelMetrics:
+    """One model's event metrics, with its label bound once (the batcher's observer)."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._request_duration = metrics.request_duration.labels(model)
+        self._queue_duration = metrics.queue_duration.labels(model)
+        self._inference_duration = metrics.inference_duration.labels(model)
+        self._batch_size = metrics.batch_size.labels(model)
+
+    def request_done(self, code: int, duration_s: float) -> None:
+        self._metrics.requests.labels(self._model, str(code)).inc()
+        self._request_duration.observe(duration_s)
+
+    def batch_dispatched(self, items: int, queue_waits_s: list[float]) -> None:
+        self._batch_size.observe(items)
+        for wait_s in queue_waits_s:
+            self._queue_duration.observe(wait_s)
+
+    def batch_done(self, compute_s: float) -> None:
+        self._inference_duration.observe(compute_s)
+
+
+@dataclass
+class _SlotTotals:
+    """CPU seconds of a slot's earlier processes, so the counter survives restarts."""
+
+    finished_cpu_s: float = 0.0
+    last_pid: int | None = None
+    last_cpu_s: float = 0.0
+    gpu: GpuMemory | None = field(default=None)
+
+
+class StateCollector(Collector):
+    def __init__(self, supervisor: Supervisor, batchers: Mapping[str, Batcher]) -> None:
+        self._supervisor = supervisor
+        self._batchers = batchers
+        self._slots: dict[tuple[str, str], _SlotTotals] = {}
+        supervisor.on_stats = self._record_gpu
+
+    def _record_gpu(self, handle: WorkerHandle, reading: GpuMemory) -> None:
+        self._slot(handle).gpu = reading
+
+    def _slot(self, handle: WorkerHandle) -> _SlotTotals:
+        return self._slots.setdefault((handle.spec.model.name, handle.name), _SlotTotals())
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._model_families()
+        yield from self._worker_families()
+        yield from self._gpu_families()
+
+    def _model_families(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("inferd_queue_depth", "Requests waiting for a batch.", labels=["model"])
+        inflight = GaugeMetricFamily(
+            "inferd_inflight_requests", "Requests accepted and not yet answered.", labels=["model"]
+        )
+        ready = GaugeMetricFamily("inferd_model_ready", "1 when the model has a ready worker.", labels=["model"])
+        workers = GaugeMetricFamily("inferd_workers", "Worker processes by state.", labels=["model", "state"])
+        restarts = CounterMetricFamily("inferd_worker_restarts", "Worker restarts.", labels=["model"])
+        for name, group in self._supervisor.models.items():
+            batcher = self._batchers.get(name)
+            depth.add_metric([name], batcher.queue_depth if batcher else 0)
+            inflight.add_metric([name], batcher.inflight_requests if batcher else 0)
+            ready.add_metric([name], 1 if group.ready_count else 0)
+            states = [h.state for h in group.handles.values()]
+            for state in WORKER_STATES:
+                workers.add_metric([name, state], states.count(state))
+            restarts.add_metric([name], group.restarts_total)
+        yield from (depth, inflight, ready, workers, restarts)
+
+    def _worker_families(self) -> Iterator[Metric]:
+        cpu = CounterMetricFamily("inferd_worker_cpu_seconds", "CPU time of each worker slot.", labels=["model", "worker"])
+        memory = GaugeMetricFamily(
+            "inferd_worker_resident_memory_bytes", "Resident memory of each worker.", labels=["model", "worker"]
+        )
+        for handle in self._supervisor.all_handles():
+            totals = self._slot(handle)
+            labels = [handle.spec.model.name, handle.name]
+            rss = self._sample_process(handle, totals)
+            cpu.add_metric(labels, totals.finished_cpu_s + totals.last_cpu_s)
+            if rss is not None:
+                memory.add_metric(labels, rss)
+        yield from (cpu, memory)
+
+    def _sample_process(self, handle: WorkerHandle, totals: _SlotTotals) -> int | None:
+        if totals.last_pid != handle.pid:  # a new process in this slot: bank the old one's CPU
+            totals.finished_cpu_s += totals.last_cpu_s
+            totals.last_pid, totals.last_cpu_s = handle.pid, 0.0
+        try:
+            process = psutil.Process(handle.pid)
+            with process.oneshot():
+                times = process.cpu_times()
+                totals.last_cpu_s = times.user + times.system
+                return int(process.memory_info().rss)
+        except psutil.Error:  # exited between the listing and the read
+            return None
+
+    def _gpu_families(self) -> Iterator[Metric]:
+        readings = [(key, totals.gpu) for key, totals in self._slots.items() if totals.gpu is not None]
+        if not readings:
+            return  # no model on a GPU: these series are absent, not zero
+        labels = ["model", "device", "worker"]
+        allocated = GaugeMetricFamily(
+            "inferd_gpu_memory_allocated_bytes", "GPU memory allocated by torch in each worker.", labels=labels
+        )
+        reserved = GaugeMetricFamily(
+            "inferd_gpu_memory_reserved_bytes", "GPU memory reserved by torch's allocator in each worker.", labels=labels
+        )
+        for (model, worker), reading in readings:
+            assert reading is not None
+            allocated.add_metric([model, reading.device, worker], reading.allocated_bytes)
+            reserved.add_metric([model, reading.device, worker], reading.reserved_bytes)
+        used = GaugeMetricFamily("inferd_gpu_memory_used_bytes", "GPU memory in use on the device.", labels=["device"])
+        total = GaugeMetricFamily("inferd_gpu_memory_total_bytes", "GPU memory of the device.", labels=["device"])
+        for device in gpu.device_memory():
+            used.add_metric([device.device], device.used_bytes)
+            total.add_metric([device.device], device.total_bytes)
+        yield from (allocated, reserved, used, total)

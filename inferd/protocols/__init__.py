@@ -1,0 +1,1 @@
+"""HTTP codecs and routes: each protocol turns requests into a model's payload and back."""

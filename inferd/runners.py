@@ -1,0 +1,200 @@
+"""Running one batch inside a worker: tensor models from a file, or a user's Handler.
+
+A runner turns a batch's payloads (one per request) into one result per request. When a batch
+raises, its requests are run apart so only the request whose data broke the model fails.
+Imported only in worker processes: it imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from inferd.config import ModelConfig, TensorSpec
+from inferd.datatypes import datatype_of_torch, numpy_dtype
+from inferd.handler import Handler, load_handler_class, load_model_file
+from inferd.messages import Payload, RequestFailure, TensorInfo
+
+log = logging.getLogger(__name__)
+
+
+class ModelBroken(Exception):
+    """The model misbehaved whatever its input (e.g. returned the wrong number of rows)."""
+
+
+class Runner:
+    inputs: tuple[TensorInfo, ...] = ()
+    outputs: tuple[TensorInfo, ...] = ()
+
+    def run_batch(self, payloads: list[Payload]) -> list[Payload | RequestFailure]:
+        try:
+            return list(self._run(payloads))
+        except ModelBroken as error:
+            return [RequestFailure("ModelBroken", str(error), bad_input=False) for _ in payloads]
+        except Exception as error:
+            if len(payloads) == 1:
+                return [_failure(error)]
+            log.info("batch of %d requests raised %s; running them apart", len(payloads), error)
+            return [self.run_batch([payload])[0] for payload in payloads]
+
+    def _run(self, payloads: list[Payload]) -> Sequence[Payload]:
+        raise NotImplementedError
+
+
+def _failure(error: Exception) -> RequestFailure:
+    return RequestFailure(type(error).__name__, str(error) or type(error).__name__)
+
+
+def _row_offsets(counts: list[int]) -> list[int]:
+    return list(np.cumsum(counts)[:-1])
+
+
+class TensorRunner(Runner):
+    """A TorchScript or torch.export model: named inputs concatenated along dim 0."""
+
+    def __init__(self, model: ModelConfig, device: str) -> None:
+        assert model.path is not None
+        self.device = torch.device(device)
+        self.module, program = load_model_file(Path(model.path), device)
+        discovered_in, discovered_out = _program_signature(program) if program else ((), ())
+        self.inputs = _infos(model.inputs) or discovered_in or (TensorInfo("input", "FP32", (-1,)),)
+        self.outputs = _infos(model.outputs) or discovered_out
+
+    def _run(self, payloads: list[Payload]) -> Sequence[Payload]:
+        counts = [len(next(iter(p.values()))) for p in payloads]  # type: ignore[union-attr]
+        tensors = [self._batch_tensor(spec, payloads) for spec in self.inputs]
+        with torch.inference_mode():
+            produced = self.module(*tensors)
+        named = self._name_outputs(produced)
+        total = sum(counts)
+        arrays = {}
+        for name, tensor in named.items():
+            if tensor.dim() == 0 or tensor.shape[0] != total:
+                rows = "a scalar" if tensor.dim() == 0 else f"{tensor.shape[0]} rows"
+                raise ModelBroken(f"output {name!r} has {rows} for a batch of {total} rows")
+            arrays[name] = _to_numpy(tensor)
+        offsets = _row_offsets(counts)
+        split = {name: np.split(array, offsets) for name, array in arrays.items()}
+        return [{name: parts[i] for name, parts in split.items()} for i in range(len(payloads))]
+
+    def _batch_tensor(self, spec: TensorInfo, payloads: list[Payload]) -> torch.Tensor:
+        parts = [p[spec.name] for p in payloads]  # type: ignore[call-overload]
+        array = np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])  # one copy: writable
+        tensor = torch.from_numpy(array)
+        if spec.datatype == "BF16":
+            tensor = tensor.view(torch.bfloat16)
+        return tensor.to(self.device, non_blocking=True)
+
+    def _name_outputs(self, produced: Any) -> dict[str, torch.Tensor]:
+        if isinstance(produced, torch.Tensor):
+            produced = (produced,)
+        if isinstance(produced, dict):
+            return {str(k): v for k, v in produced.items()}
+        if not isinstance(produced, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in produced):
+            raise ModelBroken(f"the model returned {type(produced).__name__}, not tensors")
+        names = [o.name for o in self.outputs]
+        if len(names) != len(produced):
+            names = ["output"] if len(produced) == 1 else [f"output_{i}" for i in range(len(produced))]
+        return dict(zip(names, produced))
+
+    def warmup_payload(self, sample: Any) -> Payload:
+        if sample.zeros is not None:
+            dtypes = {spec.name: spec.datatype for spec in self.inputs}
+            return {
+                name: np.zeros(shape, numpy_dtype(dtypes.get(name, "FP32")))
+                for name, shape in sample.zeros.items()
+            }
+        values = sample.inputs if isinstance(sample.inputs, dict) else {self.inputs[0].name: sample.inputs}
+        return {spec.name: np.asarray(values[spec.name], numpy_dtype(spec.datatype)) for spec in self.inputs}
+
+    def default_warmup(self) -> list[Payload]:
+        shapes = [spec.shape[1:] for spec in self.inputs]
+        if any(-1 in shape for shape in shapes):
+            return []  # a variable dimension: no safe guess for its size
+        return [{spec.name: np.zeros((1, *spec.shape[1:]), numpy_dtype(spec.datatype)) for spec in self.inputs}]
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.uint16)
+    return tensor.cpu().contiguous().numpy()
+
+
+def _infos(specs: tuple[TensorSpec, ...] | None) -> tuple[TensorInfo, ...]:
+    return tuple(TensorInfo(s.name, s.datatype, s.shape) for s in specs or ())
+
+
+def _program_signature(program: Any) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+    """Input and output names, dtypes and shapes that a torch.export program carries."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    inputs, outputs = [], []
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            inputs.append(_info(node.name, node.meta.get("val")))
+        elif node.op == "output":
+            names = program.graph_signature.user_outputs
+            values = [arg.meta.get("val") for arg in node.args[0]]
+            outputs = [_info(n if len(values) > 1 else "output", v) for n, v in zip(names, values)]
+    return tuple(i for i in inputs if i), tuple(o for o in outputs if o)
+
+
+def _info(name: str, value: Any) -> TensorInfo | None:
+    if not isinstance(value, torch.Tensor):
+        return None
+    shape = tuple(d if isinstance(d, int) else -1 for d in value.shape)
+    return TensorInfo(name, datatype_of_torch(str(value.dtype)), (-1, *shape[1:]))
+
+
+class HandlerRunner(Runner):
+    """A user's Handler: decode each item, predict the batch, encode each output."""
+
+    def __init__(self, model: ModelConfig, device: str, base_dir: Path) -> None:
+        assert model.handler is not None
+        handler_class = load_handler_class(model.handler, base_dir)
+        self.handler: Handler = handler_class(**model.handler_args)
+        self.handler.setup(device)
+        self.inputs = _infos(model.inputs)
+        self.outputs = _infos(model.outputs)
+
+    def _run(self, payloads: list[Payload]) -> Sequence[Payload]:
+        items = [self.handler.decode(item) for payload in payloads for item in payload]
+        outputs = list(self.handler.predict(items))
+        if len(outputs) != len(items):
+            raise ModelBroken(f"predict returned {len(outputs)} outputs for {len(items)} items")
+        encoded = [self.handler.encode(output) for output in outputs]
+        results, start = [], 0
+        for payload in payloads:
+            results.append(encoded[start : start + len(payload)])
+            start += len(payload)
+        return results
+
+    def warmup_payload(self, sample: Any) -> Payload:
+        return list(sample.inputs) if isinstance(sample.inputs, list) else [sample.inputs]
+
+    def default_warmup(self) -> list[Payload]:
+        return []
+
+
+def build_runner(model: ModelConfig, device: str, base_dir: Path) -> TensorRunner | HandlerRunner:
+    if model.handler is not None:
+        return HandlerRunner(model, device, base_dir)
+    return TensorRunner(model, device)
+
+
+def warm_up(runner: TensorRunner | HandlerRunner, model: ModelConfig) -> float:
+    """Run the configured warmup samples (or one zero batch); a failure stops the boot."""
+    payloads = [runner.warmup_payload(s) for s in model.warmup] or runner.default_warmup()
+    started = time.perf_counter()
+    for _ in range(model.warmup_runs):
+        for result in runner.run_batch(payloads) if payloads else []:
+            if isinstance(result, RequestFailure):
+                raise RuntimeError(f"warmup failed: {result.error_type}: {result.message}")
+    return time.perf_counter() - started
+

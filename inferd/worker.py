@@ -1,0 +1,163 @@
+"""The worker process: pin, load, warm up, say Ready, then serve batches until told to stop.
+
+Protocol, over the worker's one channel to the main process:
+    worker -> main   Ready, once the model is loaded and warmed up; or BootFailed, then exit 3
+    main -> worker   Batch            worker -> main   BatchDone (one per Batch, in order)
+    main -> worker   Stop             the worker exits 0
+    worker -> main   Stats, every few seconds on a GPU (sent under the same lock as BatchDone)
+Invariants: the process pins itself and caps its thread pools before torch is imported; it dies
+with the main process (PR_SET_PDEATHSIG, and an end-of-stream on its channel), so no worker
+outlives the daemon even when the main process is SIGKILLed.
+
+This module imports torch only inside functions: the spawned interpreter imports it first,
+before the worker has pinned itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inferd.channel import Channel, ChannelClosed
+from inferd.config import ModelConfig
+from inferd.errors import EXIT_STARTUP
+from inferd.messages import Batch, BatchDone, BootFailed, GpuMemory, Ready, Stats, Stop
+from inferd.placement import WorkerSlot, pin_before_torch, set_torch_threads
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+STATS_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    slot: WorkerSlot
+    model: ModelConfig
+    base_dir: Path  # the config file's folder: handler files resolve against it
+    log_level: str
+
+
+def worker_main(spec: WorkerSpec, channel: Channel) -> None:
+    """Entry point of a worker process (the spawn target)."""
+    pin_before_torch(spec.slot)
+    _die_with_parent()
+    # Ctrl+C, `timeout` and systemd signal the whole process group; the main process drains first
+    # and then stops its workers itself, so a worker must not die of the group's signal mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=spec.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s [{spec.model.name} {spec.slot.name}] %(name)s: %(message)s",
+    )
+    try:
+        runner, ready = _boot(spec)
+    except BaseException as error:  # any failure to boot, SystemExit from user code included
+        log.error("boot failed: %s: %s", type(error).__name__, error)
+        channel.send(BootFailed(type(error).__name__, str(error) or repr(error)))
+        sys.exit(EXIT_STARTUP)
+    channel.send(ready)
+    _serve(runner, spec, channel)
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the main process dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the end-of-stream check still applies
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _boot(spec: WorkerSpec) -> tuple[Any, Ready]:
+    started = time.perf_counter()
+    import torch  # first import, after pinning
+
+    from inferd.runners import build_runner, warm_up
+
+    set_torch_threads(spec.slot)
+    _select_device(spec.slot, torch)
+    runner = build_runner(spec.model, spec.slot.device, spec.base_dir)
+    warmup_s = warm_up(runner, spec.model)
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    log.info(
+        "ready in %.2f s (warmup %.3f s) on CPUs %s with %d thread(s)",
+        time.perf_counter() - started, warmup_s, cpus, torch.get_num_threads(),
+    )  # fmt: skip
+    ready = Ready(
+        pid=os.getpid(), cpus=cpus, threads=torch.get_num_threads(),
+        inputs=runner.inputs, outputs=runner.outputs, load_s=time.perf_counter() - started,
+    )  # fmt: skip
+    return runner, ready
+
+
+def _select_device(slot: WorkerSlot, torch: Any) -> None:
+    if not slot.device.startswith("cuda"):
+        return
+    index = int(slot.device.split(":")[1])
+    torch.cuda.set_device(index)
+    if slot.gpu_memory_fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(slot.gpu_memory_fraction, index)
+
+
+def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
+    send_lock = threading.Lock()
+    gpu_reader = _gpu_reader(spec.slot)
+    if gpu_reader is not None:
+        _start_stats_thread(channel, send_lock, gpu_reader)
+    while True:
+        try:
+            message = channel.recv()
+        except ChannelClosed:
+            return  # the main process is gone
+        if isinstance(message, Stop):
+            log.info("stopping: %s", message.reason)
+            return
+        if isinstance(message, Batch):
+            started = time.perf_counter()
+            results = runner.run_batch(message.payloads)
+            done = BatchDone(
+                message.batch_id, results, time.perf_counter() - started,
+                gpu_reader() if gpu_reader else None,
+            )  # fmt: skip
+            with send_lock:
+                try:
+                    channel.send(done)
+                except ChannelClosed:
+                    return
+
+
+def _gpu_reader(slot: WorkerSlot) -> Any:
+    if not slot.device.startswith("cuda"):
+        return None
+    import torch
+
+    index = int(slot.device.split(":")[1])
+
+    def read() -> GpuMemory:
+        return GpuMemory(slot.device, torch.cuda.memory_allocated(index), torch.cuda.memory_reserved(index))
+
+    return read
+
+
+def _start_stats_thread(channel: Channel, send_lock: threading.Lock, read: Any) -> None:
+    def report() -> None:
+        while True:
+            with send_lock:
+                try:
+                    channel.send(Stats(read()))
+                except ChannelClosed:
+                    return
+            time.sleep(STATS_INTERVAL_S)
+
+    threading.Thread(target=report, name="inferd-stats", daemon=True).start()
