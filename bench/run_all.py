@@ -42,6 +42,7 @@ class Settings:
     litserve_timeout_ms: float
     inferd_workers: int
     inferd_timeout_ms: float
+    inferd_cpus: list[int] | None
     models: list[str]
     targets: list[str]
 
@@ -249,6 +250,11 @@ def run_inferd(ctx: Context, command: list[str]) -> tuple[list[Row], list[str]]:
     note = (
         f"batch {ctx.settings.batch_size}, {ctx.settings.inferd_timeout_ms:g} ms, "
         f"{ctx.settings.inferd_workers} worker(s)"
+        + (
+            f", CPUs {procs.format_cpus(ctx.settings.inferd_cpus)}"
+            if ctx.settings.inferd_cpus
+            else ""
+        )
     )
     for model in ctx.settings.models:
         port = procs.free_port()
@@ -259,7 +265,7 @@ def run_inferd(ctx: Context, command: list[str]) -> tuple[list[Row], list[str]]:
             max_batch_size=ctx.settings.batch_size,
             batch_timeout_ms=ctx.settings.inferd_timeout_ms,
             workers=ctx.settings.inferd_workers,
-            cpus=ctx.plan.server_cpus,
+            cpus=ctx.settings.inferd_cpus or ctx.plan.server_cpus,
         )
         argv = procs.pinned([*command, "serve", str(config)], ctx.plan.server_cpus)
         base = f"http://127.0.0.1:{port}"
@@ -315,6 +321,10 @@ def best_litserve(rows: list[Row], model: str, concurrency: int) -> Row | None:
 def throughput_ratio(name: str, ours: Row | None, theirs: Row | None) -> Ratio:
     if ours is None or theirs is None or theirs.requests_per_s == 0:
         return Ratio(name, None, ">= 1.00", "not measured")
+    if ours.errors or theirs.errors:
+        return Ratio(
+            name, None, ">= 1.00", f"errors in {ours.target if ours.errors else theirs.target}"
+        )
     return Ratio(
         name,
         ours.requests_per_s / theirs.requests_per_s,
@@ -371,6 +381,10 @@ def ratios(rows: list[Row], top: int) -> list[Ratio]:
 def latency_ratio(name: str, ours: Row | None, theirs: Row | None) -> Ratio:
     if ours is None or theirs is None or not theirs.p50_ms or ours.p50_ms is None:
         return Ratio(name, None, "<= 1.00", "not measured")
+    if ours.errors or theirs.errors:
+        return Ratio(
+            name, None, "<= 1.00", f"errors in {ours.target if ours.errors else theirs.target}"
+        )
     return Ratio(
         name,
         ours.p50_ms / theirs.p50_ms,
@@ -427,11 +441,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--inferd-workers", type=int, default=1, help="workers_per_device")
     parser.add_argument("--inferd-timeout-ms", type=float, default=0.0, help="batch_timeout_ms")
+    parser.add_argument(
+        "--inferd-cpus",
+        help="cpu_affinity for inferd's workers, e.g. 1 or 2-7 (default: the servers' CPUs when "
+        "pinned, else unset so inferd places them)",
+    )
     parser.add_argument("--json-out", type=Path, help="also write every row and ratio as JSON")
     parser.add_argument(
         "--keep", action="store_true", help="keep the scratch dir (models, configs, logs)"
     )
     return parser.parse_args(argv)
+
+
+def parse_cpus(text: str) -> list[int]:
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus += range(int(first), int(last or first) + 1)
+    return cpus
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -446,6 +473,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         litserve_timeout_ms=args.litserve_timeout_ms,
         inferd_workers=args.inferd_workers,
         inferd_timeout_ms=args.inferd_timeout_ms,
+        inferd_cpus=parse_cpus(args.inferd_cpus) if args.inferd_cpus else None,
         models=args.models,
         targets=args.targets,
     )
