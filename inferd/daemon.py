@@ -63,7 +63,10 @@ class ServedModel:
             "max_batch_size": self.config.max_batch_size,
             "queue_depth": self.batcher.queue_depth,
             "workers": [
-                {"slot": h.name, "pid": h.pid, "state": h.state, "cpus": list(h.spec.slot.cpus), "threads": h.spec.slot.threads}
+                {
+                    "slot": h.name, "pid": h.pid, "state": h.state, "busy": h.pending is not None,
+                    "cpus": list(h.spec.slot.cpus), "threads": h.spec.slot.threads,
+                }  # fmt: skip
                 for h in self.workers.handles.values()
             ],
         }

@@ -63,7 +63,9 @@ class TensorRunner(Runner):
         self.device = torch.device(device)
         self.module, program = load_model_file(Path(model.path), device)
         discovered_in, discovered_out = _program_signature(program) if program else ((), ())
-        self.inputs = _infos(model.inputs) or discovered_in or (TensorInfo("input", "FP32", (-1,)),)
+        self.inputs = _infos(model.inputs) or discovered_in
+        self.shapes_known = bool(self.inputs)  # else warmup cannot guess a shape
+        self.inputs = self.inputs or (TensorInfo("input", "FP32", (-1,)),)
         self.outputs = _infos(model.outputs) or discovered_out
 
     def _run(self, payloads: list[Payload]) -> Sequence[Payload]:
@@ -115,7 +117,7 @@ class TensorRunner(Runner):
 
     def default_warmup(self) -> list[Payload]:
         shapes = [spec.shape[1:] for spec in self.inputs]
-        if any(-1 in shape for shape in shapes):
+        if not self.shapes_known or any(-1 in shape for shape in shapes):
             return []  # a variable dimension: no safe guess for its size
         return [{spec.name: np.zeros((1, *spec.shape[1:]), numpy_dtype(spec.datatype)) for spec in self.inputs}]
 

@@ -1,0 +1,57 @@
+"""Tiny handler models for tests: each shows one behaviour a real model can have."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from inferd import Handler
+
+
+class Echo(Handler):
+    """Answers each item with itself and facts about the batch and the worker that ran it."""
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+
+    def predict(self, items: list[Any]) -> list[Any]:
+        delay_s = float(self.handler_args.get("delay_s", 0.0))
+        if delay_s:
+            time.sleep(delay_s)
+        facts = {
+            "batch_size": len(items),
+            "pid": os.getpid(),
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "threads": self.torch.get_num_threads(),
+            "interop_threads": self.torch.get_num_interop_threads(),
+            "omp": os.environ.get("OMP_NUM_THREADS"),
+            "device": self.device,
+        }
+        return [{"item": item, **facts} for item in items]
+
+
+class Faulty(Handler):
+    """Raises on the item "bad", exits the process on "crash", hangs on "hang"; echoes the rest."""
+
+    def predict(self, items: list[Any]) -> list[Any]:
+        if "crash" in items:
+            os._exit(17)
+        if "hang" in items:
+            time.sleep(3600)
+        if "bad" in items:
+            raise ValueError("the item 'bad' is not allowed")
+        return [{"item": item, "batch_size": len(items), "pid": os.getpid()} for item in items]
+
+
+class CrashOnLoad(Handler):
+    def setup(self, device: str) -> None:
+        raise RuntimeError("weights file is corrupt")
+
+
+class WrongRows(Handler):
+    def predict(self, items: list[Any]) -> list[Any]:
+        return items + items
