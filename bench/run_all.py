@@ -1,7 +1,8 @@
 """Every serving benchmark in one command, under one load generator, printed as one table.
 
-    python bench/run_all.py            # 10 s per point, concurrency 1, 8, 64, every LitServe setting
-    python bench/run_all.py --quick    # 3 s per point, one LitServe setting
+    python bench/run_all.py                # 10 s per point, concurrency 1, 8, 64, every LitServe setting
+    python bench/run_all.py --quick        # 3 s per point, one LitServe setting
+    python bench/run_all.py --interleave --repeats 3   # fairer on a busy machine (see README)
 
 Rows: raw (the TorchScript model called in a loop, rows/s at the batch size), bare (one starlette
 route running the model in the handler, one uvicorn process), litserve (its batching at several
@@ -13,11 +14,14 @@ Model files, configs and server logs go to a temporary directory (kept with --ke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,10 +29,11 @@ import benchmodels
 import inferd_target
 import loadgen
 import procs
-from table import Ratio, Row, format_ratios, format_rows
+import targets
+from scoring import ratios
+from table import Row, format_ratios, format_rows
 
-BENCH_DIR = Path(__file__).resolve().parent
-LITSERVE_ENV = "INFERD_BENCH_LITSERVE_PYTHON"
+ALL_TARGETS = ["raw", "bare", "litserve", "inferd native", "inferd v2"]
 
 
 @dataclass(frozen=True)
@@ -36,24 +41,11 @@ class Settings:
     duration_s: float
     warmup_s: float
     repeats: int
+    interleave: bool
     concurrencies: list[int]
     batch_size: int
-    litserve_variants: list[str]
-    litserve_timeout_ms: float
-    inferd_workers: int
-    inferd_timeout_ms: float
-    inferd_cpus: list[int] | None
     models: list[str]
     targets: list[str]
-
-
-# LitServe settings tried; the best at the highest concurrency is the one the ratios use.
-LITSERVE_VARIANTS: dict[str, list[str]] = {
-    "w2": ["--workers", "2"],  # LitServe's default: one API server per worker
-    "w2-api1": ["--workers", "2", "--api-servers", "1"],
-    "w1-api1": ["--workers", "1", "--api-servers", "1"],
-    "w2-zmq": ["--workers", "2", "--fast-queue"],  # ZeroMQ queues between API servers and workers
-}
 
 
 @dataclass(frozen=True)
@@ -64,79 +56,127 @@ class Context:
     model_paths: dict[str, Path]
 
 
-def native_body(model: str) -> bytes:
-    return json.dumps({"inputs": [benchmodels.sample_row(model)]}).encode()
-
-
-def v2_body(model: str) -> bytes:
-    row = benchmodels.sample_row(model)
-    tensor = {"name": "input", "shape": [1, len(row)], "datatype": "FP32", "data": row}
-    return json.dumps({"inputs": [tensor]}).encode()
-
-
-def measure(ctx: Context, url: str, body: bytes, concurrency: int) -> loadgen.LoadResult:
-    """Warm up, then the median (by req/s) of `repeats` runs."""
+def one_run(ctx: Context, endpoint: targets.Endpoint, concurrency: int) -> loadgen.LoadResult:
     cpus = ctx.plan.loadgen_cpus
     if ctx.settings.warmup_s > 0:
-        loadgen.run_load(url, body, concurrency, ctx.settings.warmup_s, taskset_cpus=cpus)
-    runs = [
-        loadgen.run_load(url, body, concurrency, ctx.settings.duration_s, taskset_cpus=cpus)
-        for _ in range(ctx.settings.repeats)
-    ]
-    runs.sort(key=lambda run: run.requests_per_s)
-    return runs[len(runs) // 2]
-
-
-def to_row(target: str, model: str, result: loadgen.LoadResult, note: str = "") -> Row:
-    return Row(
-        target=target,
-        model=model,
-        concurrency=result.concurrency,
-        requests_per_s=result.requests_per_s,
-        p50_ms=result.p50_ms,
-        p99_ms=result.p99_ms,
-        errors=result.errors,
-        note=note,
+        loadgen.run_load(
+            endpoint.url, endpoint.body, concurrency, ctx.settings.warmup_s, taskset_cpus=cpus
+        )
+    return loadgen.run_load(
+        endpoint.url, endpoint.body, concurrency, ctx.settings.duration_s, taskset_cpus=cpus
     )
 
 
-def sweep(
-    ctx: Context, target: str, model: str, url: str, body: bytes, note: str = ""
-) -> list[Row]:
+def to_row(endpoint: targets.Endpoint, runs: list[loadgen.LoadResult]) -> Row:
+    """The median run by req/s; errors are summed over every run."""
+    median = sorted(runs, key=lambda run: run.requests_per_s)[len(runs) // 2]
+    spread = ""
+    if len(runs) > 1:
+        low, high = min(r.requests_per_s for r in runs), max(r.requests_per_s for r in runs)
+        spread = f"runs {low:,.0f}..{high:,.0f}; "
+    return Row(
+        target=endpoint.target,
+        model=endpoint.model,
+        concurrency=median.concurrency,
+        requests_per_s=median.requests_per_s,
+        p50_ms=median.p50_ms,
+        p99_ms=median.p99_ms,
+        errors=sum(r.errors for r in runs),
+        note=spread + endpoint.note,
+    )
+
+
+def say(endpoint: targets.Endpoint, result: loadgen.LoadResult) -> None:
+    print(
+        f"  {endpoint.target:<22} {endpoint.model:<5} c={result.concurrency:<3} "
+        f"{result.requests_per_s:>9,.0f} req/s p50 {result.p50_ms:.2f} ms "
+        f"p99 {result.p99_ms:.2f} ms errors {result.errors}",
+        flush=True,
+    )
+
+
+def by_server(endpoints: list[targets.Endpoint]) -> dict[str, list[targets.Endpoint]]:
+    groups: dict[str, list[targets.Endpoint]] = defaultdict(list)
+    for endpoint in endpoints:
+        groups[endpoint.server.key].append(endpoint)
+    return groups
+
+
+def run_sequential(ctx: Context, endpoints: list[targets.Endpoint], notes: list[str]) -> list[Row]:
+    """One server at a time: start it, every concurrency `repeats` times, stop it."""
     rows = []
-    for concurrency in ctx.settings.concurrencies:
-        row = to_row(target, model, measure(ctx, url, body, concurrency), note)
-        print(
-            f"  {row.target:<22} {model:<5} c={concurrency:<3} {row.requests_per_s:>9,.0f} req/s "
-            f"p50 {row.p50_ms:.2f} ms p99 {row.p99_ms:.2f} ms errors {row.errors}",
-            flush=True,
-        )
-        rows.append(row)
+    for group in by_server(endpoints).values():
+        with served(ctx, [group[0].server], notes):
+            for endpoint in group:
+                for concurrency in ctx.settings.concurrencies:
+                    runs = [
+                        one_run(ctx, endpoint, concurrency) for _ in range(ctx.settings.repeats)
+                    ]
+                    say(endpoint, runs[len(runs) // 2])
+                    rows.append(to_row(endpoint, runs))
     return rows
+
+
+def run_interleaved(ctx: Context, endpoints: list[targets.Endpoint], notes: list[str]) -> list[Row]:
+    """Every server of a model up at once; each round measures every endpoint in turn, so a change
+    in background load lands on all of them alike. Idle servers wait on sockets and queues."""
+    runs: dict[tuple[int, int], list[loadgen.LoadResult]] = defaultdict(list)
+    for model in ctx.settings.models:
+        mine = [e for e in endpoints if e.model == model]
+        servers = [group[0].server for group in by_server(mine).values()]
+        with served(ctx, servers, notes):
+            for round_number in range(ctx.settings.repeats):
+                print(f" {model}: round {round_number + 1} of {ctx.settings.repeats}", flush=True)
+                for concurrency in ctx.settings.concurrencies:
+                    for endpoint in mine:
+                        result = one_run(ctx, endpoint, concurrency)
+                        say(endpoint, result)
+                        runs[(endpoints.index(endpoint), concurrency)].append(result)
+    return [
+        to_row(endpoint, runs[(i, c)])
+        for i, endpoint in enumerate(endpoints)
+        for c in ctx.settings.concurrencies
+        if runs[(i, c)]
+    ]
+
+
+@contextlib.contextmanager
+def served(ctx: Context, servers: list[targets.ServerSpec], notes: list[str]):
+    """Start the servers (each ready before the next starts); stop them all; note odd exits."""
+    with contextlib.ExitStack() as stack:
+        started = []
+        for spec in servers:
+            started.append((spec, stack.enter_context(spec.process(ctx.scratch))))
+        yield
+        stack.close()
+        for spec, process in started:
+            if spec.key.startswith("inferd") and process.exit_code != 0:
+                notes.append(
+                    f"{spec.key} exited {process.exit_code} after SIGTERM (expected 0)\n"
+                    f"{process.log_tail(10)}"
+                )
 
 
 def run_raw(ctx: Context) -> list[Row]:
     rows = []
     for model in ctx.settings.models:
-        argv = procs.pinned(
-            [
-                sys.executable,
-                str(BENCH_DIR / "raw_model.py"),
-                "--model",
-                model,
-                "--model-path",
-                str(ctx.model_paths[model]),
-                "--batch-size",
-                str(ctx.settings.batch_size),
-                "--seconds",
-                str(ctx.settings.duration_s / 2),
-                "--json",
-            ],
-            ctx.plan.server_cpus,
+        argv = [
+            sys.executable,
+            str(targets.BENCH_DIR / "raw_model.py"),
+            "--model",
+            model,
+            "--model-path",
+            str(ctx.model_paths[model]),
+            "--batch-size",
+            str(ctx.settings.batch_size),
+            "--seconds",
+            str(ctx.settings.duration_s / 2),
+            "--json",
+        ]
+        done = subprocess.run(
+            procs.pinned(argv, ctx.plan.server_cpus), check=True, capture_output=True, text=True
         )
-        figures = json.loads(
-            subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-        )
+        figures = json.loads(done.stdout)
         rows.append(
             Row(
                 target="raw",
@@ -154,303 +194,56 @@ def run_raw(ctx: Context) -> list[Row]:
     return rows
 
 
-def run_bare(ctx: Context, python: str, target: str) -> list[Row]:
-    rows = []
+def endpoints_for(
+    ctx: Context, args: argparse.Namespace, notes: list[str]
+) -> list[targets.Endpoint]:
+    where = targets.Placement(
+        ctx.plan.server_cpus, parse_cpus(args.inferd_cpus) if args.inferd_cpus else None
+    )
+    wanted, found = ctx.settings.targets, []
+    litserve_python, why = (
+        targets.litserve_python(args.litserve_python) if "litserve" in wanted else (None, "")
+    )
+    if why:
+        notes.append(f"litserve rows skipped: {why}")
+    protocols = [name for name in ("native", "v2") if f"inferd {name}" in wanted]
+    command = inferd_target.command(args.inferd_cmd)
+    inferd_ok, why = inferd_target.available(command) if protocols else (False, "")
+    if why:
+        notes.append(f"inferd rows skipped: {why}")
     for model in ctx.settings.models:
-        port = procs.free_port()
-        argv = procs.pinned(
-            [
-                python,
-                str(BENCH_DIR / "bare_server.py"),
-                "--model-path",
-                str(ctx.model_paths[model]),
-                "--name",
+        path = ctx.model_paths[model]
+        if "bare" in wanted:
+            found.append(targets.bare(model, path, where))
+            if args.bare_python:
+                found.append(
+                    targets.bare(model, path, where, args.bare_python, "bare (other python)")
+                )
+        if litserve_python:
+            found += [
+                targets.litserve(
+                    model,
+                    path,
+                    where,
+                    litserve_python,
+                    variant,
+                    ctx.settings.batch_size,
+                    args.litserve_timeout_ms,
+                )
+                for variant in args.litserve_variants
+            ]
+        if inferd_ok:
+            found += targets.inferd(
                 model,
-                "--port",
-                str(port),
-            ],
-            ctx.plan.server_cpus,
-        )
-        base = f"http://127.0.0.1:{port}"
-        log = ctx.scratch / f"{target.replace(' ', '-')}-{model}.log"
-        with procs.ServerProcess(argv, f"{base}/readyz", log):
-            rows += sweep(
-                ctx,
-                target,
-                model,
-                f"{base}/models/{model}/predict",
-                native_body(model),
-                uvicorn_stack(python),
+                path,
+                where,
+                command,
+                protocols,
+                ctx.settings.batch_size,
+                args.inferd_timeout_ms,
+                args.inferd_workers,
             )
-    return rows
-
-
-def uvicorn_stack(python: str) -> str:
-    """Which event loop and HTTP parser uvicorn picks in that python ("auto" takes the fast ones)."""
-    probe = (
-        "import importlib.util as u; print('uvloop' if u.find_spec('uvloop') else 'asyncio', "
-        "'httptools' if u.find_spec('httptools') else 'h11', sep='+')"
-    )
-    found = subprocess.run([python, "-c", probe], check=False, capture_output=True, text=True)
-    return f"uvicorn {found.stdout.strip() or '?'}"
-
-
-def litserve_python(option: str | None) -> tuple[str | None, str]:
-    """The python of LitServe's own venv, or None and why it is skipped."""
-    python = option or os.environ.get(LITSERVE_ENV)
-    if not python:
-        return None, f"no LitServe python given (--litserve-python or ${LITSERVE_ENV})"
-    check = subprocess.run(
-        [python, "-c", "import litserve, torch"], check=False, capture_output=True, text=True
-    )
-    if check.returncode != 0:
-        return None, f"{python} cannot import litserve and torch: {check.stderr.strip()[-200:]}"
-    return python, ""
-
-
-def run_litserve(ctx: Context, python: str) -> list[Row]:
-    rows = []
-    for model in ctx.settings.models:
-        for variant in ctx.settings.litserve_variants:
-            port = procs.free_port()
-            argv = procs.pinned(
-                [
-                    python,
-                    str(BENCH_DIR / "litserve_server.py"),
-                    "--model-path",
-                    str(ctx.model_paths[model]),
-                    "--name",
-                    model,
-                    "--port",
-                    str(port),
-                    "--max-batch-size",
-                    str(ctx.settings.batch_size),
-                    "--batch-timeout-ms",
-                    str(ctx.settings.litserve_timeout_ms),
-                    *LITSERVE_VARIANTS[variant],
-                ],
-                ctx.plan.server_cpus,
-            )
-            base = f"http://127.0.0.1:{port}"
-            log = ctx.scratch / f"litserve-{model}-{variant}.log"
-            with procs.ServerProcess(argv, f"{base}/health", log):
-                rows += sweep(
-                    ctx,
-                    f"litserve {variant}",
-                    model,
-                    f"{base}/models/{model}/predict",
-                    native_body(model),
-                    note=f"batch {ctx.settings.batch_size}, {ctx.settings.litserve_timeout_ms:g} ms",
-                )
-    return rows
-
-
-def run_inferd(ctx: Context, command: list[str]) -> tuple[list[Row], list[str]]:
-    rows, notes = [], []
-    note = (
-        f"batch {ctx.settings.batch_size}, {ctx.settings.inferd_timeout_ms:g} ms, "
-        f"{ctx.settings.inferd_workers} worker(s)"
-        + (
-            f", CPUs {procs.format_cpus(ctx.settings.inferd_cpus)}"
-            if ctx.settings.inferd_cpus
-            else ""
-        )
-    )
-    for model in ctx.settings.models:
-        port = procs.free_port()
-        config = inferd_target.write_config(
-            model,
-            ctx.model_paths[model],
-            port,
-            max_batch_size=ctx.settings.batch_size,
-            batch_timeout_ms=ctx.settings.inferd_timeout_ms,
-            workers=ctx.settings.inferd_workers,
-            cpus=ctx.settings.inferd_cpus or ctx.plan.server_cpus,
-        )
-        argv = procs.pinned([*command, "serve", str(config)], ctx.plan.server_cpus)
-        base = f"http://127.0.0.1:{port}"
-        server = procs.ServerProcess(
-            argv,
-            f"{base}/readyz",
-            ctx.scratch / f"inferd-{model}.log",
-            env=inferd_target.environment(),
-            cwd=inferd_target.REPO_ROOT,
-        )
-        with server:
-            if "inferd native" in ctx.settings.targets:
-                rows += sweep(
-                    ctx,
-                    "inferd native",
-                    model,
-                    f"{base}/models/{model}/predict",
-                    native_body(model),
-                    note,
-                )
-            if "inferd v2" in ctx.settings.targets:
-                rows += sweep(
-                    ctx, "inferd v2", model, f"{base}/v2/models/{model}/infer", v2_body(model), note
-                )
-        if server.exit_code != 0:
-            notes.append(
-                f"inferd ({model}) exited {server.exit_code} after SIGTERM (expected 0); "
-                f"log: {server.log_path}\n{server.log_tail(10)}"
-            )
-    return rows, notes
-
-
-def find(rows: list[Row], target: str, model: str, concurrency: int | None) -> Row | None:
-    return next(
-        (
-            r
-            for r in rows
-            if r.target == target and r.model == model and r.concurrency == concurrency
-        ),
-        None,
-    )
-
-
-def best_litserve(rows: list[Row], model: str, concurrency: int) -> Row | None:
-    candidates = [
-        r
-        for r in rows
-        if r.target.startswith("litserve") and r.model == model and r.concurrency == concurrency
-    ]
-    return max(candidates, key=lambda r: r.requests_per_s, default=None)
-
-
-def throughput_ratio(name: str, ours: Row | None, theirs: Row | None) -> Ratio:
-    if ours is None or theirs is None or theirs.requests_per_s == 0:
-        return Ratio(name, None, ">= 1.00", "not measured")
-    if ours.errors or theirs.errors:
-        return Ratio(
-            name, None, ">= 1.00", f"errors in {ours.target if ours.errors else theirs.target}"
-        )
-    return Ratio(
-        name,
-        ours.requests_per_s / theirs.requests_per_s,
-        ">= 1.00",
-        f"{ours.requests_per_s:,.0f} / {theirs.requests_per_s:,.0f} ({theirs.target})",
-    )
-
-
-def ratios(rows: list[Row], top: int) -> list[Ratio]:
-    found = []
-    tiny_inferd = find(rows, "inferd native", "tiny", top)
-    tiny_bare = find(rows, "bare", "tiny", top)
-    found.append(throughput_ratio(f"tiny c{top}: inferd / bare", tiny_inferd, tiny_bare))
-    other_bare = find(rows, "bare (other python)", "tiny", top)
-    if other_bare:
-        found.append(
-            throughput_ratio(f"tiny c{top}: inferd / bare (other python)", tiny_inferd, other_bare)
-        )
-    found.append(
-        throughput_ratio(
-            f"tiny c{top}: inferd / best litserve", tiny_inferd, best_litserve(rows, "tiny", top)
-        )
-    )
-    mlp_inferd = find(rows, "inferd native", "mlp", top)
-    raw_mlp = find(rows, "raw", "mlp", None)
-    ceiling = min(
-        (r for r in (tiny_bare, raw_mlp) if r), key=lambda r: r.requests_per_s, default=None
-    )
-    found.append(
-        throughput_ratio(f"mlp c{top}: inferd / min(bare tiny, raw mlp)", mlp_inferd, ceiling)
-    )
-    found.append(
-        throughput_ratio(
-            f"mlp c{top}: inferd / best litserve", mlp_inferd, best_litserve(rows, "mlp", top)
-        )
-    )
-    found.append(
-        throughput_ratio(
-            f"tiny c{top}: inferd v2 / inferd native",
-            find(rows, "inferd v2", "tiny", top),
-            tiny_inferd,
-        )
-    )
-    found.append(
-        latency_ratio(
-            "tiny c1 p50: inferd / bare (timeout 0)",
-            find(rows, "inferd native", "tiny", 1),
-            find(rows, "bare", "tiny", 1),
-        )
-    )
     return found
-
-
-def latency_ratio(name: str, ours: Row | None, theirs: Row | None) -> Ratio:
-    if ours is None or theirs is None or not theirs.p50_ms or ours.p50_ms is None:
-        return Ratio(name, None, "<= 1.00", "not measured")
-    if ours.errors or theirs.errors:
-        return Ratio(
-            name, None, "<= 1.00", f"errors in {ours.target if ours.errors else theirs.target}"
-        )
-    return Ratio(
-        name,
-        ours.p50_ms / theirs.p50_ms,
-        "<= 1.00",
-        f"{ours.p50_ms:.2f} ms / {theirs.p50_ms:.2f} ms",
-    )
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="3 s per point, 1 s warmup, one LitServe setting"
-    )
-    parser.add_argument(
-        "--duration", type=float, help="seconds per measured point (default 10, quick 3)"
-    )
-    parser.add_argument(
-        "--warmup", type=float, help="seconds of load before each point (default 2, quick 1)"
-    )
-    parser.add_argument("--repeats", type=int, default=1, help="runs per point; the median is kept")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--models", nargs="+", choices=sorted(benchmodels.MODELS), default=["tiny", "mlp"]
-    )
-    parser.add_argument(
-        "--targets",
-        nargs="+",
-        default=["raw", "bare", "litserve", "inferd native", "inferd v2"],
-        help="which rows to run (names as in the table)",
-    )
-    parser.add_argument(
-        "--cpus",
-        choices=["auto", "split", "shared"],
-        default="auto",
-        help="auto: pin wrk away from the servers when there are 4+ CPUs",
-    )
-    parser.add_argument(
-        "--bare-python",
-        help="also run the bare endpoint under this python "
-        "(e.g. one with uvloop and httptools) as the row 'bare (other python)'",
-    )
-    parser.add_argument("--litserve-python", help=f"LitServe venv's python (or ${LITSERVE_ENV})")
-    parser.add_argument("--litserve-variants", nargs="+", choices=sorted(LITSERVE_VARIANTS))
-    parser.add_argument("--litserve-timeout-ms", type=float, default=5.0)
-    parser.add_argument(
-        "--inferd-cmd", help="command that runs inferd (default: this python -m inferd)"
-    )
-    parser.add_argument("--inferd-workers", type=int, default=1, help="workers_per_device")
-    parser.add_argument("--inferd-timeout-ms", type=float, default=0.0, help="batch_timeout_ms")
-    parser.add_argument(
-        "--inferd-cpus",
-        help="cpu_affinity for inferd's workers, e.g. 1 or 2-7 (default: the servers' CPUs when "
-        "pinned, else unset so inferd places them)",
-    )
-    parser.add_argument("--json-out", type=Path, help="also write every row and ratio as JSON")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the scratch dir (models, configs, logs)"
-    )
-    return parser.parse_args(argv)
 
 
 def parse_cpus(text: str) -> list[int]:
@@ -461,54 +254,86 @@ def parse_cpus(text: str) -> list[int]:
     return cpus
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add = parser.add_argument
+    add("--quick", action="store_true", help="3 s per point, 1 s warmup, one LitServe setting")
+    add("--duration", type=float, help="seconds per measured point (default 10, quick 3)")
+    add("--warmup", type=float, help="seconds of load before each point (default 2, quick 1)")
+    add("--repeats", type=int, default=1, help="runs per point; the median is kept")
+    add(
+        "--interleave",
+        action="store_true",
+        help="start every server of a model at once and measure them in turns, round after round",
+    )
+    add("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    add("--batch-size", type=int, default=32)
+    add("--models", nargs="+", choices=sorted(benchmodels.MODELS), default=["tiny", "mlp"])
+    add(
+        "--targets",
+        nargs="+",
+        choices=ALL_TARGETS,
+        default=ALL_TARGETS,
+        metavar="TARGET",
+        help=f"rows to run, from {ALL_TARGETS}",
+    )
+    add(
+        "--cpus",
+        choices=["auto", "split", "shared"],
+        default="auto",
+        help="auto: pin wrk away from the servers when there are 4+ CPUs",
+    )
+    add(
+        "--bare-python",
+        help="also run the bare endpoint under this python (e.g. one with uvloop "
+        "and httptools) as the row 'bare (other python)'",
+    )
+    add("--litserve-python", help=f"LitServe venv's python (or ${targets.LITSERVE_ENV})")
+    add("--litserve-variants", nargs="+", choices=sorted(targets.LITSERVE_VARIANTS))
+    add("--litserve-timeout-ms", type=float, default=5.0)
+    add("--inferd-cmd", help="command that runs inferd (default: this python -m inferd)")
+    add("--inferd-workers", type=int, default=1, help="workers_per_device")
+    add("--inferd-timeout-ms", type=float, default=0.0, help="batch_timeout_ms")
+    add(
+        "--inferd-cpus",
+        help="cpu_affinity for inferd's workers, e.g. 1 or 2-7 (default: the "
+        "servers' CPUs when pinned, else unset so inferd places them)",
+    )
+    add("--json-out", type=Path, help="also write every row and ratio as JSON")
+    add("--keep", action="store_true", help="keep the scratch dir (models, configs, logs)")
+    args = parser.parse_args(argv)
+    if not args.litserve_variants:
+        args.litserve_variants = ["w2"] if args.quick else list(targets.LITSERVE_VARIANTS)
+    return args
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
-    variants = args.litserve_variants or (["w2"] if args.quick else list(LITSERVE_VARIANTS))
     return Settings(
         duration_s=args.duration or (3.0 if args.quick else 10.0),
         warmup_s=args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0),
         repeats=args.repeats,
+        interleave=args.interleave,
         concurrencies=args.concurrency,
         batch_size=args.batch_size,
-        litserve_variants=variants,
-        litserve_timeout_ms=args.litserve_timeout_ms,
-        inferd_workers=args.inferd_workers,
-        inferd_timeout_ms=args.inferd_timeout_ms,
-        inferd_cpus=parse_cpus(args.inferd_cpus) if args.inferd_cpus else None,
         models=args.models,
         targets=args.targets,
     )
 
 
-def run(ctx: Context, args: argparse.Namespace) -> tuple[list[Row], list[str]]:
-    rows: list[Row] = []
-    notes: list[str] = []
-    targets = ctx.settings.targets
-    if "raw" in targets:
+def run(ctx: Context, args: argparse.Namespace, notes: list[str]) -> list[Row]:
+    rows = []
+    if "raw" in ctx.settings.targets:
         print("raw model", flush=True)
         rows += run_raw(ctx)
-    if "bare" in targets:
-        print("bare starlette endpoint", flush=True)
-        rows += run_bare(ctx, sys.executable, "bare")
-        if args.bare_python:
-            rows += run_bare(ctx, args.bare_python, "bare (other python)")
-    if "litserve" in targets:
-        python, why = litserve_python(args.litserve_python)
-        if python is None:
-            notes.append(f"litserve rows skipped: {why}")
-        else:
-            print(f"litserve ({python})", flush=True)
-            rows += run_litserve(ctx, python)
-    if {"inferd native", "inferd v2"} & set(targets):
-        command = inferd_target.command(args.inferd_cmd)
-        ok, why = inferd_target.available(command)
-        if not ok:
-            notes.append(f"inferd rows skipped: {why}")
-        else:
-            print(f"inferd ({' '.join(command)})", flush=True)
-            inferd_rows, inferd_notes = run_inferd(ctx, command)
-            rows += inferd_rows
-            notes += inferd_notes
-    return rows, notes
+    endpoints = endpoints_for(ctx, args, notes)
+    schedule = run_interleaved if ctx.settings.interleave else run_sequential
+    return rows + schedule(ctx, endpoints, notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -519,20 +344,21 @@ def main(argv: list[str] | None = None) -> int:
         "wrk" if loadgen.have_wrk() else "python fallback (install Debian's wrk for real figures)"
     )
     print(
-        f"machine: {plan.describe()}; load average {load_average()}\nload generator: {tool}, closed loop, "
-        f"{settings.duration_s:g} s per point after {settings.warmup_s:g} s warmup, "
-        f"median of {settings.repeats}",
+        f"machine: {plan.describe()}; load average {load_average()}\n"
+        f"load generator: {tool}, closed loop, {settings.duration_s:g} s per point after "
+        f"{settings.warmup_s:g} s warmup, median of {settings.repeats}"
+        f"{', interleaved' if settings.interleave else ''}",
         flush=True,
     )
     scratch = Path(tempfile.mkdtemp(prefix="inferd-bench-"))
     ctx = Context(settings, plan, scratch, benchmodels.write_all(scratch / "models"))
+    notes: list[str] = []
     try:
-        rows, notes = run(ctx, args)
+        rows = run(ctx, args, notes)
     finally:
         if not args.keep:
-            subprocess.run(["rm", "-rf", str(scratch)], check=False)
-    top = max(settings.concurrencies)
-    found = ratios(rows, top)
+            shutil.rmtree(scratch, ignore_errors=True)
+    found = ratios(rows, max(settings.concurrencies))
     print(f"\nload average at the end: {load_average()} (other work on the machine skews figures)")
     print(f"\n{format_rows(rows)}\n\n{format_ratios(found)}")
     for note in notes:

@@ -24,7 +24,7 @@ import inferd_target
 import loadgen
 import procs
 import psutil
-from run_all import native_body
+from targets import native_body
 
 
 @dataclass(frozen=True)
