@@ -131,6 +131,7 @@ class ServerProcess:
     def stop(self) -> None:
         if self.process is None or self.exit_code is not None:
             return
+        self.resume()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -156,6 +157,18 @@ class ServerProcess:
                 except ProcessLookupError:
                     return
                 time.sleep(0.1)
+
+    def pause(self) -> None:
+        """Stop every process of the server (SIGSTOP to its group) so an idle server that polls
+        (LitServe's workers do) takes no CPU from the one being measured."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

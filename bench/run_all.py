@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -119,17 +120,22 @@ def run_sequential(ctx: Context, endpoints: list[targets.Endpoint], notes: list[
 
 def run_interleaved(ctx: Context, endpoints: list[targets.Endpoint], notes: list[str]) -> list[Row]:
     """Every server of a model up at once; each round measures every endpoint in turn, so a change
-    in background load lands on all of them alike. Idle servers wait on sockets and queues."""
+    in background load lands on all of them alike. Servers not being measured are paused
+    (SIGSTOP), since some poll while idle; each run's warmup follows the resume."""
     runs: dict[tuple[int, int], list[loadgen.LoadResult]] = defaultdict(list)
     for model in ctx.settings.models:
         mine = [e for e in endpoints if e.model == model]
         servers = [group[0].server for group in by_server(mine).values()]
-        with served(ctx, servers, notes):
+        with served(ctx, servers, notes) as processes:
+            for process in processes.values():
+                process.pause()
             for round_number in range(ctx.settings.repeats):
                 print(f" {model}: round {round_number + 1} of {ctx.settings.repeats}", flush=True)
                 for concurrency in ctx.settings.concurrencies:
                     for endpoint in mine:
+                        processes[endpoint.server.key].resume()
                         result = one_run(ctx, endpoint, concurrency)
+                        processes[endpoint.server.key].pause()
                         say(endpoint, result)
                         runs[(endpoints.index(endpoint), concurrency)].append(result)
     return [
@@ -141,18 +147,20 @@ def run_interleaved(ctx: Context, endpoints: list[targets.Endpoint], notes: list
 
 
 @contextlib.contextmanager
-def served(ctx: Context, servers: list[targets.ServerSpec], notes: list[str]):
+def served(
+    ctx: Context, servers: list[targets.ServerSpec], notes: list[str]
+) -> Iterator[dict[str, procs.ServerProcess]]:
     """Start the servers (each ready before the next starts); stop them all; note odd exits."""
     with contextlib.ExitStack() as stack:
-        started = []
+        started = {}
         for spec in servers:
-            started.append((spec, stack.enter_context(spec.process(ctx.scratch))))
-        yield
+            started[spec.key] = stack.enter_context(spec.process(ctx.scratch))
+        yield started
         stack.close()
-        for spec, process in started:
-            if spec.key.startswith("inferd") and process.exit_code != 0:
+        for key, process in started.items():
+            if key.startswith("inferd") and process.exit_code != 0:
                 notes.append(
-                    f"{spec.key} exited {process.exit_code} after SIGTERM (expected 0)\n"
+                    f"{key} exited {process.exit_code} after SIGTERM (expected 0)\n"
                     f"{process.log_tail(10)}"
                 )
 
