@@ -30,7 +30,7 @@ from targets import native_body
 @dataclass(frozen=True)
 class MemorySample:
     at_s: float
-    rss_bytes: dict[str, int]  # "main" and "worker <pid>" -> bytes
+    rss_bytes: dict[str, int]  # "main", "worker <pid>", "helper <pid>" (resource tracker) -> bytes
 
     @property
     def total_bytes(self) -> int:
@@ -42,7 +42,8 @@ def sample_memory(pid: int, started: float) -> MemorySample:
     rss = {"main": main.memory_info().rss}
     for child in main.children(recursive=True):
         try:
-            rss[f"worker {child.pid}"] = child.memory_info().rss
+            role = "worker" if "spawn_main" in " ".join(child.cmdline()) else "helper"
+            rss[f"{role} {child.pid}"] = child.memory_info().rss
         except psutil.NoSuchProcess:
             continue
     return MemorySample(at_s=time.monotonic() - started, rss_bytes=rss)
