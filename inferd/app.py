@@ -1,8 +1,9 @@
-"""The starlette app over a Daemon, and the uvicorn server that runs it.
+"""The starlette app over a Daemon, and the uvicorn servers that run it.
 
 The server listens at once: /healthz answers while models load, /readyz turns 200 when every model
-has a ready worker. SIGTERM and SIGINT drain (uvicorn stops accepting, open requests finish within
-`drain_timeout_s`, then workers stop); SIGHUP calls the reload hook.
+has a ready worker. Model routes are looked up per request, so a reload can add, swap and remove
+models under a running server. SIGTERM and SIGINT drain (uvicorn stops accepting, open requests
+finish within `drain_timeout_s`, then workers stop); SIGHUP reloads the config file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -19,17 +20,24 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from inferd.daemon import Daemon, ServedModel
-from inferd.errors import EXIT_STARTUP, StartupError
-from inferd.protocols import native
+from inferd.errors import EXIT_STARTUP, ConfigError, StartupError
+from inferd.protocols import native, v2
 from inferd.protocols.http import answer, json_response, parse_json, read_body
 
 log = logging.getLogger(__name__)
 
+Reloader = Callable[[], Awaitable[dict[str, Any]]]
 
-def build_app(daemon: Daemon, on_startup_failure: Callable[[StartupError], None], metrics_route: bool = True) -> Starlette:
+
+def build_app(
+    daemon: Daemon,
+    on_startup_failure: Callable[[StartupError], None],
+    reload: Reloader,
+    metrics_route: bool = True,
+) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         boot = asyncio.get_running_loop().create_task(_boot(daemon, on_startup_failure))
@@ -37,15 +45,16 @@ def build_app(daemon: Daemon, on_startup_failure: Callable[[StartupError], None]
         boot.cancel()
         await daemon.stop()
 
-    routes = [Route(m.config.url_path, _predict_endpoint(daemon, m), methods=["POST"]) for m in daemon.models.values()]
-    routes += [
+    routes: list[BaseRoute] = [
         Route("/models", lambda request: json_response({"models": [m.describe() for m in daemon.models.values()]})),
-        Route("/models/{name}/predict", _unknown_model(daemon), methods=["POST"]),
         Route("/healthz", lambda request: json_response({"status": "alive"})),
         Route("/readyz", lambda request: _readiness(daemon)),
+        Route("/admin/reload", _reload_endpoint(reload), methods=["POST"]),
+        *v2.routes(daemon),
     ]
     if metrics_route:
         routes.append(Route("/metrics", metrics_endpoint(daemon)))
+    routes.append(Route("/{path:path}", _model_route(daemon), methods=["GET", "POST", "PUT", "DELETE", "PATCH"]))
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
 
 
@@ -56,27 +65,37 @@ async def _boot(daemon: Daemon, on_failure: Callable[[StartupError], None]) -> N
         on_failure(error)
 
 
-def _predict_endpoint(daemon: Daemon, model: ServedModel) -> Callable[[Request], Any]:
+def _model_route(daemon: Daemon) -> Callable[[Request], Awaitable[Response]]:
+    """Every path not served above: a model's predict route, or a JSON 404/405."""
+
+    async def dispatch(request: Request) -> Response:
+        model = daemon.route(request.url.path)
+        if model is None:
+            return _not_found(daemon, request)
+        if request.method != "POST":
+            return json_response({"error": f"{request.url.path} takes POST"}, 405, {"Allow": "POST"})
+        return await predict(daemon, model, request)
+
+    return dispatch
+
+
+def _not_found(daemon: Daemon, request: Request) -> Response:
+    parts = request.url.path.strip("/").split("/")
+    if len(parts) == 3 and parts[0] == "models" and parts[2] == "predict":
+        return json_response({"error": f"no model named {parts[1]!r}; models: {sorted(daemon.models)}"}, 404)
+    return json_response({"error": f"no route {request.url.path}"}, 404)
+
+
+async def predict(daemon: Daemon, model: ServedModel, request: Request) -> Response:
     server = daemon.config.server
 
-    async def predict(request: Request) -> Response:
-        async def produce() -> Response:
-            body = await read_body(request, server.max_request_bytes, server.body_timeout_s)
-            decoded = native.decode(parse_json(body), model.inputs, model.is_handler)
-            result = await model.batcher.infer(decoded.payload, decoded.items, decoded.key)
-            return json_response(native.encode(result, model.outputs, decoded))
+    async def produce() -> Response:
+        body = await read_body(request, server.max_request_bytes, server.body_timeout_s)
+        decoded = native.decode(parse_json(body), model.inputs, model.is_handler)
+        result = await model.batcher.infer(decoded.payload, decoded.items, decoded.key)
+        return json_response(native.encode(result, model.outputs, decoded))
 
-        return await answer(model.metrics.request_done, produce)
-
-    return predict
-
-
-def _unknown_model(daemon: Daemon) -> Callable[[Request], Any]:
-    async def unknown(request: Request) -> Response:
-        names = sorted(daemon.models)
-        return json_response({"error": f"no model named {request.path_params['name']!r}; models: {names}"}, 404)
-
-    return unknown
+    return await answer(model.metrics.request_done, produce)
 
 
 def _readiness(daemon: Daemon) -> Response:
@@ -84,7 +103,17 @@ def _readiness(daemon: Daemon) -> Response:
     return json_response({"ready": daemon.ready, "models": states}, 200 if daemon.ready else 503)
 
 
-def metrics_endpoint(daemon: Daemon) -> Callable[[Request], Any]:
+def _reload_endpoint(reload: Reloader) -> Callable[[Request], Awaitable[Response]]:
+    async def reload_now(request: Request) -> Response:
+        try:
+            return json_response(await reload())
+        except ConfigError as error:
+            return json_response({"error": "the new config was rejected; the old one keeps serving", "problems": error.problems}, 400)
+
+    return reload_now
+
+
+def metrics_endpoint(daemon: Daemon) -> Callable[[Request], Awaitable[Response]]:
     async def metrics(request: Request) -> Response:
         return Response(daemon.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -102,7 +131,7 @@ class Server(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, on_reload: Callable[[], None] | None = None) -> None:
         super().__init__(config)
-        self._on_reload = on_reload
+        self.on_reload = on_reload
         self.exit_code = 0
 
     @contextlib.contextmanager
@@ -110,13 +139,16 @@ class Server(uvicorn.Server):
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._drain, signal.SIGTERM)
         loop.add_signal_handler(signal.SIGINT, self._drain, signal.SIGINT)
-        if self._on_reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, self._on_reload)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
         try:
             yield
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    def _hangup(self) -> None:
+        if self.on_reload is not None:
+            self.on_reload()
 
     def _drain(self, sig: signal.Signals) -> None:
         if self.should_exit and sig == signal.SIGINT:
@@ -128,7 +160,6 @@ class Server(uvicorn.Server):
         log.error("%s", error)
         self.exit_code = EXIT_STARTUP
         self.should_exit = True
-
 
 
 class SecondaryServer(uvicorn.Server):

@@ -94,6 +94,7 @@ class Batcher:
         self._batch_ids = itertools.count(1)
         self._waiter: asyncio.Future[None] | None = None
         self.inflight_requests = 0
+        self._drained: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -110,6 +111,12 @@ class Batcher:
         for request in self._queue:
             _fail(request, ModelUnavailable(f"model {self.model!r} is shutting down"))
         self._queue.clear()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until every accepted request has been answered."""
+        if self.inflight_requests:
+            self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.wait([self._drained], timeout=timeout_s)
 
     async def infer(self, payload: Payload, items: int, key: Hashable) -> Payload:
         """Queue one request and wait for its own outputs; raise a RequestError otherwise."""
@@ -134,6 +141,8 @@ class Batcher:
         finally:
             self.inflight_requests -= 1
             request.timer.cancel()
+            if not self.inflight_requests and self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
 
     def wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

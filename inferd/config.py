@@ -47,6 +47,12 @@ class AuthConfig(_Section):
     protect_health: bool = False
     protect_metrics: bool = False
 
+    @model_validator(mode="after")
+    def _has_a_source(self) -> AuthConfig:
+        if not (self.api_keys_env or self.api_keys_file):
+            raise ValueError("give api_keys_env (a variable's name) or api_keys_file (a path), or both")
+        return self
+
 
 class ServerConfig(_Section):
     host: str = "0.0.0.0"

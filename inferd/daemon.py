@@ -1,18 +1,24 @@
-"""The serving state of one running inferd: its supervisor, one batcher per model, its metrics.
+"""The serving state of one running inferd: its models, each with a batcher and a supervisor of its
+own workers, and the metrics. Nothing here knows HTTP; routes look models up here per request.
 
-Built from a validated config and a placement plan; the HTTP layer reads models from here, and
-nothing here knows HTTP.
+Reload applies a new config's difference with no failed request: a changed model's new workers
+boot and warm up beside the old ones, the new generation takes the route in one step, and the
+old one drains what it had accepted before its workers stop. A model that cannot boot during a
+reload is left out (or left as it was) and the reason is reported.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from inferd.batching import Batcher, BatchPolicy
 from inferd.config import Config, ModelConfig
 from inferd.errors import StartupError
+from inferd.handler import TORCHSCRIPT, detect_format
 from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
 from inferd.placement import WorkerSlot
@@ -23,18 +29,26 @@ log = logging.getLogger(__name__)
 
 WORKER_STOP_TIMEOUT_S = 10.0
 DEFAULT_INPUTS = (TensorInfo("input", "FP32", (-1,)),)
+DEFAULT_HANDLER_INPUTS = (TensorInfo("input", "BYTES", (-1,)),)  # one item per element
 
 
 @dataclass
 class ServedModel:
+    """One generation of one model: its config, workers and batcher."""
+
     config: ModelConfig
+    slots: tuple[WorkerSlot, ...]
+    supervisor: Supervisor
     batcher: Batcher
-    workers: ModelWorkers
     metrics: ModelMetrics
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def workers(self) -> ModelWorkers:
+        return self.supervisor.models[self.name]
 
     @property
     def is_handler(self) -> bool:
@@ -46,12 +60,35 @@ class ServedModel:
         info = self.workers.info
         if info and info.inputs:
             return info.inputs
-        declared = self.config.inputs or ()
-        return tuple(TensorInfo(s.name, s.datatype, s.shape) for s in declared) or DEFAULT_INPUTS
+        declared = tuple(TensorInfo(s.name, s.datatype, s.shape) for s in self.config.inputs or ())
+        return declared or (DEFAULT_HANDLER_INPUTS if self.is_handler else DEFAULT_INPUTS)
+
+    @functools.cached_property
+    def platform(self) -> str:
+        """The model's kind, as v2 metadata names it."""
+        if self.config.path is None:
+            return "python"
+        try:
+            return "pytorch_libtorch" if detect_format(self.config.path) == TORCHSCRIPT else "pytorch_export"
+        except StartupError:
+            return "pytorch"
 
     @property
     def outputs(self) -> tuple[TensorInfo, ...]:
-        return self.workers.info.outputs if self.workers.info else ()
+        info = self.workers.info
+        if info and info.outputs:
+            return info.outputs
+        return tuple(TensorInfo(s.name, s.datatype, s.shape) for s in self.config.outputs or ())
+
+    async def start(self) -> None:
+        self.batcher.start()
+        await self.supervisor.start()
+
+    async def retire(self, drain_timeout_s: float) -> None:
+        """Finish what was accepted (bounded), then stop the batcher and the workers."""
+        await self.batcher.drain(drain_timeout_s)
+        await self.batcher.stop()
+        await self.supervisor.stop(WORKER_STOP_TIMEOUT_S)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -72,45 +109,94 @@ class ServedModel:
         }
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
 class Daemon:
     def __init__(self, config: Config, slots: list[WorkerSlot]) -> None:
         self.config = config
-        base_dir = Path(config.source).resolve().parent
-        level = config.server.log_level
-        specs = [WorkerSpec(slot, config.model(slot.model), base_dir, level) for slot in slots]
-        self.supervisor = Supervisor(specs, on_change=self._wake_batcher)
         largest_batch = max(m.max_batch_size for m in config.models)
         self.metrics = Metrics(config.server.histogram_buckets_s, largest_batch)
-        self.models = {m.name: self._serve(m) for m in config.models}
-        self.metrics.watch(self.supervisor, {name: m.batcher for name, m in self.models.items()})
-        self.startup_error: StartupError | None = None
+        self.state = self.metrics.watch(lambda: self.models)
+        self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in config.models}
+        self._reload_lock = asyncio.Lock()
 
-    def _serve(self, model: ModelConfig) -> ServedModel:
+    def _build(self, model: ModelConfig, slots: list[WorkerSlot]) -> ServedModel:
+        base_dir = Path(self.config.source).resolve().parent
+        level, log_format = self.config.server.log_level, self.config.server.log_format
+        own_slots = tuple(s for s in slots if s.model == model.name)
+        specs = [WorkerSpec(slot, model, base_dir, level, log_format) for slot in own_slots]
         policy = BatchPolicy(
             model.max_batch_size, model.batch_timeout_ms / 1000, model.max_queue_size, model.request_timeout_ms / 1000
         )
-        workers = self.supervisor.models[model.name]
+        supervisor = Supervisor(specs)
         metrics = self.metrics.for_model(model.name)
-        batcher = Batcher(model.name, policy, workers, metrics, self.supervisor.replace)  # type: ignore[arg-type]
-        return ServedModel(model, batcher, workers, metrics)
+        batcher = Batcher(model.name, policy, supervisor.models[model.name], metrics, supervisor.replace)  # type: ignore[arg-type]
+        supervisor.on_change = lambda _: batcher.wake()
+        supervisor.on_stats = self.state.record_gpu
+        return ServedModel(model, own_slots, supervisor, batcher, metrics)
 
-    def _wake_batcher(self, model: str) -> None:
-        served = self.models.get(model) if hasattr(self, "models") else None
-        if served is not None:
-            served.batcher.wake()
+    def route(self, path: str) -> ServedModel | None:
+        return next((m for m in self.models.values() if m.config.url_path == path), None)
 
     @property
     def ready(self) -> bool:
         return all(m.workers.ready_count for m in self.models.values())
 
     async def start(self) -> None:
-        """Start batchers and workers; raises StartupError if a model cannot boot."""
-        for model in self.models.values():
-            model.batcher.start()
-        await self.supervisor.start()
+        """Start every model's workers; raises StartupError if any model cannot boot."""
+        results = await asyncio.gather(*(m.start() for m in self.models.values()), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.stop()
+            raise errors[0] if isinstance(errors[0], StartupError) else StartupError(str(errors[0]))
         log.info("all %d model(s) ready", len(self.models))
 
     async def stop(self) -> None:
-        for model in self.models.values():
-            await model.batcher.stop()
-        await self.supervisor.stop(WORKER_STOP_TIMEOUT_S)
+        await asyncio.gather(*(m.retire(0.0) for m in self.models.values()))
+
+    async def reload(self, config: Config, slots: list[WorkerSlot]) -> ReloadResult:
+        async with self._reload_lock:
+            if config.server != self.config.server:
+                log.warning("reload: changes to the server section take effect only after a restart")
+            self.config = config.model_copy(update={"server": self.config.server})
+            result = ReloadResult()
+            wanted = {m.name: m for m in config.models}
+            for name in [n for n in self.models if n not in wanted]:
+                result.removed.append(name)
+                await self._swap(name, None)
+            for model in config.models:
+                await self._apply(model, slots, result)
+            log.info("reload done: added %s, changed %s, removed %s, failed %s",
+                     result.added, result.changed, result.removed, list(result.failed))  # fmt: skip
+            return result
+
+    async def _apply(self, model: ModelConfig, slots: list[WorkerSlot], result: ReloadResult) -> None:
+        current = self.models.get(model.name)
+        own_slots = tuple(s for s in slots if s.model == model.name)
+        if current is not None and current.config == model and current.slots == own_slots:
+            return
+        fresh = self._build(model, slots)
+        try:
+            await fresh.start()
+        except StartupError as error:
+            log.error("reload: %s; keeping the previous state of %r", error, model.name)
+            result.failed[model.name] = str(error)
+            await fresh.retire(0.0)
+            return
+        (result.changed if current else result.added).append(model.name)
+        await self._swap(model.name, fresh)
+
+    async def _swap(self, name: str, fresh: ServedModel | None) -> None:
+        old = self.models.get(name)
+        if fresh is not None:
+            self.models[name] = fresh  # one step: the next request on this route goes to `fresh`
+        else:
+            del self.models[name]
+        if old is not None:
+            await old.retire(self.config.server.drain_timeout_s)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from inferd.config import Config
 from inferd.errors import StartupError
 
 TORCHSCRIPT = "torchscript"
@@ -68,6 +69,18 @@ def detect_format(path: Path) -> str:
     if any(name.endswith("/data.pkl") for name in names) and any("/code/" in n for n in names):
         return TORCHSCRIPT
     raise StartupError(f"{path}: a zip archive, but neither TorchScript nor torch.export")
+
+
+def model_file_problems(config: Config) -> list[str]:
+    """Each model file that is missing or of an unknown format, named by its YAML path."""
+    problems = []
+    for index, model in enumerate(config.models):
+        if model.path is not None:
+            try:
+                detect_format(model.path)
+            except StartupError as error:
+                problems.append(f"models[{index}].path: {error}")
+    return problems
 
 
 def load_model_file(path: Path, device: str) -> tuple[Any, Any]:

@@ -8,7 +8,7 @@ the supervisor's bookkeeping, psutil and NVML: a scrape never waits on a worker.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING
@@ -22,8 +22,8 @@ from inferd import __version__, gpu
 from inferd.messages import GpuMemory
 
 if TYPE_CHECKING:
-    from inferd.batching import Batcher
-    from inferd.supervisor import Supervisor, WorkerHandle
+    from inferd.daemon import ServedModel
+    from inferd.supervisor import WorkerHandle
 
 WORKER_STATES = ("starting", "ready", "stopping", "exited")
 
@@ -65,8 +65,8 @@ class Metrics:
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(self, model)
 
-    def watch(self, supervisor: Supervisor, batchers: Mapping[str, Batcher]) -> StateCollector:
-        collector = StateCollector(supervisor, batchers)
+    def watch(self, models: Callable[[], Mapping[str, ServedModel]]) -> StateCollector:
+        collector = StateCollector(models)
         self.registry.register(collector)
         return collector
 
@@ -116,13 +116,13 @@ class _SlotTotals:
 
 
 class StateCollector(Collector):
-    def __init__(self, supervisor: Supervisor, batchers: Mapping[str, Batcher]) -> None:
-        self._supervisor = supervisor
-        self._batchers = batchers
-        self._slots: dict[tuple[str, str], _SlotTotals] = {}
-        supervisor.on_stats = self._record_gpu
+    """Reads the current models (whatever generation a reload left) at each scrape."""
 
-    def _record_gpu(self, handle: WorkerHandle, reading: GpuMemory) -> None:
+    def __init__(self, models: Callable[[], Mapping[str, ServedModel]]) -> None:
+        self._models = models
+        self._slots: dict[tuple[str, str], _SlotTotals] = {}
+
+    def record_gpu(self, handle: WorkerHandle, reading: GpuMemory) -> None:
         self._slot(handle).gpu = reading
 
     def _slot(self, handle: WorkerHandle) -> _SlotTotals:
@@ -141,10 +141,10 @@ class StateCollector(Collector):
         ready = GaugeMetricFamily("inferd_model_ready", "1 when the model has a ready worker.", labels=["model"])
         workers = GaugeMetricFamily("inferd_workers", "Worker processes by state.", labels=["model", "state"])
         restarts = CounterMetricFamily("inferd_worker_restarts", "Worker restarts.", labels=["model"])
-        for name, group in self._supervisor.models.items():
-            batcher = self._batchers.get(name)
-            depth.add_metric([name], batcher.queue_depth if batcher else 0)
-            inflight.add_metric([name], batcher.inflight_requests if batcher else 0)
+        for name, model in self._models().items():
+            group = model.workers
+            depth.add_metric([name], model.batcher.queue_depth)
+            inflight.add_metric([name], model.batcher.inflight_requests)
             ready.add_metric([name], 1 if group.ready_count else 0)
             states = [h.state for h in group.handles.values()]
             for state in WORKER_STATES:
@@ -157,7 +157,7 @@ class StateCollector(Collector):
         memory = GaugeMetricFamily(
             "inferd_worker_resident_memory_bytes", "Resident memory of each worker.", labels=["model", "worker"]
         )
-        for handle in self._supervisor.all_handles():
+        for handle in (h for m in self._models().values() for h in m.workers.handles.values()):
             totals = self._slot(handle)
             labels = [handle.spec.model.name, handle.name]
             rss = self._sample_process(handle, totals)

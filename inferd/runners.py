@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from inferd.config import ModelConfig, TensorSpec
-from inferd.datatypes import datatype_of_torch, numpy_dtype
+from inferd.datatypes import datatype_of_array, datatype_of_torch, numpy_dtype
 from inferd.handler import Handler, load_handler_class, load_model_file
 from inferd.messages import Payload, RequestFailure, TensorInfo
 
@@ -81,6 +81,10 @@ class TensorRunner(Runner):
                 rows = "a scalar" if tensor.dim() == 0 else f"{tensor.shape[0]} rows"
                 raise ModelBroken(f"output {name!r} has {rows} for a batch of {total} rows")
             arrays[name] = _to_numpy(tensor)
+        if not self.outputs:  # TorchScript does not declare its outputs: learn them from a run
+            self.outputs = tuple(
+                TensorInfo(name, datatype_of_array(array).name, (-1, *array.shape[1:])) for name, array in arrays.items()
+            )
         offsets = _row_offsets(counts)
         split = {name: np.split(array, offsets) for name, array in arrays.items()}
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(payloads))]

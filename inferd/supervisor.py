@@ -117,13 +117,14 @@ class ModelWorkers:
 
 
 class Supervisor:
-    def __init__(self, specs: list[WorkerSpec], on_change: Callable[[str], None]) -> None:
+    def __init__(self, specs: list[WorkerSpec]) -> None:
         self.models: dict[str, ModelWorkers] = {}
         for spec in specs:
             self.models.setdefault(spec.model.name, ModelWorkers(spec.model.name, [])).specs.append(spec)
-        self._on_change = on_change
+        self.on_change: Callable[[str], None] = lambda model: None  # a worker became ready, idle or gone
         self._stopping = False
         self._booted = False
+        self._changed: asyncio.Future[None] | None = None
         self._exited: dict[int, asyncio.Future[None]] = {}
         self._restart_timers: list[asyncio.TimerHandle] = []
         self.on_stats: Callable[[WorkerHandle, Any], None] = lambda handle, stats: None
@@ -149,10 +150,9 @@ class Supervisor:
         await self._changed
 
     def _notify(self, model: str) -> None:
-        changed = getattr(self, "_changed", None)
-        if changed is not None and not changed.done():
-            changed.set_result(None)
-        self._on_change(model)
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+        self.on_change(model)
 
     def _spawn(self, group: ModelWorkers, spec: WorkerSpec) -> None:
         process, channel = spawn_process(worker_main, (spec,), f"inferd-{spec.model.name}-{spec.slot.name}")

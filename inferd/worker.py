@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inferd import logs
 from inferd.channel import Channel, ChannelClosed
 from inferd.config import ModelConfig
 from inferd.errors import EXIT_STARTUP
@@ -44,6 +45,7 @@ class WorkerSpec:
     model: ModelConfig
     base_dir: Path  # the config file's folder: handler files resolve against it
     log_level: str
+    log_format: str = "text"
 
 
 def worker_main(spec: WorkerSpec, channel: Channel) -> None:
@@ -54,10 +56,7 @@ def worker_main(spec: WorkerSpec, channel: Channel) -> None:
     # and then stops its workers itself, so a worker must not die of the group's signal mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(
-        level=spec.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [{spec.model.name} {spec.slot.name}] %(name)s: %(message)s",
-    )
+    logs.configure(spec.log_level, spec.log_format, f"{spec.model.name} {spec.slot.name}")
     try:
         runner, ready = _boot(spec)
     except BaseException as error:  # any failure to boot, SystemExit from user code included

@@ -43,15 +43,16 @@ class RunningServer:
     url: str
     config_path: Path
     log_path: Path
+    headers: dict[str, str]
 
     def client(self, timeout_s: float = 30.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout_s)
 
     def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=30)
+        return httpx.get(self.url + path, timeout=30, headers=self.headers)
 
     def post(self, path: str, json: object) -> httpx.Response:
-        return httpx.post(self.url + path, json=json, timeout=30)
+        return httpx.post(self.url + path, json=json, timeout=30, headers=self.headers)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -89,7 +90,9 @@ class RunningServer:
             raise
 
 
-def start_server(tmp_path: Path, config_text: str, wait: bool = True) -> RunningServer:
+def start_server(
+    tmp_path: Path, config_text: str, wait: bool = True, env: dict[str, str] | None = None, api_key: str | None = None
+) -> RunningServer:
     port = free_port()
     config = textwrap.dedent(config_text).replace("{HANDLERS}", str(HANDLERS)).replace("{MODELS}", str(EXAMPLE_MODELS))
     if "server:" not in config:
@@ -100,9 +103,10 @@ def start_server(tmp_path: Path, config_text: str, wait: bool = True) -> Running
     process = subprocess.Popen(
         [sys.executable, "-m", "inferd", "serve", str(config_path), "--port", str(port)],
         stdout=log_path.open("w"), stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )  # fmt: skip
-    server = RunningServer(process, f"http://127.0.0.1:{port}", config_path, log_path)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    server = RunningServer(process, f"http://127.0.0.1:{port}", config_path, log_path, headers)
     if wait:
         server.wait_ready()
     return server
@@ -113,8 +117,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start inferd with a YAML text; every server started is stopped at the end of the test."""
     started: list[RunningServer] = []
 
-    def start(config_text: str, wait: bool = True) -> RunningServer:
-        server = start_server(tmp_path, config_text, wait)
+    def start(config_text: str, wait: bool = True, env: dict[str, str] | None = None, api_key: str | None = None) -> RunningServer:
+        server = start_server(tmp_path, config_text, wait, env, api_key)
         started.append(server)
         return server
 

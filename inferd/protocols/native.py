@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from inferd.datatypes import numpy_dtype
+from inferd.datatypes import bf16_bits_from_float32, float32_from_bf16_bits, numpy_dtype
 from inferd.errors import BadRequest
 from inferd.messages import Payload, TensorInfo
 
@@ -71,7 +71,7 @@ def to_array(spec: TensorInfo, value: Any) -> np.ndarray:
         raise BadRequest(f"input {spec.name!r}: expected a nested list with the batch dimension first")
     try:
         if spec.datatype == "BF16":
-            array = float_to_bf16_bits(np.asarray(value, dtype=np.float32))
+            array = bf16_bits_from_float32(np.asarray(value, dtype=np.float32))
         else:
             array = np.asarray(value, dtype=numpy_dtype(spec.datatype))
     except (ValueError, TypeError, OverflowError) as error:
@@ -88,17 +88,6 @@ def check_shape(spec: TensorInfo, shape: tuple[int, ...]) -> None:
             raise BadRequest(f"input {spec.name!r}: shape {list(shape)} does not match {list(spec.shape)} (-1 = any)")
 
 
-def float_to_bf16_bits(array: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (round to nearest even), carried as uint16."""
-    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
-    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
-    return (rounded >> 16).astype(np.uint16)
-
-
-def bf16_bits_to_float(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
 def encode(result: Payload, outputs: tuple[TensorInfo, ...], request: DecodedRequest) -> dict[str, Any]:
     if isinstance(result, list):  # a handler's encoded outputs, one per item
         return {"outputs": result[0] if request.bare_item else result}
@@ -111,5 +100,5 @@ def encode(result: Payload, outputs: tuple[TensorInfo, ...], request: DecodedReq
 
 def _json_ready(array: np.ndarray, datatype: str | None) -> np.ndarray:
     if datatype == "BF16":
-        return bf16_bits_to_float(array)
+        return float32_from_bf16_bits(array)
     return np.ascontiguousarray(array)

@@ -30,6 +30,7 @@ class Echo(Handler):
             "interop_threads": self.torch.get_num_interop_threads(),
             "omp": os.environ.get("OMP_NUM_THREADS"),
             "device": self.device,
+            "tag": self.handler_args.get("tag"),
         }
         return [{"item": item, **facts} for item in items]
 

@@ -1,0 +1,459 @@
+"""Open Inference Protocol (KServe v2) REST bodies <-> numpy tensors, as Triton's HTTP endpoint speaks it.
+
+No HTTP here: the route hands over the body bytes and the Inference-Header-Content-Length header, and
+gets back the body and that header's value for the answer.
+
+Request body: a JSON object, optionally followed by binary tensor data (Triton's binary tensor data
+extension). With the header, the first `header_length` bytes are the JSON; each input whose
+parameters carry `binary_data_size` takes that many bytes, in input order, from the rest, which they
+must use up exactly (datatypes.py describes the binary form). Binary inputs come back as read-only
+numpy views into the body (no copy); JSON `data`, flat or nested as the shape says, becomes a fresh
+array of the input's dtype.
+
+Response body: `{"model_name", "model_version", "id"?, "outputs": [{"name", "datatype", "shape",
+"data" | "parameters": {"binary_data_size"}}]}`, then the binary outputs' bytes in output order.
+
+Every problem with a request raises V2DecodeError, whose message names the field, the value and what
+is expected; nothing else escapes the decoder, however the body is malformed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from inferd.datatypes import (
+    DATATYPES,
+    MAX_DIMS,
+    Datatype,
+    TensorDataError,
+    array_from_binary,
+    array_from_json,
+    binary_data,
+    datatype_named,
+    datatype_of_array,
+    json_data,
+    json_type_name,
+)
+
+# Bound on the product of a shape's non-zero dims: numpy refuses a shape past int64 even when empty.
+_MAX_SHAPE_SPAN = 2**53
+_UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_offset", "classification")
+
+
+class V2DecodeError(ValueError):
+    """A v2 request body is malformed; the message says what is wrong and what is expected."""
+
+
+class V2EncodeError(ValueError):
+    """Outputs cannot be written as a v2 response (an unknown dtype, BYTES that are not UTF-8 in JSON)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary_data: bool | None  # None: not said; the request's binary_data_output decides
+
+
+@dataclass(frozen=True, slots=True)
+class V2InferRequest:
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: dict[str, np.ndarray]  # in request order, shaped as the request says
+    datatypes: dict[str, str]  # v2 datatype of each input; BF16 arrives as uint16 bits
+    requested_outputs: tuple[RequestedOutput, ...]  # empty: every output, as the protocol says
+    binary_data_output: bool
+
+    def check_requested_outputs(self, output_names: Collection[str]) -> None:
+        """Refuse the request, before any computing, if it asks for an output the model lacks."""
+        for wanted in self.requested_outputs:
+            if wanted.name not in output_names:
+                known = ", ".join(repr(name) for name in output_names)
+                raise V2DecodeError(
+                    f"requested output {wanted.name!r} is not an output of this model "
+                    f"(it has {known})"
+                )
+
+    def select_outputs(
+        self, produced: Mapping[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], set[str]]:
+        """The outputs to answer with, in the order asked, and which of them go binary."""
+        if not self.requested_outputs:
+            return dict(produced), set(produced) if self.binary_data_output else set()
+        self.check_requested_outputs(produced.keys())
+        selected = {wanted.name: produced[wanted.name] for wanted in self.requested_outputs}
+        binary = {
+            wanted.name
+            for wanted in self.requested_outputs
+            if (self.binary_data_output if wanted.binary_data is None else wanted.binary_data)
+        }
+        return selected, binary
+
+
+def parse_header_length(value: str | None) -> int | None:
+    """The Inference-Header-Content-Length header as an int; None when the header is absent."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit() or not text.isascii():
+        raise V2DecodeError(
+            f"Inference-Header-Content-Length must be a non-negative integer, got {value!r}"
+        )
+    return int(text)
+
+
+def decode_infer_request(body: bytes, header_length: int | None) -> V2InferRequest:
+    """Decode a v2 infer request body; `header_length` is Inference-Header-Content-Length."""
+    view = memoryview(body).cast("B")
+    json_end = _json_length(header_length, len(view))
+    # orjson reads bytes faster than a memoryview; with binary data only the JSON part is copied.
+    text = body if isinstance(body, bytes) and json_end == len(body) else bytes(view[:json_end])
+    request = _expect_object(_load_json(text, header_length), "the request body")
+    parameters = _optional_object(request, "parameters", "the request")
+    binary_data_output = _optional_bool(parameters, "binary_data_output", "request parameters")
+    reader = _BinaryReader(view, json_end, header_length is not None)
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    for index, item in enumerate(_expect_list(request.get("inputs"), "the request's 'inputs'")):
+        name, datatype, array = _decode_input(item, index, reader)
+        if name in inputs:
+            raise V2DecodeError(f"input {name!r} is given twice; each input appears once")
+        inputs[name] = array
+        datatypes[name] = datatype.name
+    reader.expect_end()
+    return V2InferRequest(
+        id=_optional_str(request, "id", "the request"),
+        parameters=parameters,
+        inputs=inputs,
+        datatypes=datatypes,
+        requested_outputs=_decode_requested_outputs(request.get("outputs")),
+        binary_data_output=bool(binary_data_output),
+    )
+
+
+# ---- JSON structure -------------------------------------------------------------------------
+
+
+def _json_length(header_length: int | None, body_length: int) -> int:
+    if header_length is None:
+        return body_length
+    if header_length == 0:
+        raise V2DecodeError(
+            "Inference-Header-Content-Length 0 (a raw binary request without JSON) is not "
+            "supported; send the JSON inference header first and give its length"
+        )
+    if header_length < 0 or header_length > body_length:
+        raise V2DecodeError(
+            f"Inference-Header-Content-Length {header_length} exceeds the body's "
+            f"{body_length} bytes; it must give the length of the JSON part"
+        )
+    return header_length
+
+
+def _load_json(text: bytes, header_length: int | None) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        hint = ""
+        if header_length is None:
+            hint = (
+                "; if binary tensor data follows the JSON, give the JSON's length in the "
+                "Inference-Header-Content-Length header"
+            )
+        raise V2DecodeError(f"the request's JSON is not valid: {exc}{hint}") from None
+
+
+def _expect_object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise V2DecodeError(f"{what} must be a JSON object, got {json_type_name(value)}")
+    return value
+
+
+def _expect_list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise V2DecodeError(f"{what} must be a JSON array, got {json_type_name(value)}")
+    return value
+
+
+def _optional_object(container: dict[str, Any], key: str, what: str) -> dict[str, Any]:
+    value = container.get(key)
+    return {} if value is None else _expect_object(value, f"{what}'s {key!r}")
+
+
+def _optional_str(container: dict[str, Any], key: str, what: str) -> str | None:
+    value = container.get(key)
+    if value is not None and not isinstance(value, str):
+        raise V2DecodeError(f"{what}'s {key!r} must be a string, got {json_type_name(value)}")
+    return value
+
+
+def _optional_bool(container: dict[str, Any], key: str, what: str) -> bool | None:
+    value = container.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise V2DecodeError(f"{what}: {key!r} must be true or false, got {json_type_name(value)}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _reject_unsupported(parameters: dict[str, Any], what: str) -> None:
+    for key in _UNSUPPORTED_PARAMETERS:
+        if key in parameters:
+            raise V2DecodeError(f"{what}: parameter {key!r} is not supported by this server")
+
+
+def _decode_requested_outputs(value: Any) -> tuple[RequestedOutput, ...]:
+    if value is None:
+        return ()
+    requested: list[RequestedOutput] = []
+    for index, item in enumerate(_expect_list(value, "the request's 'outputs'")):
+        output = _expect_object(item, f"outputs[{index}]")
+        name = output.get("name")
+        if not isinstance(name, str) or not name:
+            raise V2DecodeError(f"outputs[{index}].name must be a non-empty string")
+        what = f"requested output {name!r}"
+        parameters = _optional_object(output, "parameters", what)
+        _reject_unsupported(parameters, what)
+        if any(earlier.name == name for earlier in requested):
+            raise V2DecodeError(f"{what} is requested twice; name each output once")
+        requested.append(RequestedOutput(name, _optional_bool(parameters, "binary_data", what)))
+    return tuple(requested)
+
+
+# ---- one input ------------------------------------------------------------------------------
+
+
+def _decode_input(item: Any, index: int, reader: _BinaryReader) -> tuple[str, Datatype, np.ndarray]:
+    spec = _expect_object(item, f"inputs[{index}]")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise V2DecodeError(f"inputs[{index}].name must be a non-empty string")
+    what = f"input {name!r}"
+    datatype = _input_datatype(spec.get("datatype"), what)
+    shape = _input_shape(spec.get("shape"), what)
+    parameters = _optional_object(spec, "parameters", what)
+    _reject_unsupported(parameters, what)
+    binary_size = parameters.get("binary_data_size")
+    if binary_size is not None and "data" in spec:
+        raise V2DecodeError(f"{what} has both 'data' and binary_data_size; give one of them")
+    if binary_size is None and "data" not in spec:
+        raise V2DecodeError(f"{what} has neither 'data' nor parameters.binary_data_size")
+    if binary_size is not None and (not _is_int(binary_size) or binary_size < 0):
+        raise V2DecodeError(f"{what}: binary_data_size must be a non-negative integer")
+    try:
+        if binary_size is None:
+            return name, datatype, array_from_json(spec["data"], datatype, shape)
+        return name, datatype, array_from_binary(reader.take(binary_size, what), datatype, shape)
+    except TensorDataError as exc:
+        raise V2DecodeError(f"{what}: {exc}") from None
+
+
+def _input_datatype(value: Any, what: str) -> Datatype:
+    if not isinstance(value, str):
+        raise V2DecodeError(
+            f"{what}: datatype must be a string such as 'FP32', got {json_type_name(value)}"
+        )
+    if value not in DATATYPES:
+        raise V2DecodeError(
+            f"{what}: datatype must be one of {', '.join(DATATYPES)}, got {value!r}"
+        )
+    return DATATYPES[value]
+
+
+def _input_shape(value: Any, what: str) -> tuple[int, ...]:
+    dims = _expect_list(value, f"{what}: shape")
+    if len(dims) > MAX_DIMS or not all(_is_int(dim) and dim >= 0 for dim in dims):
+        raise V2DecodeError(
+            f"{what}: shape must be a list of at most {MAX_DIMS} non-negative integers, "
+            f"got {_short(value)}"
+        )
+    if math.prod(max(dim, 1) for dim in dims) > _MAX_SHAPE_SPAN:
+        raise V2DecodeError(f"{what}: shape {_short(value)} is too large")
+    return tuple(dims)
+
+
+def _short(dims: list[Any]) -> str:
+    # repr of a deeply nested list would recurse as deep as the JSON went; only flat ones are shown.
+    if any(isinstance(dim, (list, dict)) for dim in dims):
+        return "an array holding arrays or objects"
+    text = repr(dims[: MAX_DIMS + 1])
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---- binary tensor data ---------------------------------------------------------------------
+
+
+class _BinaryReader:
+    """Hands out the bytes after the JSON part to binary inputs, in order, checking every size."""
+
+    def __init__(self, view: memoryview, offset: int, has_header: bool) -> None:
+        self._view = view
+        self._offset = offset
+        self._has_header = has_header
+
+    def take(self, size: int, what: str) -> memoryview:
+        if not self._has_header:
+            raise V2DecodeError(
+                f"{what} has binary_data_size but the request has no "
+                "Inference-Header-Content-Length header giving the JSON part's length"
+            )
+        remaining = len(self._view) - self._offset
+        if size > remaining:
+            raise V2DecodeError(
+                f"{what}: binary_data_size {size} exceeds the {remaining} bytes remaining in the body"
+            )
+        self._offset += size
+        return self._view[self._offset - size : self._offset]
+
+    def expect_end(self) -> None:
+        left = len(self._view) - self._offset
+        if left:
+            raise V2DecodeError(
+                f"the body has {left} bytes after the JSON and the binary inputs; "
+                "Inference-Header-Content-Length and binary_data_size must account for all of it"
+            )
+
+
+# ---- response -------------------------------------------------------------------------------
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: Mapping[str, np.ndarray],
+    binary: AbstractSet[str] = frozenset(),
+    datatypes: Mapping[str, str] | None = None,
+) -> tuple[bytes, int | None]:
+    """The response body, and the Inference-Header-Content-Length value when any output is binary.
+
+    `datatypes` gives an output's v2 datatype where its numpy dtype does not say it (BF16 bits in
+    uint16) or should be converted; otherwise the dtype decides.
+    """
+    unknown = set(binary) - set(outputs)
+    if unknown:
+        raise V2EncodeError(f"binary outputs {sorted(unknown)} are not among the outputs")
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes | memoryview] = []
+    for name, array in outputs.items():
+        datatype = _output_datatype(name, array, datatypes)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype.name, "shape": array.shape}
+        try:
+            if name in binary:
+                chunks.append(binary_data(array, datatype))
+                entry["parameters"] = {"binary_data_size": memoryview(chunks[-1]).nbytes}
+            else:
+                entry["data"] = json_data(array, datatype)
+        except TensorDataError as exc:
+            raise V2EncodeError(f"output {name!r}: {exc}") from None
+        entries.append(entry)
+    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        header["id"] = request_id
+    header["outputs"] = entries
+    text = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return text, None
+    # One copy of each binary output, straight from its array's buffer.
+    return b"".join([text, *chunks]), len(text)
+
+
+def _output_datatype(name: str, array: np.ndarray, datatypes: Mapping[str, str] | None) -> Datatype:
+    try:
+        if datatypes is None or name not in datatypes:
+            return datatype_of_array(array)
+        datatype = datatype_named(datatypes[name])
+    except KeyError as exc:
+        raise V2EncodeError(f"output {name!r}: {exc.args[0]}") from None
+    if datatype.name == "BF16" and array.dtype.newbyteorder("=") != np.uint16:
+        raise V2EncodeError(f"output {name!r}: BF16 is carried as uint16 bits, got {array.dtype}")
+    return datatype
+
+
+# ---- metadata and configuration -------------------------------------------------------------
+
+
+class TensorSpecLike(Protocol):
+    """A named tensor as the config declares it; `shape` includes the batch dim, -1 where it varies."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def datatype(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[int]: ...
+
+
+def model_metadata(
+    name: str,
+    versions: Sequence[str],
+    platform: str,
+    inputs: Sequence[TensorSpecLike],
+    outputs: Sequence[TensorSpecLike],
+) -> dict[str, Any]:
+    """`GET /v2/models/{name}`: shapes as declared, batch dim (-1) included."""
+    return {
+        "name": name,
+        "versions": list(versions),
+        "platform": platform,
+        "inputs": [_tensor_metadata(spec) for spec in inputs],
+        "outputs": [_tensor_metadata(spec) for spec in outputs],
+    }
+
+
+def _tensor_metadata(spec: TensorSpecLike) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "datatype": datatype_named(spec.datatype).name,
+        "shape": list(spec.shape),
+    }
+
+
+def model_config(
+    name: str,
+    max_batch_size: int,
+    inputs: Sequence[TensorSpecLike],
+    outputs: Sequence[TensorSpecLike],
+    *,
+    platform: str = "pytorch_libtorch",
+    backend: str = "pytorch",
+    max_queue_delay_us: int | None = None,
+    instance_count: int | None = None,
+    instance_kind: str = "KIND_CPU",
+) -> dict[str, Any]:
+    """`GET /v2/models/{name}/config`, in the JSON form of Triton's ModelConfig.
+
+    With max_batch_size > 0 the first declared dim is the batch dim and `dims` leaves it out, as
+    Triton does; perf_analyzer then sends batches of `-b` rows. `dynamic_batching` appears only when
+    `max_queue_delay_us` is given, and `instance_group` only with `instance_count`.
+    """
+    config: dict[str, Any] = {
+        "name": name,
+        "platform": platform,
+        "backend": backend,
+        "max_batch_size": max_batch_size,
+        "input": [_tensor_config(spec, max_batch_size) for spec in inputs],
+        "output": [_tensor_config(spec, max_batch_size) for spec in outputs],
+    }
+    if max_queue_delay_us is not None:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": max_queue_delay_us}
+    if instance_count is not None:
+        config["instance_group"] = [{"name": name, "kind": instance_kind, "count": instance_count}]
+    return config
+
+
+def _tensor_config(spec: TensorSpecLike, max_batch_size: int) -> dict[str, Any]:
+    dims = list(spec.shape)[1:] if max_batch_size > 0 else list(spec.shape)
+    return {
+        "name": spec.name,
+        "data_type": datatype_named(spec.datatype).config_type,
+        "dims": dims,
+    }

@@ -1,0 +1,164 @@
+"""inferd's metric interface as seen from outside, and a stand-in registry that exports it.
+
+`METRIC_NAMES` lists every series family inferd's /metrics promises; the dashboard and the alert
+rules may use these and nothing else. `standin_registry()` fills a fresh prometheus_client registry
+with plausible values for two models (one on CPU, one on a GPU) so that Prometheus can scrape every
+family and each dashboard expression can be shown to return data without running inferd itself.
+The real exporter lives in the package; this one exists only for the tests here.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+# Family names as they appear in PromQL (histograms without their _bucket/_sum/_count suffixes).
+METRIC_NAMES = frozenset(
+    {
+        "inferd_requests_total",
+        "inferd_request_duration_seconds",
+        "inferd_queue_duration_seconds",
+        "inferd_inference_duration_seconds",
+        "inferd_batch_size",
+        "inferd_queue_depth",
+        "inferd_inflight_requests",
+        "inferd_model_ready",
+        "inferd_workers",
+        "inferd_worker_restarts_total",
+        "inferd_worker_cpu_seconds_total",
+        "inferd_worker_resident_memory_bytes",
+        "inferd_gpu_memory_allocated_bytes",
+        "inferd_gpu_memory_reserved_bytes",
+        "inferd_gpu_memory_used_bytes",
+        "inferd_gpu_memory_total_bytes",
+        "inferd_build_info",
+    }
+)
+
+# Exported only where a model runs on a GPU.
+GPU_METRIC_NAMES = frozenset(
+    {
+        "inferd_gpu_memory_allocated_bytes",
+        "inferd_gpu_memory_reserved_bytes",
+        "inferd_gpu_memory_used_bytes",
+        "inferd_gpu_memory_total_bytes",
+    }
+)
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GIB = 1024**3
+
+
+def family_of(series_name: str) -> str:
+    """The interface family a PromQL metric name belongs to (strips histogram suffixes)."""
+    for suffix in HISTOGRAM_SUFFIXES:
+        base = series_name.removesuffix(suffix)
+        if base != series_name and base in METRIC_NAMES:
+            return base
+    return series_name
+
+
+def exported_families(exposition: str) -> set[str]:
+    """The family names in Prometheus exposition text, spelled as PromQL and METRIC_NAMES spell
+    them (a counter with its _total). prometheus_client's *_created gauges are left out."""
+    names = set()
+    for family in text_string_to_metric_families(exposition):
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif not family.name.endswith("_created"):
+            names.add(family.name)
+    return names
+
+
+def standin_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    _add_request_metrics(registry)
+    _add_worker_metrics(registry)
+    _add_gpu_metrics(registry)
+    info = Gauge(
+        "inferd_build_info", "Build information", ["version", "torch", "python"], registry=registry
+    )
+    info.labels("0.1.0", "2.13.0", "3.11.2").set(1)
+    return registry
+
+
+def _add_request_metrics(registry: CollectorRegistry) -> None:
+    requests = Counter("inferd_requests", "Requests answered", ["model", "code"], registry=registry)
+    durations = {
+        name: Histogram(name, help_text, ["model"], registry=registry)
+        for name, help_text in (
+            ("inferd_request_duration_seconds", "Time from request received to answer sent"),
+            ("inferd_queue_duration_seconds", "Time a request waited before its batch started"),
+            ("inferd_inference_duration_seconds", "Compute time per batch in a worker"),
+        )
+    }
+    batch_size = Histogram(
+        "inferd_batch_size",
+        "Items per batch",
+        ["model"],
+        buckets=BATCH_SIZE_BUCKETS,
+        registry=registry,
+    )
+    queue_depth = Gauge("inferd_queue_depth", "Requests waiting", ["model"], registry=registry)
+    inflight = Gauge(
+        "inferd_inflight_requests",
+        "Requests admitted and not yet answered",
+        ["model"],
+        registry=registry,
+    )
+    for model, seconds, batch in (("tiny", 0.004, 8), ("minilm", 0.03, 4)):
+        requests.labels(model, "200").inc(100)
+        requests.labels(model, "429").inc(2)
+        requests.labels(model, "503").inc(1)
+        for histogram in durations.values():
+            histogram.labels(model).observe(seconds)
+        batch_size.labels(model).observe(batch)
+        queue_depth.labels(model).set(3)
+        inflight.labels(model).set(5)
+
+
+def _add_worker_metrics(registry: CollectorRegistry) -> None:
+    ready = Gauge(
+        "inferd_model_ready", "1 when the model has a ready worker", ["model"], registry=registry
+    )
+    workers = Gauge("inferd_workers", "Workers by state", ["model", "state"], registry=registry)
+    restarts = Counter("inferd_worker_restarts", "Worker restarts", ["model"], registry=registry)
+    cpu = Counter(
+        "inferd_worker_cpu_seconds", "Worker CPU time", ["model", "worker"], registry=registry
+    )
+    rss = Gauge(
+        "inferd_worker_resident_memory_bytes",
+        "Worker resident memory",
+        ["model", "worker"],
+        registry=registry,
+    )
+    for model in ("tiny", "minilm"):
+        ready.labels(model).set(1)
+        workers.labels(model, "ready").set(2)
+        workers.labels(model, "starting").set(0)
+        restarts.labels(model).inc(0)
+        for worker in ("0", "1"):
+            cpu.labels(model, worker).inc(12.5)
+            rss.labels(model, worker).set(0.5 * GIB)
+
+
+def _add_gpu_metrics(registry: CollectorRegistry) -> None:
+    labels = ["model", "device", "worker"]
+    allocated = Gauge(
+        "inferd_gpu_memory_allocated_bytes", "Memory held by tensors", labels, registry=registry
+    )
+    reserved = Gauge(
+        "inferd_gpu_memory_reserved_bytes",
+        "Memory held by the caching allocator",
+        labels,
+        registry=registry,
+    )
+    used = Gauge(
+        "inferd_gpu_memory_used_bytes", "Device memory in use", ["device"], registry=registry
+    )
+    total = Gauge("inferd_gpu_memory_total_bytes", "Device memory", ["device"], registry=registry)
+    allocated.labels("minilm", "0", "0").set(1 * GIB)
+    reserved.labels("minilm", "0", "0").set(2 * GIB)
+    used.labels("0").set(3 * GIB)
+    total.labels("0").set(80 * GIB)

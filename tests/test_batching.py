@@ -1,0 +1,178 @@
+"""The batcher alone, on a real event loop, with in-memory workers standing in for processes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from inferd.batching import Batcher, BatchPolicy
+from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestTimedOut
+from inferd.messages import Batch, BatchDone, RequestFailure
+from inferd.supervisor import WorkerLost
+
+
+class FakeWorker:
+    """Answers each batch after `delay_s` by echoing payloads, unless told to fail."""
+
+    def __init__(self, name: str, delay_s: float = 0.0) -> None:
+        self.name = name
+        self.delay_s = delay_s
+        self.batches: list[Batch] = []
+        self.busy = False
+        self.lost = False
+        self.on_free: Any = None
+
+    def submit(self, batch: Batch) -> asyncio.Future[BatchDone]:
+        self.batches.append(batch)
+        self.busy = True
+        future: asyncio.Future[BatchDone] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(self.delay_s, self._finish, batch, future)
+        return future
+
+    def _finish(self, batch: Batch, future: asyncio.Future[BatchDone]) -> None:
+        self.busy = False
+        if self.lost:
+            future.set_exception(WorkerLost(f"worker {self.name} exited"))
+        else:
+            results = [RequestFailure("ValueError", "bad item") if p == ["bad"] else p for p in batch.payloads]
+            future.set_result(BatchDone(batch.batch_id, results, 0.001))
+        self.on_free()
+
+
+class FakePool:
+    def __init__(self, workers: list[FakeWorker]) -> None:
+        self.workers = workers
+        self.unavailable_reason: str | None = None
+
+    @property
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers if not w.lost)
+
+    def idle_worker(self) -> FakeWorker | None:
+        return next((w for w in self.workers if not w.busy and not w.lost), None)
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def batch_dispatched(self, items: int, queue_waits_s: list[float]) -> None:
+        self.batch_sizes.append(items)
+
+    def batch_done(self, compute_s: float) -> None:
+        pass
+
+
+def make(workers: list[FakeWorker], **policy: float) -> tuple[Batcher, Observer, FakePool]:
+    settings = {"max_batch_size": 4, "batch_timeout_s": 0.05, "max_queue_size": 100, "request_timeout_s": 5.0} | policy
+    pool, observer = FakePool(workers), Observer()
+    batcher = Batcher("m", BatchPolicy(**settings), pool, observer, lambda worker, reason: None)  # type: ignore[arg-type]
+    for worker in workers:
+        worker.on_free = batcher.wake
+    batcher.start()
+    return batcher, observer, pool
+
+
+async def infer(batcher: Batcher, item: Any, key: Any = None) -> Any:
+    return await batcher.infer([item], 1, key)
+
+
+async def test_a_full_batch_leaves_at_once_and_a_partial_one_after_the_timeout() -> None:
+    worker = FakeWorker("w", delay_s=0.01)
+    batcher, observer, _ = make([worker], batch_timeout_s=10.0)
+    results = await asyncio.wait_for(asyncio.gather(*(infer(batcher, n) for n in range(4))), 2.0)
+    assert results == [[0], [1], [2], [3]] and observer.batch_sizes == [4]
+    await batcher.stop()
+
+    batcher, observer, _ = make([FakeWorker("w")], batch_timeout_s=0.1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await infer(batcher, "alone") == ["alone"]
+    assert loop.time() - started >= 0.09 and observer.batch_sizes == [1]
+    await batcher.stop()
+
+
+async def test_batches_never_mix_keys_and_never_exceed_the_limit() -> None:
+    worker = FakeWorker("w", delay_s=0.02)
+    batcher, observer, _ = make([worker], max_batch_size=3, batch_timeout_s=0.01)
+    await asyncio.gather(*(infer(batcher, n, key=n % 2) for n in range(10)))
+    for batch in worker.batches:
+        assert len({item[0] % 2 for item in batch.payloads}) == 1
+    assert max(observer.batch_sizes) <= 3 and sum(observer.batch_sizes) == 10
+    await batcher.stop()
+
+
+async def test_a_request_with_more_items_than_a_batch_is_refused() -> None:
+    batcher, _, _ = make([FakeWorker("w")], max_batch_size=2)
+    with pytest.raises(BadRequest, match="at most 2 per batch"):
+        await batcher.infer([1, 2, 3], 3, None)
+    await batcher.stop()
+
+
+async def test_a_full_queue_refuses_at_once() -> None:
+    worker = FakeWorker("w", delay_s=0.5)
+    batcher, _, _ = make([worker], max_batch_size=1, max_queue_size=2, batch_timeout_s=0.0)
+    first = asyncio.ensure_future(infer(batcher, 0))
+    await asyncio.sleep(0.01)  # the first is dispatched; the next two wait in the queue
+    queued = [asyncio.ensure_future(infer(batcher, n)) for n in (1, 2)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull):
+        await infer(batcher, 3)
+    assert await asyncio.gather(first, *queued) == [[0], [1], [2]]
+    await batcher.stop()
+
+
+async def test_an_expired_queued_request_gets_504_and_is_never_computed() -> None:
+    worker = FakeWorker("w", delay_s=0.3)
+    batcher, _, _ = make([worker], max_batch_size=1, batch_timeout_s=0.0, request_timeout_s=0.1)
+    first = asyncio.ensure_future(infer(batcher, "first"))
+    await asyncio.sleep(0.01)
+    with pytest.raises(RequestTimedOut):
+        await infer(batcher, "late")
+    with pytest.raises(RequestTimedOut):
+        await first  # its batch outlived the timeout too
+    await asyncio.sleep(0.4)
+    assert [b.payloads for b in worker.batches] == [[["first"]]]
+    await batcher.stop()
+
+
+async def test_a_lost_batch_is_retried_once_on_another_worker() -> None:
+    doomed, healthy = FakeWorker("doomed", delay_s=0.01), FakeWorker("healthy", delay_s=0.01)
+    batcher, _, pool = make([doomed, healthy], max_batch_size=2, batch_timeout_s=0.0)
+    original_submit = doomed.submit
+
+    def submit_then_die(batch: Batch) -> asyncio.Future[BatchDone]:
+        future = original_submit(batch)
+        doomed.lost = True
+        return future
+
+    doomed.submit = submit_then_die  # type: ignore[method-assign]
+    assert await asyncio.wait_for(infer(batcher, "x"), 2.0) == ["x"]
+    assert len(doomed.batches) == 1 and len(healthy.batches) == 1
+    await batcher.stop()
+
+
+async def test_a_lost_batch_with_no_other_worker_fails_503_at_once() -> None:
+    worker = FakeWorker("only", delay_s=0.01)
+    batcher, _, _ = make([worker], batch_timeout_s=0.0)
+    original_submit = worker.submit
+
+    def submit_then_die(batch: Batch) -> asyncio.Future[BatchDone]:
+        future = original_submit(batch)
+        worker.lost = True
+        return future
+
+    worker.submit = submit_then_die  # type: ignore[method-assign]
+    with pytest.raises(ModelUnavailable, match="exited"):
+        await asyncio.wait_for(infer(batcher, "x"), 2.0)
+    await batcher.stop()
+
+
+async def test_one_bad_request_fails_alone() -> None:
+    batcher, _, _ = make([FakeWorker("w", delay_s=0.01)], batch_timeout_s=0.05)
+    results = await asyncio.gather(infer(batcher, "good"), infer(batcher, "bad"), return_exceptions=True)
+    assert results[0] == ["good"]
+    assert isinstance(results[1], ModelFailed) and "bad item" in results[1].message
+    await batcher.stop()
