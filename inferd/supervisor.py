@@ -23,7 +23,7 @@ from typing import Any
 
 from inferd.channel import Channel, ChannelClosed, spawn_process
 from inferd.errors import StartupError
-from inferd.messages import Batch, BatchDone, BootFailed, Ready, Stats, Stop
+from inferd.messages import Batch, BatchDone, BootFailed, Ready, RequestFailure, Stats, Stop
 from inferd.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,11 @@ class WorkerHandle:
             self.channel.send(batch)
         except ChannelClosed:
             self._fail_pending("the worker's channel closed while sending a batch")
+        except Exception as error:  # e.g. RecursionError while pickling: nothing was sent, the worker is fine
+            log.error("batch %d for worker %s could not be sent: %r", batch.batch_id, self.name, error)
+            failure = RequestFailure(type(error).__name__, f"the batch could not be sent to a worker: {error}", False)
+            self.pending, self.pending_id = None, None
+            future.set_result(BatchDone(batch.batch_id, [failure] * len(batch.payloads), 0.0))
         return future
 
     def _fail_pending(self, reason: str) -> None:
