@@ -206,7 +206,9 @@ class Supervisor:
             loop.remove_reader(handle.channel.fileno())
         except (ValueError, OSError):
             pass
-        handle.process.join(timeout=0)
+        # The sentinel closes a moment before the process can be reaped: join(0) (WNOHANG) may miss
+        # the exit status; any other timeout makes it a blocking waitpid, which returns at once here.
+        handle.process.join(timeout=1.0)
         was_ready, handle.state = handle.state == READY, EXITED
         handle.exit_description = _describe_exit(handle.process.exitcode)
         handle._fail_pending(f"exited ({handle.exit_description}) while holding a batch")
