@@ -6,9 +6,9 @@ and its process sentinel (exit). Invariants:
 - when a worker exits, the future of the batch it held fails with `WorkerLost` at once, so the
   batcher can retry or fail its requests; nothing waits on a dead process;
 - a worker that fails to boot during start-up stops start-up (`StartupError`), never a restart loop;
-  one that dies after it was ready is restarted, at once the first time and then with exponential
-  backoff while it keeps failing; a model with no ready worker after repeated failures is
-  `unavailable` until a restart succeeds.
+  one that dies after it was ready is restarted at once; one that then dies again before it is
+  ready is restarted with exponential backoff while it keeps failing; a model with no ready worker
+  after repeated failures is `unavailable` until a restart succeeds.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
-STABLE_AFTER_S = 10.0  # a worker ready this long has recovered: its failure count resets
 UNAVAILABLE_AFTER_FAILURES = 3
 
 
@@ -223,8 +222,9 @@ class Supervisor:
     def _after_unexpected_exit(self, group: ModelWorkers, handle: WorkerHandle, was_ready: bool) -> None:
         if not self._booted:
             return  # start() reports it and stops start-up
-        stable = was_ready and handle.ready_at is not None and time.monotonic() - handle.ready_at > STABLE_AFTER_S
-        failures = 0 if stable else group.failures.get(handle.name, 0)
+        # Backoff is for a worker that cannot boot. One that was serving (killed, OOM, a crash on one
+        # input) booted fine and will again: it is replaced at once, however often that happens.
+        failures = 0 if was_ready else group.failures.get(handle.name, 0)
         group.failures[handle.name] = failures + 1
         reason = _boot_failure_text(handle) if handle.boot_failure else handle.exit_description
         log.error("worker %s %s (pid %d) died: %s", group.name, handle.name, handle.pid, reason)
