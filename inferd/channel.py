@@ -4,8 +4,11 @@ Protocol: every message is one pickled frame (protocol 5) followed by one frame 
 sent out of band so tensor bytes are written straight from the array, and arrays that arrive are
 read-only views of the received bytes (no copy beyond the pipe).
 A frame's first 8 bytes give the number of buffer frames that follow.
-Workers are started with the `spawn` context: a fresh interpreter, safe while the main process
-runs threads and an event loop, and one that has not imported torch before it pins itself.
+Workers are started with the `forkserver` context: forked from a single-threaded server process
+(never from the main process, which runs threads and an event loop). The server imports torch once
+(the main process never does), so starting or replacing a worker costs a fork and its model load,
+not a fresh interpreter's seconds of importing torch. Importing torch starts no thread pool; each
+worker pins itself and sizes torch's pools after the fork, before any of them starts.
 
 This is the only module that imports multiprocess.
 """
@@ -20,6 +23,7 @@ from typing import Any
 import multiprocess
 
 _COUNT = struct.Struct("<Q")
+PRELOAD = ["torch", "inferd.worker", "inferd.runners"]  # imported once, in the fork server
 
 
 class ChannelClosed(Exception):
@@ -61,7 +65,8 @@ class Channel:
 
 def spawn_process(target: Callable[..., Any], args: tuple[Any, ...], name: str) -> tuple[Any, Channel]:
     """Start `target(*args, worker_end)` in a fresh interpreter; return (process, main's end)."""
-    context = multiprocess.get_context("spawn")
+    context = multiprocess.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
     main_end, worker_end = context.Pipe(duplex=True)
     process = context.Process(target=target, args=(*args, Channel(worker_end)), name=name, daemon=False)
     process.start()
