@@ -56,7 +56,9 @@ def test_counts_latencies_and_batches_agree_with_the_requests_sent(serve) -> Non
     assert value(found, "inferd_model_ready", model="echo") == 1
     assert value(found, "inferd_workers", model="echo", state="ready") == 1
     assert value(found, "inferd_worker_restarts_total", model="echo") == 0
-    assert value(found, "inferd_worker_cpu_seconds_total", model="echo", worker="cpu:0/0") > 0
+    # Forked from the fork server, a worker no longer pays torch's import: ten tiny requests may
+    # take under one clock tick of CPU, so only the sample's presence is certain.
+    assert value(found, "inferd_worker_cpu_seconds_total", model="echo", worker="cpu:0/0") >= 0
     assert value(found, "inferd_worker_resident_memory_bytes", model="echo", worker="cpu:0/0") > 10_000_000
     assert any(name == "inferd_build_info" for name, _ in found)
     assert not any(name.startswith("inferd_gpu_") for name, _ in found)  # absent, not zero, without a GPU
