@@ -6,9 +6,9 @@ and its process sentinel (exit). Invariants:
 - when a worker exits, the future of the batch it held fails with `WorkerLost` at once, so the
   batcher can retry or fail its requests; nothing waits on a dead process;
 - a worker that fails to boot during start-up stops start-up (`StartupError`), never a restart loop;
-  one that dies after it was ready is restarted, at once the first time and then with exponential
-  backoff while it keeps failing; a model with no ready worker after repeated failures is
-  `unavailable` until a restart succeeds.
+  one that dies after it was ready is restarted at once; one that then dies again before it is
+  ready is restarted with exponential backoff while it keeps failing; a model with no ready worker
+  after repeated failures is `unavailable` until a restart succeeds.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ from typing import Any
 
 from inferd.channel import ChannelClosed, MainChannel, connect, spawn_process
 from inferd.errors import StartupError
-from inferd.messages import Batch, BatchDone, BootFailed, Ready, Stats, Stop
+from inferd.messages import Batch, BatchDone, BootFailed, Ready, RequestFailure, Stats, Stop
 from inferd.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
-STABLE_AFTER_S = 10.0  # a worker ready this long has recovered: its failure count resets
 UNAVAILABLE_AFTER_FAILURES = 3
 
 
@@ -81,6 +80,11 @@ class WorkerHandle:
             self.channel.send(batch)
         except ChannelClosed:
             self._fail_pending("the worker's channel closed while sending a batch")
+        except Exception as error:  # e.g. RecursionError while pickling: nothing was sent, the worker is fine
+            log.error("batch %d for worker %s could not be sent: %r", batch.batch_id, self.name, error)
+            failure = RequestFailure(type(error).__name__, f"the batch could not be sent to a worker: {error}", False)
+            self.pending, self.pending_id = None, None
+            future.set_result(BatchDone(batch.batch_id, [failure] * len(batch.payloads), 0.0))
         return future
 
     def _fail_pending(self, reason: str) -> None:
@@ -202,6 +206,8 @@ class Supervisor:
             return
         if handle.state == EXITED:
             return
+        # The sentinel closes a moment before the process can be reaped: join(0) (WNOHANG) may miss
+        # the exit status; a timeout makes it a blocking waitpid, which returns at once here.
         handle.process.join(timeout=1.0)
         was_ready, handle.state = handle.state == READY, EXITED
         handle.exit_description = _describe_exit(handle.process.exitcode)
@@ -216,8 +222,9 @@ class Supervisor:
     def _after_unexpected_exit(self, group: ModelWorkers, handle: WorkerHandle, was_ready: bool) -> None:
         if not self._booted:
             return  # start() reports it and stops start-up
-        stable = was_ready and handle.ready_at is not None and time.monotonic() - handle.ready_at > STABLE_AFTER_S
-        failures = 0 if stable else group.failures.get(handle.name, 0)
+        # Backoff is for a worker that cannot boot. One that was serving (killed, OOM, a crash on one
+        # input) booted fine and will again: it is replaced at once, however often that happens.
+        failures = 0 if was_ready else group.failures.get(handle.name, 0)
         group.failures[handle.name] = failures + 1
         reason = _boot_failure_text(handle) if handle.boot_failure else handle.exit_description
         log.error("worker %s %s (pid %d) died: %s", group.name, handle.name, handle.pid, reason)
