@@ -134,7 +134,9 @@ def _reload_endpoint(reload: Reloader) -> Callable[[Request], Awaitable[Response
         try:
             return json_response(await reload())
         except ConfigError as error:
-            return json_response({"error": "the new config was rejected; the old one keeps serving", "problems": error.problems}, 400)
+            return json_response(
+                {"error": "the new config was rejected; the old one keeps serving", "problems": error.problems}, 400
+            )
 
     return reload_now
 

@@ -101,9 +101,13 @@ class ServedModel:
             "queue_depth": self.batcher.queue_depth,
             "workers": [
                 {
-                    "slot": h.name, "pid": h.pid, "state": h.state, "busy": h.pending is not None,
-                    "cpus": list(h.spec.slot.cpus), "threads": h.spec.slot.threads,
-                }  # fmt: skip
+                    "slot": h.name,
+                    "pid": h.pid,
+                    "state": h.state,
+                    "busy": h.pending is not None,
+                    "cpus": list(h.spec.slot.cpus),
+                    "threads": h.spec.slot.threads,
+                }
                 for h in self.workers.handles.values()
             ],
         }

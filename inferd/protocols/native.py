@@ -105,9 +105,9 @@ def to_array(spec: TensorInfo, value: Any) -> np.ndarray:
 def check_shape(spec: TensorInfo, shape: tuple[int, ...]) -> None:
     if not shape or shape[0] == 0:
         raise BadRequest(f"input {spec.name!r}: needs a batch dimension with at least one row")
-    if len(spec.shape) > 1 or spec.shape[0] != -1:
-        if len(shape) != len(spec.shape) or any(w not in (-1, g) for w, g in zip(spec.shape, shape)):
-            raise BadRequest(f"input {spec.name!r}: shape {list(shape)} does not match {list(spec.shape)} (-1 = any)")
+    declared = len(spec.shape) > 1 or spec.shape[0] != -1
+    if declared and (len(shape) != len(spec.shape) or any(w not in (-1, g) for w, g in zip(spec.shape, shape))):
+        raise BadRequest(f"input {spec.name!r}: shape {list(shape)} does not match {list(spec.shape)} (-1 = any)")
 
 
 def encode(result: Payload, outputs: tuple[TensorInfo, ...], request: DecodedRequest) -> dict[str, Any]:
