@@ -93,6 +93,7 @@ def plan(config: Config, host: Host) -> list[WorkerSlot]:
             _check_cpus(model, index, host, len(devices[model.name]), problems)
     if problems:
         raise ConfigError(config.source, problems)
+    _warn_about_shared_sets(config)
     slots = _explicit_slots(config, devices) + _automatic_slots(config, devices, host)
     order = {m.name: i for i, m in enumerate(config.models)}
     return sorted(slots, key=lambda s: (order[s.model], s.device, s.index))
@@ -129,6 +130,17 @@ def _check_cpus(model: ModelConfig, index: int, host: Host, devices: int, proble
             f"{where}: {len(cpus)} CPU(s) cannot be split equally among {workers} worker(s); "
             f"give a multiple of {workers} CPUs"
         )
+
+
+def _warn_about_shared_sets(config: Config) -> None:
+    owners: dict[int, list[str]] = {}
+    for model in config.models:
+        for cpu in model.cpu_affinity or ():
+            owners.setdefault(cpu, []).append(model.name)
+    shared = {cpu: names for cpu, names in owners.items() if len(names) > 1}
+    if shared:
+        cpus = format_cpu_list(shared)
+        log.warning("CPUs %s are in the cpu_affinity of several models; their workers will compete", cpus)
 
 
 def _explicit_slots(config: Config, devices: dict[str, list[str]]) -> list[WorkerSlot]:
