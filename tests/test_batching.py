@@ -75,6 +75,18 @@ def make(workers: list[FakeWorker], **policy: float) -> tuple[Batcher, Observer,
     return batcher, observer, pool
 
 
+def dies_with_its_first_batch(worker: FakeWorker) -> None:
+    """The worker takes a batch and is lost before it answers (its process died)."""
+    original_submit = worker.submit
+
+    def submit_then_die(batch: Batch) -> asyncio.Future[BatchDone]:
+        future = original_submit(batch)
+        worker.lost = True
+        return future
+
+    worker.submit = submit_then_die  # type: ignore[method-assign]
+
+
 async def infer(batcher: Batcher, item: Any, key: Any = None) -> Any:
     return await batcher.infer([item], 1, key)
 
@@ -140,15 +152,8 @@ async def test_an_expired_queued_request_gets_504_and_is_never_computed() -> Non
 
 async def test_a_lost_batch_is_retried_once_on_another_worker() -> None:
     doomed, healthy = FakeWorker("doomed", delay_s=0.01), FakeWorker("healthy", delay_s=0.01)
-    batcher, _, pool = make([doomed, healthy], max_batch_size=2, batch_timeout_s=0.0)
-    original_submit = doomed.submit
-
-    def submit_then_die(batch: Batch) -> asyncio.Future[BatchDone]:
-        future = original_submit(batch)
-        doomed.lost = True
-        return future
-
-    doomed.submit = submit_then_die  # type: ignore[method-assign]
+    batcher, _, _ = make([doomed, healthy], max_batch_size=2, batch_timeout_s=0.0)
+    dies_with_its_first_batch(doomed)
     assert await asyncio.wait_for(infer(batcher, "x"), 2.0) == ["x"]
     assert len(doomed.batches) == 1 and len(healthy.batches) == 1
     await batcher.stop()
@@ -157,14 +162,7 @@ async def test_a_lost_batch_is_retried_once_on_another_worker() -> None:
 async def test_a_lost_batch_with_no_other_worker_fails_503_at_once() -> None:
     worker = FakeWorker("only", delay_s=0.01)
     batcher, _, _ = make([worker], batch_timeout_s=0.0)
-    original_submit = worker.submit
-
-    def submit_then_die(batch: Batch) -> asyncio.Future[BatchDone]:
-        future = original_submit(batch)
-        worker.lost = True
-        return future
-
-    worker.submit = submit_then_die  # type: ignore[method-assign]
+    dies_with_its_first_batch(worker)
     with pytest.raises(ModelUnavailable, match="exited"):
         await asyncio.wait_for(infer(batcher, "x"), 2.0)
     await batcher.stop()
