@@ -65,7 +65,7 @@ def _components() -> Schema:
              "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}},
              "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}}},
             ["name", "versions", "platform", "inputs", "outputs"],
-        ),  # fmt: skip
+        ),
         "InferResponse": _object(
             {"model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
              "outputs": {"type": "array", "items": _object(
@@ -74,8 +74,8 @@ def _components() -> Schema:
                   "parameters": {"type": "object"}},
                  ["name", "datatype", "shape"])}},
             ["model_name", "model_version", "outputs"],
-        ),  # fmt: skip
-    }
+        ),
+    }  # fmt: skip
 
 
 def _object(properties: Schema, required: Iterable[str] = ()) -> Schema:

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import RunningServer, start_server
 
 httpclient = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+from tritonclient.utils import InferenceServerException
 
 EXAMPLES = """
 models:
