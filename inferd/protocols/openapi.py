@@ -26,6 +26,7 @@ _INTEGER_RANGES = {
     "INT8": (-(2**7), 2**7 - 1), "INT16": (-(2**15), 2**15 - 1), "INT32": (-(2**31), 2**31 - 1),
     "INT64": (-(2**63), 2**63 - 1),
 }  # fmt: skip
+_FLOAT_LIMITS = {"FP16": 65504.0, "FP32": 3.4028234663852886e38, "BF16": 3.3895313892515355e38}
 
 
 def document(daemon: Daemon, metrics_route: bool = True) -> Schema:
@@ -153,7 +154,7 @@ _REQUEST_ERRORS = (400, 404, 408, 413, 422, 429, 503, 504)
 
 def _nested(spec: TensorInfo) -> Schema:
     """Nested arrays as deep as the shape, exact in each fixed dim where a row is small."""
-    fixed_row = all(dim >= 0 for dim in spec.shape[1:]) and _row_elements(spec) <= _SMALL_ROW_ELEMENTS
+    fixed_row = _small_fixed_row(spec)
     schema = _json_element(spec.datatype)
     for dim in reversed(spec.shape):
         schema = {"type": "array", "items": schema}
@@ -161,6 +162,10 @@ def _nested(spec: TensorInfo) -> Schema:
             schema["minItems"] = schema["maxItems"] = dim
     schema["minItems"] = 1
     return schema
+
+
+def _small_fixed_row(spec: TensorInfo) -> bool:
+    return all(dim >= 0 for dim in spec.shape[1:]) and _row_elements(spec) <= _SMALL_ROW_ELEMENTS
 
 
 def _row_elements(spec: TensorInfo) -> int:
@@ -178,6 +183,8 @@ def _json_element(datatype: str) -> Schema:
     if datatype in _INTEGER_RANGES:
         low, high = _INTEGER_RANGES[datatype]
         return {"type": "integer", "minimum": low, "maximum": high}
+    if datatype in _FLOAT_LIMITS:
+        return {"type": "number", "minimum": -_FLOAT_LIMITS[datatype], "maximum": _FLOAT_LIMITS[datatype]}
     return {"type": "number"}
 
 
@@ -238,7 +245,9 @@ def _v2_request(model: ServedModel) -> Schema:
 
 
 def _v2_input(spec: TensorInfo) -> Schema:
-    return _object(
+    """Any input of this name and datatype; where a row is small and fixed, also exact 1- and 2-row
+    inputs, whose shape and data agree (a schema cannot tie a data length to a shape otherwise)."""
+    any_rows = _object(
         {"name": {"type": "string", "enum": [spec.name]},
          "datatype": {"type": "string", "enum": [spec.datatype]},
          "shape": {"type": "array", "items": {"type": "integer", "minimum": 0},
@@ -246,6 +255,20 @@ def _v2_input(spec: TensorInfo) -> Schema:
          "data": {"type": "array", "items": _json_element(spec.datatype)},
          "parameters": _object({"binary_data_size": {"type": "integer", "minimum": 0}})},
         ["name", "datatype", "shape"],
+    )  # fmt: skip
+    if not _small_fixed_row(spec):
+        return any_rows
+    return {"anyOf": [_v2_input_of(spec, rows) for rows in (1, 2)] + [any_rows]}
+
+
+def _v2_input_of(spec: TensorInfo, rows: int) -> Schema:
+    count = rows * _row_elements(spec)
+    return _object(
+        {"name": {"type": "string", "enum": [spec.name]},
+         "datatype": {"type": "string", "enum": [spec.datatype]},
+         "shape": {"type": "array", "enum": [[rows, *spec.shape[1:]]]},
+         "data": {"type": "array", "items": _json_element(spec.datatype), "minItems": count, "maxItems": count}},
+        ["name", "datatype", "shape", "data"],
     )  # fmt: skip
 
 
