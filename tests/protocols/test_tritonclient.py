@@ -156,3 +156,17 @@ def test_errors_reach_the_client_with_their_message(client: httpclient.Inference
         client.infer("tiny", [tensor("input", np.zeros((1, 8), np.float32), "FP32", False)])
     with pytest.raises(InferenceServerException, match="not an output of this model"):
         client.infer("tiny", [tensor("input", rows, "FP32", False)], outputs=[httpclient.InferRequestedOutput("nope")])
+
+
+async def test_the_asyncio_client_infers_too(server: RunningServer) -> None:
+    aio = pytest.importorskip("tritonclient.http.aio")
+    rows = np.random.default_rng(3).normal(size=(2, 16)).astype(np.float32)
+    triton = aio.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        assert await triton.is_server_ready()
+        given = aio.InferInput("input", [2, 16], "FP32")
+        given.set_data_from_numpy(rows, binary_data=True)
+        result = await triton.infer("tiny", [given], outputs=[aio.InferRequestedOutput("output", binary_data=False)])
+    finally:
+        await triton.close()
+    np.testing.assert_allclose(result.as_numpy("output"), native(server, "tiny", rows.tolist()), rtol=1e-6)
