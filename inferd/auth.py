@@ -29,13 +29,17 @@ def load_api_keys(auth: AuthConfig, source: str) -> tuple[bytes, ...]:
     if auth.api_keys_env:
         value = os.environ.get(auth.api_keys_env, "")
         if not value.strip():
-            raise ConfigError(source, [f"server.auth.api_keys_env: environment variable {auth.api_keys_env} is not set or empty"])
+            raise ConfigError(
+                source, [f"server.auth.api_keys_env: environment variable {auth.api_keys_env} is not set or empty"]
+            )
         keys += value.replace(",", " ").split()
     if auth.api_keys_file:
         try:
             lines = auth.api_keys_file.read_text().splitlines()
         except OSError as error:
-            raise ConfigError(source, [f"server.auth.api_keys_file: cannot read {auth.api_keys_file}: {error.strerror}"]) from None
+            raise ConfigError(
+                source, [f"server.auth.api_keys_file: cannot read {auth.api_keys_file}: {error.strerror}"]
+            ) from None
         keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not keys:
         raise ConfigError(source, ["server.auth: no API keys found in the given variable or file"])

@@ -188,7 +188,8 @@ class Batcher:
     def _take(self) -> tuple[list[PendingRequest], bool]:
         """The head request and those after it that may share its batch; whether it is full."""
         head = self._queue[0]
-        chosen, items = [], 0
+        chosen: list[PendingRequest] = []
+        items = 0
         for request in self._queue:
             if request.key != head.key:
                 continue
@@ -214,9 +215,7 @@ class Batcher:
         for request in chosen:
             request.attempts += 1
         future = worker.submit(Batch(next(self._batch_ids), [r.payload for r in chosen]))
-        hung_timer = asyncio.get_running_loop().call_later(
-            self.policy.request_timeout_s, self._on_hung, worker, future
-        )
+        hung_timer = asyncio.get_running_loop().call_later(self.policy.request_timeout_s, self._on_hung, worker, future)
         future.add_done_callback(lambda done: self._on_batch_done(done, chosen, hung_timer))
 
     def _on_hung(self, worker: Worker, future: asyncio.Future[BatchDone]) -> None:

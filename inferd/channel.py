@@ -1,18 +1,25 @@
 """Main<->worker transport: starting a worker process and moving framed messages to and from it.
 
-Protocol: every message is one pickled frame (protocol 5) followed by one frame per numpy buffer,
-sent out of band so tensor bytes are written straight from the array, and arrays that arrive are
-read-only views of the received bytes (no copy beyond the pipe).
-A frame's first 8 bytes give the number of buffer frames that follow.
-Workers are started with the `spawn` context: a fresh interpreter, safe while the main process
-runs threads and an event loop, and one that has not imported torch before it pins itself.
+Protocol: every message is one pickled frame (protocol 5) whose first 8 bytes give the number of
+buffer frames that follow, one per large numpy buffer sent out of band (small ones travel inside
+the pickle: a frame costs a syscall). Frames are length-prefixed as multiprocess's Connection
+writes them (4-byte big-endian length; -1 then an 8-byte length past 2 GiB).
+
+The worker side is a blocking multiprocess Connection. The main side is an asyncio protocol on the
+other end of the socket pair: reads go straight into each frame's own buffer and writes never
+block the event loop, so a worker slow to read can never stall the server.
+Workers are started by a forkserver (spawn where there is none): never a fork of the main
+process, so starting one is safe while the main process runs threads and an event loop.
 
 This is the only module that imports multiprocess.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import pickle
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -20,50 +27,162 @@ from typing import Any
 import multiprocess
 
 _COUNT = struct.Struct("<Q")
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+IN_BAND_LIMIT_BYTES = 64 * 1024  # smaller buffers are cheaper copied into the pickle than framed
 
 
 class ChannelClosed(Exception):
     """The other end has gone: the worker exited, or the main process died."""
 
 
+def encode(message: object) -> list[bytes | memoryview]:
+    """A message as its frames: the pickle (with the count of buffer frames), then each buffer."""
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < IN_BAND_LIMIT_BYTES:
+            return True
+        buffers.append(raw)
+        return False
+
+    frame = pickle.dumps(message, protocol=5, buffer_callback=out_of_band)
+    return [_COUNT.pack(len(buffers)) + frame, *buffers]
+
+
+def decode(first: bytes | bytearray, buffers: list[Any]) -> Any:
+    return pickle.loads(memoryview(first)[_COUNT.size :], buffers=buffers)
+
+
+def buffer_count(first: bytes | bytearray) -> int:
+    return int(_COUNT.unpack_from(first)[0])
+
+
 class Channel:
+    """The worker's end: blocking sends and receives on a multiprocess Connection."""
+
     def __init__(self, connection: Any) -> None:
         self._connection = connection
 
-    def fileno(self) -> int:
-        return int(self._connection.fileno())
-
     def send(self, message: object) -> None:
-        buffers: list[pickle.PickleBuffer] = []
-        frame = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
         try:
-            self._connection.send_bytes(_COUNT.pack(len(buffers)) + frame)
-            for buffer in buffers:
-                self._connection.send_bytes(buffer.raw())
+            for frame in encode(message):
+                self._connection.send_bytes(frame)
         except (OSError, EOFError) as error:
             raise ChannelClosed(str(error)) from None
 
     def recv(self) -> Any:
         try:
-            frame = self._connection.recv_bytes()
-            (count,) = _COUNT.unpack_from(frame)
-            buffers = [self._connection.recv_bytes() for _ in range(count)]
+            first = self._connection.recv_bytes()
+            buffers = [self._connection.recv_bytes() for _ in range(buffer_count(first))]
         except (OSError, EOFError) as error:
             raise ChannelClosed(str(error) or "end of stream") from None
-        return pickle.loads(memoryview(frame)[_COUNT.size :], buffers=buffers)
+        return decode(first, buffers)
 
-    def poll(self, timeout_s: float = 0.0) -> bool:
-        return bool(self._connection.poll(timeout_s))
+
+class MainChannel(asyncio.BufferedProtocol):
+    """The main process's end, as an asyncio protocol: `on_message` gets each decoded message,
+    `on_closed` is called once when the worker's end closes."""
+
+    def __init__(self, on_message: Callable[[Any], None], on_closed: Callable[[], None]) -> None:
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._transport: asyncio.WriteTransport | None = None
+        self.closed = False
+        self._prefix = bytearray(_LENGTH.size)
+        self._target: bytearray = self._prefix  # what the next bytes fill: a prefix or a frame
+        self._filled = 0
+        self._long_prefix = False
+        self._frames: list[bytearray] = []
+        self._expected = 1  # frames making up the message being read
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._on_closed()
+
+    def send(self, message: object) -> None:
+        if self.closed or self._transport is None or self._transport.is_closing():
+            raise ChannelClosed("the worker's channel is closed")
+        for frame in encode(message):
+            length = len(frame) if isinstance(frame, bytes) else frame.nbytes
+            if length > 0x7FFFFFFF:
+                self._transport.write(_LENGTH.pack(-1) + _LONG_LENGTH.pack(length))
+            else:
+                self._transport.write(_LENGTH.pack(length))
+            self._transport.write(frame)
 
     def close(self) -> None:
-        self._connection.close()
+        if self._transport is not None:
+            self._transport.close()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._target)[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        if self._filled == len(self._target):
+            self._advance()
+
+    def _advance(self) -> None:
+        self._filled = 0
+        if self._target is not self._prefix:  # a whole frame arrived
+            self._frames.append(self._target)
+            self._target = self._prefix
+            self._deliver_if_complete()
+            return
+        if self._long_prefix:
+            (length,) = _LONG_LENGTH.unpack(self._prefix)
+            self._long_prefix, self._prefix = False, bytearray(_LENGTH.size)
+        else:
+            (length,) = _LENGTH.unpack(self._prefix)
+            if length == -1:
+                self._long_prefix, self._prefix = True, bytearray(_LONG_LENGTH.size)
+                self._target = self._prefix
+                return
+        self._target = bytearray(length)
+        if length == 0:
+            self._advance()
+
+    def _deliver_if_complete(self) -> None:
+        if len(self._frames) == 1:
+            self._expected = 1 + buffer_count(self._frames[0])
+        if len(self._frames) == self._expected:
+            first, *buffers = self._frames
+            self._frames = []
+            self._on_message(decode(first, buffers))
 
 
-def spawn_process(target: Callable[..., Any], args: tuple[Any, ...], name: str) -> tuple[Any, Channel]:
-    """Start `target(*args, worker_end)` in a fresh interpreter; return (process, main's end)."""
-    context = multiprocess.get_context("spawn")
+def _context() -> Any:
+    """The forkserver context, its server preloaded with torch (on first use), where the platform
+    has one: a worker then starts as a fork of a process that has imported torch but never run
+    it, in well under a second, instead of a fresh interpreter importing torch for seconds. The
+    main process itself never imports torch either way."""
+    if "forkserver" not in multiprocess.get_all_start_methods():
+        return multiprocess.get_context("spawn")
+    context = multiprocess.get_context("forkserver")
+    context.set_forkserver_preload(["inferd.worker", "torch", "inferd.runners"])
+    return context
+
+
+def spawn_process(target: Callable[..., Any], args: tuple[Any, ...], name: str) -> tuple[Any, socket.socket]:
+    """Start `target(*args, channel)` in a new process; return (process, main's socket)."""
+    context = _context()
     main_end, worker_end = context.Pipe(duplex=True)
     process = context.Process(target=target, args=(*args, Channel(worker_end)), name=name, daemon=False)
     process.start()
     worker_end.close()  # the child holds its own copy; ours must close so EOF is seen when it dies
-    return process, Channel(main_end)
+    main_socket = socket.socket(fileno=os.dup(main_end.fileno()))
+    main_end.close()
+    return process, main_socket
+
+
+async def connect(sock: socket.socket, on_message: Callable[[Any], None], on_closed: Callable[[], None]) -> MainChannel:
+    """Wrap the main end of a worker's socket in a MainChannel on the running loop."""
+    _, protocol = await asyncio.get_running_loop().connect_accepted_socket(
+        lambda: MainChannel(on_message, on_closed), sock=sock
+    )
+    return protocol

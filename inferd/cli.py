@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import math
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import uvicorn
 
@@ -81,7 +83,16 @@ def _serve(args: argparse.Namespace) -> int:
     host = Host.detect()
     slots = plan(config, host)
     _log_plan(host, slots)
-    return asyncio.run(_run(config, slots, args.config))
+    return _run_event_loop(_run(config, slots, args.config))
+
+
+def _run_event_loop(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where it is installed (about twice the requests per core), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return int(uvloop.run(main))
 
 
 def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
@@ -92,7 +103,13 @@ def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
 def _log_plan(host: Host, slots: list[WorkerSlot]) -> None:
     from inferd.cpuset import format_cpu_list
 
-    log.info("inferd %s: %d usable CPU(s) (%s), %d GPU(s)", __version__, len(host.cpus), format_cpu_list(host.cpus), host.gpu_count)
+    log.info(
+        "inferd %s: %d usable CPU(s) (%s), %d GPU(s)",
+        __version__,
+        len(host.cpus),
+        format_cpu_list(host.cpus),
+        host.gpu_count,
+    )
     for slot in slots:
         log.info("plan: %s", slot.describe())
 
@@ -121,7 +138,9 @@ async def _run(config: Config, slots: list[WorkerSlot], config_path: str) -> int
     if not separate_metrics:
         await server.serve()
         return server.exit_code
-    metrics_server = SecondaryServer(_uvicorn_config(metrics_app(daemon), settings.host, settings.metrics_port, 1.0, "off"))
+    metrics_server = SecondaryServer(
+        _uvicorn_config(metrics_app(daemon), settings.host, settings.metrics_port, 1.0, "off")
+    )
     metrics_task = asyncio.create_task(metrics_server.serve())
     await server.serve()
     metrics_server.should_exit = True
@@ -148,7 +167,7 @@ def _uvicorn_config(app: object, host: str, port: int | None, drain_s: float, li
         lifespan=lifespan,  # type: ignore[arg-type]
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=drain_s,
+        timeout_graceful_shutdown=math.ceil(drain_s),
         server_header=False,
     )
 

@@ -8,6 +8,7 @@ machine (which CPUs and GPUs exist) live in `placement.py`.
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -69,7 +70,7 @@ class ServerConfig(_Section):
     @field_validator("histogram_buckets_s")
     @classmethod
     def _buckets_increase(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
-        if not buckets or any(b <= a for a, b in zip(buckets, buckets[1:])) or buckets[0] <= 0:
+        if not buckets or any(b <= a for a, b in itertools.pairwise(buckets)) or buckets[0] <= 0:
             raise ValueError("buckets must be positive and strictly increasing")
         return buckets
 
@@ -251,9 +252,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
 
 def _resolve_paths(config: Config, base_dir: Path) -> Config:
     models = tuple(
-        m.model_copy(update={"path": base_dir / m.path})
-        if m.path is not None and not m.path.is_absolute()
-        else m
+        m.model_copy(update={"path": base_dir / m.path}) if m.path is not None and not m.path.is_absolute() else m
         for m in config.models
     )
     return config.model_copy(update={"models": models})

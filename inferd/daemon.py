@@ -101,9 +101,13 @@ class ServedModel:
             "queue_depth": self.batcher.queue_depth,
             "workers": [
                 {
-                    "slot": h.name, "pid": h.pid, "state": h.state, "busy": h.pending is not None,
-                    "cpus": list(h.spec.slot.cpus), "threads": h.spec.slot.threads,
-                }  # fmt: skip
+                    "slot": h.name,
+                    "pid": h.pid,
+                    "state": h.state,
+                    "busy": h.pending is not None,
+                    "cpus": list(h.spec.slot.cpus),
+                    "threads": h.spec.slot.threads,
+                }
                 for h in self.workers.handles.values()
             ],
         }
@@ -125,6 +129,8 @@ class Daemon:
         self.state = self.metrics.watch(lambda: self.models)
         self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in config.models}
         self._reload_lock = asyncio.Lock()
+        self._routes: dict[str, ServedModel] = {}
+        self._index_routes()
 
     def _build(self, model: ModelConfig, slots: list[WorkerSlot]) -> ServedModel:
         base_dir = Path(self.config.source).resolve().parent
@@ -142,7 +148,11 @@ class Daemon:
         return ServedModel(model, own_slots, supervisor, batcher, metrics)
 
     def route(self, path: str) -> ServedModel | None:
-        return next((m for m in self.models.values() if m.config.url_path == path), None)
+        """The model whose native route is `path`."""
+        return self._routes.get(path)
+
+    def _index_routes(self) -> None:
+        self._routes = {m.config.url_path: m for m in self.models.values()}
 
     @property
     def ready(self) -> bool:
@@ -198,5 +208,6 @@ class Daemon:
             self.models[name] = fresh  # one step: the next request on this route goes to `fresh`
         else:
             del self.models[name]
+        self._index_routes()
         if old is not None:
             await old.retire(self.config.server.drain_timeout_s)

@@ -74,9 +74,7 @@ DATATYPES: dict[str, Datatype] = {
 # numpy dtype -> v2 name when an array has to say what it is. uint16 means UINT16: a BF16 array
 # cannot be told from its bits, so whoever holds one names its datatype explicitly.
 _BY_NUMPY: dict[np.dtype, str] = {
-    np.dtype(datatype.numpy_dtype.name): datatype.name
-    for datatype in DATATYPES.values()
-    if datatype.name != "BF16"
+    np.dtype(datatype.numpy_dtype.name): datatype.name for datatype in DATATYPES.values() if datatype.name != "BF16"
 }
 
 
@@ -177,9 +175,7 @@ def _bytes_elements(data: memoryview, count: int) -> np.ndarray:
         elements[index] = bytes(data[position : position + length])
         position += length
     if position != data.nbytes:
-        raise TensorDataError(
-            f"{data.nbytes - position} bytes are left over after its {count} BYTES elements"
-        )
+        raise TensorDataError(f"{data.nbytes - position} bytes are left over after its {count} BYTES elements")
     return elements
 
 
@@ -248,8 +244,7 @@ def _flatten_strings(data: list[Any]) -> tuple[list[str], tuple[int, ...]]:
         width = len(level[0])
         if not all(isinstance(row, list) and len(row) == width for row in level):
             raise TensorDataError(
-                "data is not a regular array (rows of different lengths, or strings mixed "
-                "with lists)"
+                "data is not a regular array (rows of different lengths, or strings mixed with lists)"
             )
         level = [item for row in level for item in row]
         shape.append(width)
@@ -283,9 +278,7 @@ def _cast(values: np.ndarray, datatype: Datatype) -> np.ndarray:
     if datatype.numpy_dtype.kind == "f" or datatype.name == "BF16":
         return _to_float(values, datatype)
     if kind == "f":
-        raise TensorDataError(
-            f"{datatype.name} data must hold integers, got numbers with a fraction or exponent"
-        )
+        raise TensorDataError(f"{datatype.name} data must hold integers, got numbers with a fraction or exponent")
     return _to_int(values, datatype)
 
 
@@ -309,9 +302,7 @@ def _to_int(values: np.ndarray, datatype: Datatype) -> np.ndarray:
     low, high = int(values.min()), int(values.max())  # Python ints compare across all ranges
     if low < limits.min or high > limits.max:
         bad = low if low < limits.min else high
-        raise TensorDataError(
-            f"{bad} is outside {datatype.name}'s range {limits.min}..{limits.max}"
-        )
+        raise TensorDataError(f"{bad} is outside {datatype.name}'s range {limits.min}..{limits.max}")
     return values.astype(datatype.numpy_dtype)
 
 
@@ -334,6 +325,5 @@ def _element_text(item: Any) -> str:
         return _element_bytes(item).decode()
     except UnicodeDecodeError:
         raise TensorDataError(
-            "BYTES that are not UTF-8 text cannot go in JSON; ask for the output with "
-            "binary_data true"
+            "BYTES that are not UTF-8 text cannot go in JSON; ask for the output with binary_data true"
         ) from None

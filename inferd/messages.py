@@ -8,11 +8,11 @@ A request's payload is a dict of named numpy arrays (tensor models) or a list of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-Payload = Union[dict[str, np.ndarray], list[Any]]
+Payload = dict[str, np.ndarray] | list[Any]
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,9 @@ class StateCollector(Collector):
         yield from (depth, inflight, ready, workers, restarts)
 
     def _worker_families(self) -> Iterator[Metric]:
-        cpu = CounterMetricFamily("inferd_worker_cpu_seconds", "CPU time of each worker slot.", labels=["model", "worker"])
+        cpu = CounterMetricFamily(
+            "inferd_worker_cpu_seconds", "CPU time of each worker slot.", labels=["model", "worker"]
+        )
         memory = GaugeMetricFamily(
             "inferd_worker_resident_memory_bytes", "Resident memory of each worker.", labels=["model", "worker"]
         )
@@ -188,7 +190,9 @@ class StateCollector(Collector):
             "inferd_gpu_memory_allocated_bytes", "GPU memory allocated by torch in each worker.", labels=labels
         )
         reserved = GaugeMetricFamily(
-            "inferd_gpu_memory_reserved_bytes", "GPU memory reserved by torch's allocator in each worker.", labels=labels
+            "inferd_gpu_memory_reserved_bytes",
+            "GPU memory reserved by torch's allocator in each worker.",
+            labels=labels,
         )
         for (model, worker), reading in readings:
             assert reading is not None

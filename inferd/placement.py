@@ -145,7 +145,8 @@ def _explicit_slots(config: Config, devices: dict[str, list[str]]) -> list[Worke
 
 
 def _automatic_slots(config: Config, devices: dict[str, list[str]], host: Host) -> list[WorkerSlot]:
-    """Split the CPUs no model claimed among the CPU workers without a set, never oversubscribing.
+    """Split the CPUs no model claimed among the CPU workers without a set, never oversubscribing,
+    and leave one for the main process where there are more CPUs than workers.
 
     GPU workers without a set stay unpinned with one thread: the GPU does their arithmetic.
     """
@@ -153,6 +154,8 @@ def _automatic_slots(config: Config, devices: dict[str, list[str]], host: Host) 
     pool = [cpu for cpu in host.cpus if cpu not in claimed] or list(host.cpus)
     unset = [m for m in config.models if m.cpu_affinity is None]
     cpu_workers = [(m, i) for m in unset if m.device == "cpu" for i in range(m.workers_per_device)]
+    if len(pool) > len(cpu_workers) >= 1:
+        pool = pool[:-1]  # the main process parses HTTP and batches: keep a CPU no worker computes on
     slots = [
         WorkerSlot(m.name, d, i, (), 1, m.gpu_memory_fraction)
         for m in unset if m.device != "cpu" for d in devices[m.name] for i in range(m.workers_per_device)

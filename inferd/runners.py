@@ -83,7 +83,8 @@ class TensorRunner(Runner):
             arrays[name] = _to_numpy(tensor)
         if not self.outputs:  # TorchScript does not declare its outputs: learn them from a run
             self.outputs = tuple(
-                TensorInfo(name, datatype_of_array(array).name, (-1, *array.shape[1:])) for name, array in arrays.items()
+                TensorInfo(name, datatype_of_array(array).name, (-1, *array.shape[1:]))
+                for name, array in arrays.items()
             )
         offsets = _row_offsets(counts)
         split = {name: np.split(array, offsets) for name, array in arrays.items()}
@@ -113,8 +114,7 @@ class TensorRunner(Runner):
         if sample.zeros is not None:
             dtypes = {spec.name: spec.datatype for spec in self.inputs}
             return {
-                name: np.zeros(shape, numpy_dtype(dtypes.get(name, "FP32")))
-                for name, shape in sample.zeros.items()
+                name: np.zeros(shape, numpy_dtype(dtypes.get(name, "FP32"))) for name, shape in sample.zeros.items()
             }
         values = sample.inputs if isinstance(sample.inputs, dict) else {self.inputs[0].name: sample.inputs}
         return {spec.name: np.asarray(values[spec.name], numpy_dtype(spec.datatype)) for spec in self.inputs}
@@ -203,4 +203,3 @@ def warm_up(runner: TensorRunner | HandlerRunner, model: ModelConfig) -> float:
             if isinstance(result, RequestFailure):
                 raise RuntimeError(f"warmup failed: {result.error_type}: {result.message}")
     return time.perf_counter() - started
-

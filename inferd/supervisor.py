@@ -6,9 +6,9 @@ and its process sentinel (exit). Invariants:
 - when a worker exits, the future of the batch it held fails with `WorkerLost` at once, so the
   batcher can retry or fail its requests; nothing waits on a dead process;
 - a worker that fails to boot during start-up stops start-up (`StartupError`), never a restart loop;
-  one that dies after it was ready is restarted, at once the first time and then with exponential
-  backoff while it keeps failing; a model with no ready worker after repeated failures is
-  `unavailable` until a restart succeeds.
+  one that dies after it was ready is restarted at once; one that then dies again before it is
+  ready is restarted with exponential backoff while it keeps failing; a model with no ready worker
+  after repeated failures is `unavailable` until a restart succeeds.
 """
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferd.channel import Channel, ChannelClosed, spawn_process
+from inferd.channel import ChannelClosed, MainChannel, connect, spawn_process
 from inferd.errors import StartupError
-from inferd.messages import Batch, BatchDone, BootFailed, Ready, Stats, Stop
+from inferd.messages import Batch, BatchDone, BootFailed, Ready, RequestFailure, Stats, Stop
 from inferd.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
-STABLE_AFTER_S = 10.0  # a worker ready this long has recovered: its failure count resets
 UNAVAILABLE_AFTER_FAILURES = 3
 
 
@@ -44,10 +43,11 @@ STARTING, READY, STOPPING, EXITED = "starting", "ready", "stopping", "exited"
 class WorkerHandle:
     """The main process's view of one worker process."""
 
-    def __init__(self, spec: WorkerSpec, process: Any, channel: Channel) -> None:
+    def __init__(self, spec: WorkerSpec, process: Any) -> None:
         self.spec = spec
         self.process = process
-        self.channel = channel
+        self.channel: MainChannel | None = None
+        self.process_exited = False  # the sentinel fired
         self.state = STARTING
         self.ready: Ready | None = None
         self.boot_failure: BootFailed | None = None
@@ -76,9 +76,15 @@ class WorkerHandle:
         future: asyncio.Future[BatchDone] = asyncio.get_running_loop().create_future()
         self.pending, self.pending_id = future, batch.batch_id
         try:
+            assert self.channel is not None
             self.channel.send(batch)
         except ChannelClosed:
             self._fail_pending("the worker's channel closed while sending a batch")
+        except Exception as error:  # e.g. RecursionError while pickling: nothing was sent, the worker is fine
+            log.error("batch %d for worker %s could not be sent: %r", batch.batch_id, self.name, error)
+            failure = RequestFailure(type(error).__name__, f"the batch could not be sent to a worker: {error}", False)
+            self.pending, self.pending_id = None, None
+            future.set_result(BatchDone(batch.batch_id, [failure] * len(batch.payloads), 0.0))
         return future
 
     def _fail_pending(self, reason: str) -> None:
@@ -134,7 +140,7 @@ class Supervisor:
         that cannot boot (after stopping the rest)."""
         for group in self.models.values():
             for spec in group.specs:
-                self._spawn(group, spec)
+                await self._spawn(group, spec)
         while not self._booted:
             failed = [h for g in self.models.values() for h in g.handles.values() if h.state == EXITED]
             if failed:
@@ -154,22 +160,22 @@ class Supervisor:
             self._changed.set_result(None)
         self.on_change(model)
 
-    def _spawn(self, group: ModelWorkers, spec: WorkerSpec) -> None:
-        process, channel = spawn_process(worker_main, (spec,), f"inferd-{spec.model.name}-{spec.slot.name}")
-        handle = WorkerHandle(spec, process, channel)
+    async def _spawn(self, group: ModelWorkers, spec: WorkerSpec) -> None:
+        process, sock = spawn_process(worker_main, (spec,), f"inferd-{spec.model.name}-{spec.slot.name}")
+        handle = WorkerHandle(spec, process)
         group.handles[spec.slot.name] = handle
         loop = asyncio.get_running_loop()
         self._exited[handle.pid] = loop.create_future()
-        loop.add_reader(channel.fileno(), self._read_messages, group, handle)
-        loop.add_reader(process.sentinel, self._on_exit, group, handle)
+        handle.channel = await connect(
+            sock, lambda message: self._handle_message(group, handle, message), lambda: self._on_exit(group, handle)
+        )
+        loop.add_reader(process.sentinel, self._on_sentinel, group, handle)
         log.info("started worker %s %s (pid %d)", group.name, spec.slot.describe(), handle.pid)
 
-    def _read_messages(self, group: ModelWorkers, handle: WorkerHandle) -> None:
-        try:
-            while handle.channel.poll():
-                self._handle_message(group, handle, handle.channel.recv())
-        except ChannelClosed:
-            asyncio.get_running_loop().remove_reader(handle.channel.fileno())
+    def _on_sentinel(self, group: ModelWorkers, handle: WorkerHandle) -> None:
+        asyncio.get_running_loop().remove_reader(handle.process.sentinel)
+        handle.process_exited = True
+        self._on_exit(group, handle)
 
     def _handle_message(self, group: ModelWorkers, handle: WorkerHandle, message: Any) -> None:
         if isinstance(message, BatchDone):
@@ -194,18 +200,18 @@ class Supervisor:
         self._notify(group.name)
 
     def _on_exit(self, group: ModelWorkers, handle: WorkerHandle) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(handle.process.sentinel)
-        self._read_messages(group, handle)  # a BootFailed sent just before exiting is still unread
-        try:
-            loop.remove_reader(handle.channel.fileno())
-        except (ValueError, OSError):
-            pass
-        handle.process.join(timeout=0)
+        """Called when the process's sentinel fires and when its channel closes; acts on the
+        second, so every message the worker sent before exiting (a BootFailed) has been read."""
+        if not (handle.process_exited and handle.channel is not None and handle.channel.closed):
+            return
+        if handle.state == EXITED:
+            return
+        # The sentinel closes a moment before the process can be reaped: join(0) (WNOHANG) may miss
+        # the exit status; a timeout makes it a blocking waitpid, which returns at once here.
+        handle.process.join(timeout=1.0)
         was_ready, handle.state = handle.state == READY, EXITED
         handle.exit_description = _describe_exit(handle.process.exitcode)
         handle._fail_pending(f"exited ({handle.exit_description}) while holding a batch")
-        handle.channel.close()
         self._exited[handle.pid].set_result(None)
         if self._stopping or handle.state == STOPPING:
             log.info("worker %s %s stopped (%s)", group.name, handle.name, handle.exit_description)
@@ -216,8 +222,9 @@ class Supervisor:
     def _after_unexpected_exit(self, group: ModelWorkers, handle: WorkerHandle, was_ready: bool) -> None:
         if not self._booted:
             return  # start() reports it and stops start-up
-        stable = was_ready and handle.ready_at is not None and time.monotonic() - handle.ready_at > STABLE_AFTER_S
-        failures = 0 if stable else group.failures.get(handle.name, 0)
+        # Backoff is for a worker that cannot boot. One that was serving (killed, OOM, a crash on one
+        # input) booted fine and will again: it is replaced at once, however often that happens.
+        failures = 0 if was_ready else group.failures.get(handle.name, 0)
         group.failures[handle.name] = failures + 1
         reason = _boot_failure_text(handle) if handle.boot_failure else handle.exit_description
         log.error("worker %s %s (pid %d) died: %s", group.name, handle.name, handle.pid, reason)
@@ -231,7 +238,7 @@ class Supervisor:
         if self._stopping:
             return
         group.restarts_total += 1
-        self._spawn(group, spec)
+        asyncio.get_running_loop().create_task(self._spawn(group, spec))
 
     def replace(self, handle: WorkerHandle, reason: str) -> None:
         """Kill a worker that is stuck; its exit is handled like any crash (so it is restarted)."""
@@ -248,7 +255,8 @@ class Supervisor:
         for handle in handles:
             handle.state = STOPPING
             try:
-                handle.channel.send(Stop())
+                if handle.channel is not None:
+                    handle.channel.send(Stop())
             except ChannelClosed:
                 pass
         waits = [self._exited[h.pid] for h in handles]

@@ -5,12 +5,13 @@ Protocol, over the worker's one channel to the main process:
     main -> worker   Batch            worker -> main   BatchDone (one per Batch, in order)
     main -> worker   Stop             the worker exits 0
     worker -> main   Stats, every few seconds on a GPU (sent under the same lock as BatchDone)
-Invariants: the process pins itself and caps its thread pools before torch is imported; it dies
-with the main process (PR_SET_PDEATHSIG, and an end-of-stream on its channel), so no worker
-outlives the daemon even when the main process is SIGKILLed.
+Invariants: the process pins itself and caps its thread pools before torch runs anything (a
+forkserver may have imported torch, idle, before forking it; torch's thread pools start on first
+use); it dies with the main process (PR_SET_PDEATHSIG on its parent, and an end-of-stream on its
+channel), so no worker outlives the daemon even when the main process is SIGKILLed.
 
-This module imports torch only inside functions: the spawned interpreter imports it first,
-before the worker has pinned itself.
+This module imports torch only inside functions, so that where workers are spawned the fresh
+interpreter imports it only after pinning.
 """
 
 from __future__ import annotations
@@ -68,19 +69,22 @@ def worker_main(spec: WorkerSpec, channel: Channel) -> None:
 
 
 def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when the main process dies, however it dies."""
+    """Ask the kernel to SIGKILL this process when its parent dies, however it dies. The parent is
+    the forkserver, which exits when the main process does; and a worker whose channel reaches
+    its end (the main process is gone) exits too."""
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the end-of-stream check still applies
         pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(0)
 
 
 def _boot(spec: WorkerSpec) -> tuple[Any, Ready]:
     started = time.perf_counter()
-    import torch  # first import, after pinning
+    import torch  # after pinning (a no-op where the forkserver preloaded it)
 
     from inferd.runners import build_runner, warm_up
 

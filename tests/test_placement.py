@@ -29,9 +29,13 @@ def test_without_sets_the_free_cpus_are_divided_without_oversubscribing() -> Non
         "models: [{name: a, path: x, workers_per_device: 2}, {name: b, path: x}, {name: c, path: x, cpu_affinity: '6-7'}]"
     )
     auto = [s for s in slots if s[0] != "c"]
-    assert sum(threads for *_, threads in auto) == 6
+    assert sum(threads for *_, threads in auto) == 5  # CPU 5 is left to the main process
     used = [cpu for _, _, cpus, _ in auto for cpu in cpus]
-    assert sorted(used) == [0, 1, 2, 3, 4, 5]  # disjoint, and none of c's CPUs
+    assert sorted(used) == [0, 1, 2, 3, 4]  # disjoint, and none of c's CPUs
+
+
+def test_a_lone_worker_leaves_the_main_process_a_cpu() -> None:
+    assert slots_of("models: [{name: a, path: x}]", Host((0, 1), 2, 0)) == [("a", "cpu:0/0", (0,), 1)]
 
 
 def test_more_workers_than_cpus_get_one_thread_each() -> None:

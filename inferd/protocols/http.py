@@ -53,7 +53,9 @@ async def _read_limited(request: Request, limit_bytes: int) -> bytes:
 
 
 def _too_large(size: int, limit_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the body has {size} bytes or more; this server takes at most {limit_bytes} (max_request_bytes)")
+    return PayloadTooLarge(
+        f"the body has {size} bytes or more; this server takes at most {limit_bytes} (max_request_bytes)"
+    )
 
 
 class RequestTimeoutError(RequestError):

@@ -17,6 +17,10 @@ from inferd.datatypes import bf16_bits_from_float32, float32_from_bf16_bits, num
 from inferd.errors import BadRequest
 from inferd.messages import Payload, TensorInfo
 
+# Items cross to the worker by pickle and come back through orjson, both of which refuse deep
+# nesting (pickle near 500 levels, orjson's encoder past 254): refuse it here, as the caller's fault.
+MAX_ITEM_DEPTH = 128
+
 
 @dataclass(frozen=True)
 class DecodedRequest:
@@ -35,11 +39,29 @@ def decode(document: Any, inputs: tuple[TensorInfo, ...], is_handler: bool) -> D
 
 
 def decode_items(raw: Any) -> DecodedRequest:
+    depth = nesting_depth(raw)
+    if depth > MAX_ITEM_DEPTH:
+        raise BadRequest(f'"inputs" is nested {depth} levels deep; items may nest at most {MAX_ITEM_DEPTH} levels')
     if isinstance(raw, list):
         if not raw:
             raise BadRequest('"inputs" is an empty list; send at least one item')
         return DecodedRequest(raw, len(raw), None)
     return DecodedRequest([raw], 1, None, bare_item=True)
+
+
+def nesting_depth(value: Any) -> int:
+    """How many lists and objects deep `value` goes (without recursion: JSON may nest 1,024 deep)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        kinds = set(map(type, children))  # in C: a list of numbers is seen at once, not walked
+        if list in kinds or dict in kinds:
+            pending.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
+    return deepest
 
 
 def decode_tensors(raw: Any, specs: tuple[TensorInfo, ...]) -> DecodedRequest:
@@ -83,9 +105,9 @@ def to_array(spec: TensorInfo, value: Any) -> np.ndarray:
 def check_shape(spec: TensorInfo, shape: tuple[int, ...]) -> None:
     if not shape or shape[0] == 0:
         raise BadRequest(f"input {spec.name!r}: needs a batch dimension with at least one row")
-    if len(spec.shape) > 1 or spec.shape[0] != -1:
-        if len(shape) != len(spec.shape) or any(w not in (-1, g) for w, g in zip(spec.shape, shape)):
-            raise BadRequest(f"input {spec.name!r}: shape {list(shape)} does not match {list(spec.shape)} (-1 = any)")
+    declared = len(spec.shape) > 1 or spec.shape[0] != -1
+    if declared and (len(shape) != len(spec.shape) or any(w not in (-1, g) for w, g in zip(spec.shape, shape))):
+        raise BadRequest(f"input {spec.name!r}: shape {list(shape)} does not match {list(spec.shape)} (-1 = any)")
 
 
 def encode(result: Payload, outputs: tuple[TensorInfo, ...], request: DecodedRequest) -> dict[str, Any]:

@@ -49,14 +49,26 @@ def routes(daemon: Daemon) -> list[BaseRoute]:
         ]
 
     return [
-        Route("/v2", lambda request: json_response({"name": "inferd", "version": __version__, "extensions": EXTENSIONS})),
+        Route(
+            "/v2", lambda request: json_response({"name": "inferd", "version": __version__, "extensions": EXTENSIONS})
+        ),
         Route("/v2/health/live", lambda request: json_response({"live": True})),
         Route("/v2/health/ready", lambda request: json_response({"ready": daemon.ready}, 200 if daemon.ready else 503)),
         *model_routes("", _metadata(daemon), ["GET"]),
         *model_routes("/ready", _model_ready(daemon), ["GET"]),
         *model_routes("/config", _config(daemon), ["GET"]),
-        *model_routes("/infer", _infer(daemon), ["POST"]),
+        *model_routes("/infer", infer_endpoint(daemon), ["POST"]),
     ]
+
+
+def infer_path_params(path: str) -> dict[str, str] | None:
+    """{"name": ..., "version": ...} for an infer path, else None (the fast path's router)."""
+    parts = path.split("/")
+    if len(parts) == 5 and parts[:3] == ["", "v2", "models"] and parts[4] == "infer":
+        return {"name": parts[3]}
+    if len(parts) == 7 and parts[:3] == ["", "v2", "models"] and parts[4] == "versions" and parts[6] == "infer":
+        return {"name": parts[3], "version": parts[5]}
+    return None
 
 
 def _find(daemon: Daemon, request: Request) -> ServedModel:
@@ -103,17 +115,21 @@ def _config(daemon: Daemon) -> Endpoint:
         settings = model.config
         return json_response(
             model_config(
-                model.name, settings.max_batch_size, model.inputs, model.outputs, platform=model.platform,
+                model.name,
+                settings.max_batch_size,
+                model.inputs,
+                model.outputs,
+                platform=model.platform,
                 max_queue_delay_us=int(settings.batch_timeout_ms * 1000) if settings.max_batch_size > 1 else None,
                 instance_count=settings.workers_per_device,
                 instance_kind="KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
-            )  # fmt: skip
+            )
         )
 
     return _guarded(config)
 
 
-def _infer(daemon: Daemon) -> Endpoint:
+def infer_endpoint(daemon: Daemon) -> Endpoint:
     server = daemon.config.server
 
     async def infer(request: Request) -> Response:
@@ -151,7 +167,9 @@ def _to_payload(model: ServedModel, request: V2InferRequest) -> tuple[Payload, i
         return _handler_items(request)
     expected = {spec.name: spec for spec in model.inputs}
     if set(request.inputs) != set(expected):
-        raise BadRequest(f"model {model.name!r} takes inputs {sorted(expected)}; the request gave {sorted(request.inputs)}")
+        raise BadRequest(
+            f"model {model.name!r} takes inputs {sorted(expected)}; the request gave {sorted(request.inputs)}"
+        )
     for name, array in request.inputs.items():
         spec = expected[name]
         if request.datatypes[name] != spec.datatype:
@@ -209,4 +227,3 @@ def _handler_outputs(model: ServedModel, encoded: list[Any]) -> dict[str, np.nda
     except (ValueError, KeyError) as error:
         raise ModelUnavailable(f"model {model.name!r}: its outputs do not form one tensor ({error})") from None
     return {name: array}
-

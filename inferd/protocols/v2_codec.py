@@ -75,14 +75,9 @@ class V2InferRequest:
         for wanted in self.requested_outputs:
             if wanted.name not in output_names:
                 known = ", ".join(repr(name) for name in output_names)
-                raise V2DecodeError(
-                    f"requested output {wanted.name!r} is not an output of this model "
-                    f"(it has {known})"
-                )
+                raise V2DecodeError(f"requested output {wanted.name!r} is not an output of this model (it has {known})")
 
-    def select_outputs(
-        self, produced: Mapping[str, np.ndarray]
-    ) -> tuple[dict[str, np.ndarray], set[str]]:
+    def select_outputs(self, produced: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], set[str]]:
         """The outputs to answer with, in the order asked, and which of them go binary."""
         if not self.requested_outputs:
             return dict(produced), set(produced) if self.binary_data_output else set()
@@ -102,9 +97,7 @@ def parse_header_length(value: str | None) -> int | None:
         return None
     text = value.strip()
     if not text.isdigit() or not text.isascii():
-        raise V2DecodeError(
-            f"Inference-Header-Content-Length must be a non-negative integer, got {value!r}"
-        )
+        raise V2DecodeError(f"Inference-Header-Content-Length must be a non-negative integer, got {value!r}")
     return int(text)
 
 
@@ -258,13 +251,9 @@ def _decode_input(item: Any, index: int, reader: _BinaryReader) -> tuple[str, Da
 
 def _input_datatype(value: Any, what: str) -> Datatype:
     if not isinstance(value, str):
-        raise V2DecodeError(
-            f"{what}: datatype must be a string such as 'FP32', got {json_type_name(value)}"
-        )
+        raise V2DecodeError(f"{what}: datatype must be a string such as 'FP32', got {json_type_name(value)}")
     if value not in DATATYPES:
-        raise V2DecodeError(
-            f"{what}: datatype must be one of {', '.join(DATATYPES)}, got {value!r}"
-        )
+        raise V2DecodeError(f"{what}: datatype must be one of {', '.join(DATATYPES)}, got {value!r}")
     return DATATYPES[value]
 
 
@@ -272,8 +261,7 @@ def _input_shape(value: Any, what: str) -> tuple[int, ...]:
     dims = _expect_list(value, f"{what}: shape")
     if len(dims) > MAX_DIMS or not all(_is_int(dim) and dim >= 0 for dim in dims):
         raise V2DecodeError(
-            f"{what}: shape must be a list of at most {MAX_DIMS} non-negative integers, "
-            f"got {_short(value)}"
+            f"{what}: shape must be a list of at most {MAX_DIMS} non-negative integers, got {_short(value)}"
         )
     if math.prod(max(dim, 1) for dim in dims) > _MAX_SHAPE_SPAN:
         raise V2DecodeError(f"{what}: shape {_short(value)} is too large")
@@ -307,9 +295,7 @@ class _BinaryReader:
             )
         remaining = len(self._view) - self._offset
         if size > remaining:
-            raise V2DecodeError(
-                f"{what}: binary_data_size {size} exceeds the {remaining} bytes remaining in the body"
-            )
+            raise V2DecodeError(f"{what}: binary_data_size {size} exceeds the {remaining} bytes remaining in the body")
         self._offset += size
         return self._view[self._offset - size : self._offset]
 

@@ -56,3 +56,15 @@ class CrashOnLoad(Handler):
 class WrongRows(Handler):
     def predict(self, items: list[Any]) -> list[Any]:
         return items + items
+
+
+class FailsToLoadWhileMarked(Handler):
+    """Fails to load while the file handler_args["marker"] exists: a crash loop that can end."""
+
+    def setup(self, device: str) -> None:
+        marker = self.handler_args["marker"]
+        if os.path.exists(marker):
+            raise RuntimeError(f"refusing to load while {marker} exists")
+
+    def predict(self, items: list[Any]) -> list[Any]:
+        return [{"item": item, "pid": os.getpid()} for item in items]
