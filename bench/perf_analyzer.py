@@ -9,18 +9,16 @@ loads libcudart even for HTTP) and Debian's libb64-0d. Starts inferd with one ti
 - perf_analyzer on /v2/models/tiny/infer with JSON and with binary tensors, fixed input data (its
   random data can hold NaN, which JSON cannot carry) and fixed time windows (its stability check
   would otherwise exit without figures on a busy 2-core machine);
-- a closed-loop asyncio client on the native route and on the v2 JSON route with the same row, so
-  the two protocols are also compared under one load generator. It writes HTTP/1.1 on raw asyncio
-  streams: an httpx client tops out near 200 req/s on a 2-core machine, which would measure httpx.
-Errors are the server's own count of non-200 answers during the run (inferd_requests_total) plus
-the client's failures. Load generator and server share the machine's cores: compare rows of the
+- wrk (bench/loadgen.py; a Python fallback where wrk is missing) on the native route and on the v2
+  JSON route with the same row, so the two protocols are also compared under one load generator.
+Errors are the server's own count of non-200 answers during the run (inferd_requests_total), or
+wrk's count of failures where that is higher. Load generator and server share the machine's cores: compare rows of the
 same client only.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import json
 import os
@@ -37,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
+import loadgen
 
 REPO = Path(__file__).resolve().parent.parent
 ROW = [round(0.125 * (i - 8), 3) for i in range(16)]  # one fixed row of 16 finite FP32 values
@@ -101,7 +99,9 @@ def running_inferd(workdir: Path) -> Iterator[str]:
     config = workdir / "bench.yaml"
     config.write_text(CONFIG.format(port=port, models=REPO / "models"))
     log = (workdir / "inferd.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "inferd", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inferd", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
@@ -153,7 +153,9 @@ def run_perf_analyzer(
     route = f"v2 {tensor_format}"
     if result.returncode != 0:
         last = (result.stdout + result.stderr).strip().splitlines()[-1:]
-        return Figures("perf_analyzer", route, concurrency, 0, 0, 0, errors, f"exit {result.returncode}: {' '.join(last)}")
+        return Figures(
+            "perf_analyzer", route, concurrency, 0, 0, 0, errors, f"exit {result.returncode}: {' '.join(last)}"
+        )
     row = next(csv.DictReader(report.open()))
     return Figures(
         "perf_analyzer", route, concurrency, float(row["Inferences/Second"]),
@@ -161,7 +163,7 @@ def run_perf_analyzer(
     )  # fmt: skip
 
 
-# ---- the asyncio client ---------------------------------------------------------------------
+# ---- wrk on both routes --------------------------------------------------------------------
 
 
 def bodies() -> dict[str, tuple[str, bytes]]:
@@ -172,58 +174,13 @@ def bodies() -> dict[str, tuple[str, bytes]]:
     }
 
 
-async def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> tuple[list[float], int]:
-    """`concurrency` keep-alive connections, each sending the next request when its answer arrives."""
-    latencies: list[float] = []
-    failures = 0
-    address = httpx.URL(url)
-    request = (
-        f"POST {address.path} HTTP/1.1\r\nHost: {address.host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-
-    async def one_client(until: float, record: bool) -> None:
-        nonlocal failures
-        reader, writer = await asyncio.open_connection(address.host, address.port)
-        while time.perf_counter() < until:
-            started = time.perf_counter()
-            writer.write(request)
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-                await reader.readexactly(_content_length(head))
-            except (asyncio.IncompleteReadError, ConnectionError):
-                failures += 1  # the server dropped the connection: this client stops
-                break
-            if record and head.startswith(b"HTTP/1.1 200 "):
-                latencies.append(time.perf_counter() - started)
-            elif record:
-                failures += 1
-        writer.close()
-
-    for record, duration in ((False, 1.0), (True, seconds)):  # a warm-up second first
-        until = time.perf_counter() + duration
-        await asyncio.gather(*(one_client(until, record) for _ in range(concurrency)))
-    return latencies, failures
-
-
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            return int(line[15:])
-    raise RuntimeError(f"an answer without Content-Length: {head!r}")
-
-
-def run_asyncio_client(url: str, route: str, concurrency: int, seconds: float) -> Figures:
+def run_wrk(url: str, route: str, concurrency: int, seconds: float) -> Figures:
     path, body = bodies()[route]
+    loadgen.run_load(url + path, body, concurrency, 1.0)  # warm-up
     before = non_200_answers(url)
-    started = time.perf_counter()
-    latencies, failures = asyncio.run(closed_loop(url + path, body, concurrency, seconds))
-    elapsed = time.perf_counter() - started - 1.0  # less the warm-up second
-    errors = non_200_answers(url) - before + failures
-    if not latencies:
-        return Figures("asyncio", route, concurrency, 0, 0, 0, errors, "no request succeeded")
-    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
-    return Figures("asyncio", route, concurrency, len(latencies) / elapsed, float(p50), float(p99), errors)
+    load = loadgen.run_load(url + path, body, concurrency, seconds)
+    errors = max(load.errors, non_200_answers(url) - before)
+    return Figures(load.tool, route, concurrency, load.requests_per_s, load.p50_ms, load.p99_ms, errors)
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -255,7 +212,7 @@ def main() -> None:
                     rows.append(run_perf_analyzer(binary, env, url, tensor_format, concurrency, args.seconds, workdir))
                     print(table(rows[-1:]).splitlines()[1], flush=True)
                 for route in ("native", "v2 json"):
-                    rows.append(run_asyncio_client(url, route, concurrency, 3 * args.seconds))
+                    rows.append(run_wrk(url, route, concurrency, 3 * args.seconds))
                     print(table(rows[-1:]).splitlines()[1], flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import RunningServer, start_server
 
 httpclient = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 EXAMPLES = """
 models:
@@ -119,7 +119,9 @@ def test_requested_outputs_come_back_in_the_form_asked(
 ) -> None:
     images = np.random.default_rng(2).normal(size=(2, 3, 32, 32)).astype(np.float32)
     wanted = [httpclient.InferRequestedOutput("logits", binary_data=binary_output)]
-    result = client.infer("classifier", [tensor("image", images, "FP32", binary_input)], outputs=wanted, request_id="r-7")
+    result = client.infer(
+        "classifier", [tensor("image", images, "FP32", binary_input)], outputs=wanted, request_id="r-7"
+    )
     response = result.get_response()
     assert response["model_name"] == "classifier" and response["model_version"] == "1" and response["id"] == "r-7"
     (output,) = response["outputs"]
