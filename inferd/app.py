@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from inferd.daemon import Daemon, ServedModel
 from inferd.errors import EXIT_STARTUP, ConfigError, StartupError
-from inferd.protocols import native, v2
+from inferd.protocols import native, openapi, v2
 from inferd.protocols.http import answer, json_response, parse_json, read_body
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def build_app(
         Route("/healthz", lambda request: json_response({"status": "alive"})),
         Route("/readyz", lambda request: _readiness(daemon)),
         Route("/admin/reload", _reload_endpoint(reload), methods=["POST"]),
+        Route("/openapi.json", lambda request: json_response(openapi.document(daemon, metrics_route))),
         *v2.routes(daemon),
     ]
     if metrics_route:
