@@ -115,10 +115,6 @@ class MainChannel(asyncio.BufferedProtocol):
                 self._transport.write(_LENGTH.pack(length))
             self._transport.write(frame)
 
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
     def get_buffer(self, sizehint: int) -> memoryview:
         return memoryview(self._target)[self._filled :]
 

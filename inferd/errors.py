@@ -48,6 +48,12 @@ class ModelNotFound(RequestError):
     status = 404
 
 
+class BodyTooSlow(RequestError):
+    """The client did not send its whole body within `server.body_timeout_s`."""
+
+    status = 408
+
+
 class PayloadTooLarge(RequestError):
     status = 413
 

@@ -269,9 +269,6 @@ class Supervisor:
             if still_running:
                 await asyncio.wait(still_running, timeout=5.0)
 
-    def all_handles(self) -> list[WorkerHandle]:
-        return [h for g in self.models.values() for h in g.handles.values()]
-
 
 def _describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
