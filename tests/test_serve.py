@@ -255,3 +255,21 @@ def test_health_readiness_and_model_listing(serve) -> None:
     assert server.get("/readyz").json() == {"ready": True, "models": {"echo": "ready"}}
     model = server.models()["echo"]
     assert model["state"] == "ready" and len(model["workers"]) == 2
+
+
+def test_json_log_format_writes_one_object_per_line(serve) -> None:
+    import json
+
+    server = serve(
+        """
+        server: {host: 127.0.0.1, port: 1, log_format: json}
+        models:
+          - {name: echo, handler: "{HANDLERS}:Echo"}
+        """
+    )
+    assert server.post("/models/echo/predict", {"inputs": ["x"]}).status_code == 200
+    assert server.stop() == 0
+    records = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    assert {"time", "level", "logger", "message", "pid"} <= set(records[0])
+    assert any(r.get("worker") == "echo cpu:0/0" and "ready in" in r["message"] for r in records)
+    assert any("draining" in r["message"] for r in records)
