@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import ServerProcess, free_port  # noqa: E402
+from procs import ServerProcess, free_port
 
 
 def build_model(folder: Path) -> Path:
@@ -41,11 +41,21 @@ def build_model(folder: Path) -> Path:
 
 def v2_binary_body(array: np.ndarray) -> tuple[bytes, dict[str, str]]:
     header = {
-        "inputs": [{"name": "input", "shape": list(array.shape), "datatype": "FP32", "parameters": {"binary_data_size": array.nbytes}}],
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(array.shape),
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": array.nbytes},
+            }
+        ],
         "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
     }
     text = json.dumps(header).encode()
-    return text + array.tobytes(), {"Inference-Header-Content-Length": str(len(text)), "Content-Type": "application/octet-stream"}
+    return text + array.tobytes(), {
+        "Inference-Header-Content-Length": str(len(text)),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def timed(client: httpx.Client, url: str, body: bytes, headers: dict[str, str], count: int) -> list[float]:
@@ -78,10 +88,14 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         binary_body, binary_headers = v2_binary_body(array)
         json_rows = array.tolist()
-        v2_json = json.dumps({"inputs": [{"name": "input", "shape": [1, floats], "datatype": "FP32", "data": json_rows[0]}]}).encode()
+        v2_json = json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, floats], "datatype": "FP32", "data": json_rows[0]}]}
+        ).encode()
         native_json = json.dumps({"inputs": json_rows}).encode()
         plain = {"Content-Type": "application/json"}
-        print(f"one FP32 row of {floats:,} floats ({array.nbytes / 2**20:.1f} MiB), {args.requests} sequential requests")
+        print(
+            f"one FP32 row of {floats:,} floats ({array.nbytes / 2**20:.1f} MiB), {args.requests} sequential requests"
+        )
         with httpx.Client(timeout=120) as client:
             for name, url, body, headers in (
                 ("v2 binary", f"{base}/v2/models/rowsum/infer", binary_body, binary_headers),
@@ -91,8 +105,12 @@ def main() -> None:
                 times = sorted(timed(client, url, body, headers, args.requests))
                 median = statistics.median(times)
                 p90 = times[int(len(times) * 0.9) - 1]
-                print(f"{name:<12} body {len(body) / 2**20:6.1f} MiB  p50 {median * 1000:8.1f} ms  p90 {p90 * 1000:8.1f} ms  {array.nbytes / 2**20 / median:7.1f} MiB/s of tensor")
-        check = struct.unpack("<f", httpx.post(f"{base}/v2/models/rowsum/infer", content=binary_body, headers=binary_headers).content[-4:])[0]
+                print(
+                    f"{name:<12} body {len(body) / 2**20:6.1f} MiB  p50 {median * 1000:8.1f} ms  p90 {p90 * 1000:8.1f} ms  {array.nbytes / 2**20 / median:7.1f} MiB/s of tensor"
+                )
+        check = struct.unpack(
+            "<f", httpx.post(f"{base}/v2/models/rowsum/infer", content=binary_body, headers=binary_headers).content[-4:]
+        )[0]
         print(f"binary answer {check:.3f} vs numpy {float(array.sum()):.3f}")
 
 

@@ -45,10 +45,14 @@ def run_worker(cpus: list[int] | None, threads: int | None, seconds: float, batc
     out.put((torch.get_num_threads(), times))
 
 
-def measure(name: str, plans: list[tuple[list[int] | None, int | None]], seconds: float, batch_size: int) -> dict[str, Any]:
+def measure(
+    name: str, plans: list[tuple[list[int] | None, int | None]], seconds: float, batch_size: int
+) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    workers = [context.Process(target=run_worker, args=(cpus, threads, seconds, batch_size, queue)) for cpus, threads in plans]
+    workers = [
+        context.Process(target=run_worker, args=(cpus, threads, seconds, batch_size, queue)) for cpus, threads in plans
+    ]
     for worker in workers:
         worker.start()
     results = [queue.get() for _ in workers]
@@ -81,7 +85,9 @@ def main() -> None:
     print(f"machine: {len(cpus)} usable CPUs ({cpus}); MLP 3x1024, batch {args.batch_size}, {args.seconds:g} s each")
     alone = measure("one worker alone, pinned, 1 thread", [([cpus[0]], 1)], args.seconds, args.batch_size)
     pinned = measure("one per CPU, pinned, 1 thread each", [([cpu], 1) for cpu in cpus], args.seconds, args.batch_size)
-    unpinned = measure("one per CPU, unpinned, default threads", [(None, None) for _ in cpus], args.seconds, args.batch_size)
+    unpinned = measure(
+        "one per CPU, unpinned, default threads", [(None, None) for _ in cpus], args.seconds, args.batch_size
+    )
     print(f"p99 pinned / alone:   {pinned['p99_ms'] / alone['p99_ms']:.2f}  (target <= 1.5)")
     print(f"p99 unpinned / alone: {unpinned['p99_ms'] / alone['p99_ms']:.2f}")
     print(f"throughput pinned / unpinned: {pinned['batches_per_s'] / unpinned['batches_per_s']:.2f}")
