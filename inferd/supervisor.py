@@ -212,7 +212,7 @@ class Supervisor:
         was_ready, handle.state = handle.state == READY, EXITED
         handle.exit_description = _describe_exit(handle.process.exitcode)
         handle._fail_pending(f"exited ({handle.exit_description}) while holding a batch")
-        self._exited[handle.pid].set_result(None)
+        self._exited.pop(handle.pid).set_result(None)  # popped: a long-lived daemon restarts many
         if self._stopping or handle.state == STOPPING:
             log.info("worker %s %s stopped (%s)", group.name, handle.name, handle.exit_description)
         else:
@@ -232,7 +232,8 @@ class Supervisor:
             group.unavailable_reason = f"workers keep failing: {reason}"
         delay_s = 0.0 if failures == 0 else min(BACKOFF_FIRST_S * 2 ** (failures - 1), BACKOFF_MAX_S)
         timer = asyncio.get_running_loop().call_later(delay_s, self._restart, group, handle.spec)
-        self._restart_timers.append(timer)
+        now = asyncio.get_running_loop().time()
+        self._restart_timers = [t for t in self._restart_timers if t.when() > now] + [timer]
 
     def _restart(self, group: ModelWorkers, spec: WorkerSpec) -> None:
         if self._stopping:
@@ -259,11 +260,11 @@ class Supervisor:
                     handle.channel.send(Stop())
             except ChannelClosed:
                 pass
-        waits = [self._exited[h.pid] for h in handles]
+        waits = {handle: self._exited[handle.pid] for handle in handles}
         if waits:
-            _, still_running = await asyncio.wait(waits, timeout=timeout_s)
-            for handle in handles:
-                if not self._exited[handle.pid].done():
+            _, still_running = await asyncio.wait(waits.values(), timeout=timeout_s)
+            for handle, exited in waits.items():
+                if not exited.done():
                     log.warning("worker %s did not stop in %.1f s; killing it", handle.name, timeout_s)
                     handle.process.kill()
             if still_running:
