@@ -37,12 +37,20 @@ class MemorySample:
         return sum(self.rss_bytes.values())
 
 
+def _role(process: psutil.Process, main_pid: int) -> str:
+    """Workers are spawned children, or children of the forkserver (itself a child of main)."""
+    command = " ".join(process.cmdline())
+    if "spawn_main" in command or ("forkserver" in command and process.ppid() != main_pid):
+        return "worker"
+    return "forkserver" if "forkserver" in command else "helper"
+
+
 def sample_memory(pid: int, started: float) -> MemorySample:
     main = psutil.Process(pid)
     rss = {"main": main.memory_info().rss}
     for child in main.children(recursive=True):
         try:
-            role = "worker" if "spawn_main" in " ".join(child.cmdline()) else "helper"
+            role = _role(child, pid)
             rss[f"{role} {child.pid}"] = child.memory_info().rss
         except psutil.NoSuchProcess:
             continue
