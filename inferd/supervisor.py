@@ -53,6 +53,7 @@ class WorkerHandle:
         self.boot_failure: BootFailed | None = None
         self.started_at = time.monotonic()
         self.ready_at: float | None = None
+        self.last_dispatch = 0.0  # monotonic time of its last batch: the idle one used least recently goes next
         self.pending: asyncio.Future[BatchDone] | None = None
         self.pending_id: int | None = None
         self.last_stats: Stats | None = None
@@ -75,6 +76,7 @@ class WorkerHandle:
             raise RuntimeError(f"worker {self.name} is not idle")
         future: asyncio.Future[BatchDone] = asyncio.get_running_loop().create_future()
         self.pending, self.pending_id = future, batch.batch_id
+        self.last_dispatch = time.monotonic()
         try:
             assert self.channel is not None
             self.channel.send(batch)
@@ -107,7 +109,7 @@ class ModelWorkers:
 
     def idle_worker(self) -> WorkerHandle | None:
         idle = [h for h in self.handles.values() if h.idle]
-        return min(idle, key=lambda h: h.ready_at or 0.0) if idle else None
+        return min(idle, key=lambda h: h.last_dispatch) if idle else None
 
     @property
     def ready_count(self) -> int:
