@@ -15,11 +15,23 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 HANDLERS = TESTS / "models" / "handlers.py"
 EXAMPLE_MODELS = REPO / "models"
+
+
+def example_config(*names: str) -> str:
+    """configs/example.yaml's models (those named, or all), as a config text for `start_server`."""
+    document = yaml.safe_load((REPO / "configs" / "example.yaml").read_text())
+    models = [m for m in document["models"] if not names or m["name"] in names]
+    for model in models:
+        for key in ("path", "handler"):
+            if key in model:
+                model[key] = model[key].replace("../models/", f"{EXAMPLE_MODELS}/")
+    return yaml.safe_dump({"models": models}, sort_keys=False)
 
 
 def free_port() -> int:

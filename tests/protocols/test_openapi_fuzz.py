@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, example_config, start_server
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -22,20 +22,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.errors import FailureGroup  # noqa: E402
 
-TENSOR_MODELS = """
-models:
-  - name: classifier
-    path: {MODELS}/classifier.pt
-    max_batch_size: 16
-    batch_timeout_ms: 2
-    inputs: [{name: image, datatype: FP32, shape: [-1, 3, 32, 32]}]
-    outputs: [{name: logits, datatype: FP32, shape: [-1, 10]}]
-  - name: tiny
-    path: {MODELS}/tiny.pt
-    max_batch_size: 32
-    batch_timeout_ms: 1
-    inputs: [{name: input, datatype: FP32, shape: [-1, 16]}]
-"""
+TENSOR_MODELS = example_config("classifier", "tiny")  # minilm is left out: slow to fuzz
 
 MAX_EXAMPLES = 50
 

@@ -12,31 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, example_config, start_server
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-EXAMPLES = """
-models:
-  - name: classifier
-    path: {MODELS}/classifier.pt
-    max_batch_size: 16
-    batch_timeout_ms: 2
-    inputs: [{name: image, datatype: FP32, shape: [-1, 3, 32, 32]}]
-    outputs: [{name: logits, datatype: FP32, shape: [-1, 10]}]
-  - name: tiny
-    path: {MODELS}/tiny.pt
-    max_batch_size: 32
-    batch_timeout_ms: 1
-    inputs: [{name: input, datatype: FP32, shape: [-1, 16]}]
-  - name: minilm
-    handler: {MODELS}/minilm.py:SentenceEmbedder
-    max_batch_size: 32
-    batch_timeout_ms: 5
-    inputs: [{name: text, datatype: BYTES, shape: [-1]}]
-    outputs: [{name: embedding, datatype: FP32, shape: [-1, 384]}]
-"""
+EXAMPLES = example_config()  # the shipped example models, as a user serves them
 
 BINARY_MODES = [pytest.param(False, id="json"), pytest.param(True, id="binary")]
 
