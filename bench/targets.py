@@ -93,6 +93,11 @@ def uvicorn_stack(python: str) -> str:
     return f"uvicorn {found.stdout.strip() or '?'}"
 
 
+def _server_argv(python: str, script: str, model: str, model_path: Path, port: int) -> list[str]:
+    """The command line every in-tree comparison server takes (bare, LitServe)."""
+    return [python, str(BENCH_DIR / script), "--model-path", str(model_path), "--name", model, "--port", str(port)]
+
+
 def bare(
     model: str,
     model_path: Path,
@@ -101,16 +106,7 @@ def bare(
     target: str = "bare",
 ) -> Endpoint:
     port = procs.free_port()
-    argv = [
-        python,
-        str(BENCH_DIR / "bare_server.py"),
-        "--model-path",
-        str(model_path),
-        "--name",
-        model,
-        "--port",
-        str(port),
-    ]
+    argv = _server_argv(python, "bare_server.py", model, model_path, port)
     spec = ServerSpec(
         f"{target.replace(' ', '-').strip('()')}-{model}",
         procs.pinned(argv, where.server_cpus),
@@ -146,14 +142,7 @@ def litserve(
 ) -> Endpoint:
     port = procs.free_port()
     argv = [
-        python,
-        str(BENCH_DIR / "litserve_server.py"),
-        "--model-path",
-        str(model_path),
-        "--name",
-        model,
-        "--port",
-        str(port),
+        *_server_argv(python, "litserve_server.py", model, model_path, port),
         "--max-batch-size",
         str(batch_size),
         "--batch-timeout-ms",
