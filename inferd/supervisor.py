@@ -51,12 +51,9 @@ class WorkerHandle:
         self.state = STARTING
         self.ready: Ready | None = None
         self.boot_failure: BootFailed | None = None
-        self.started_at = time.monotonic()
         self.ready_at: float | None = None
         self.last_dispatch = 0.0  # monotonic time of its last batch: the idle one used least recently goes next
         self.pending: asyncio.Future[BatchDone] | None = None
-        self.pending_id: int | None = None
-        self.last_stats: Stats | None = None
         self.exit_description = ""
 
     @property
@@ -75,7 +72,7 @@ class WorkerHandle:
         if not self.idle:
             raise RuntimeError(f"worker {self.name} is not idle")
         future: asyncio.Future[BatchDone] = asyncio.get_running_loop().create_future()
-        self.pending, self.pending_id = future, batch.batch_id
+        self.pending = future
         self.last_dispatch = time.monotonic()
         try:
             assert self.channel is not None
@@ -85,12 +82,12 @@ class WorkerHandle:
         except Exception as error:  # e.g. RecursionError while pickling: nothing was sent, the worker is fine
             log.error("batch %d for worker %s could not be sent: %r", batch.batch_id, self.name, error)
             failure = RequestFailure(type(error).__name__, f"the batch could not be sent to a worker: {error}", False)
-            self.pending, self.pending_id = None, None
+            self.pending = None
             future.set_result(BatchDone(batch.batch_id, [failure] * len(batch.payloads), 0.0))
         return future
 
     def _fail_pending(self, reason: str) -> None:
-        future, self.pending, self.pending_id = self.pending, None, None
+        future, self.pending = self.pending, None
         if future is not None and not future.done():
             future.set_exception(WorkerLost(f"worker {self.name} (pid {self.pid}) {reason}"))
 
@@ -181,7 +178,7 @@ class Supervisor:
 
     def _handle_message(self, group: ModelWorkers, handle: WorkerHandle, message: Any) -> None:
         if isinstance(message, BatchDone):
-            future, handle.pending, handle.pending_id = handle.pending, None, None
+            future, handle.pending = handle.pending, None
             if message.gpu is not None:
                 self.on_stats(handle, message.gpu)
             if future is not None and not future.done():
