@@ -74,3 +74,10 @@ class ModelUnavailable(RequestError):
 
 class RequestTimedOut(RequestError):
     status = 504
+
+
+class ClientGone(RequestError):
+    """The client disconnected before its answer was ready: nothing is sent. 499 is nginx's code
+    for it, used in logs and metrics so that a client leaving never counts as a server fault."""
+
+    status = 499
