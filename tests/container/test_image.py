@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SETUP = HERE / "setup_podman.sh"
 IMAGE = "localhost/inferd:ci"
+STANDIN_BASE = "docker.io/library/python:3.11-slim"  # built by setup_podman.sh
 STOP_TIMEOUT_S = 45  # above the example config's drain_timeout_s
 Timer = Callable[[str], AbstractContextManager[None]]
 
@@ -114,7 +115,18 @@ def podman_ready(step_timer: Timer) -> None:
 
 
 @pytest.fixture(scope="module")
-def image(podman_ready: None, step_timer: Timer) -> str:
+def image(podman_ready: None, step_timer: Timer) -> Iterator[str]:
+    """The image built from this repository; removed afterwards with every layer the build left,
+    and the stand-in base too (INFERD_TEST_KEEP_IMAGES=1 keeps them, to rebuild faster)."""
+    try:
+        yield build_image(step_timer)
+    finally:
+        if os.environ.get("INFERD_TEST_KEEP_IMAGES") != "1":
+            podman("rmi", "--force", IMAGE, STANDIN_BASE, check=False)
+            podman("image", "prune", "--force", check=False)  # the build's dangling layers
+
+
+def build_image(step_timer: Timer) -> str:
     index = os.environ.get("INFERD_TEST_TORCH_INDEX_URL", "https://pypi.org/simple")
     args = ["build", "--pull=never", "--format", "docker", "--tag", IMAGE,
             "--build-arg", f"TORCH_INDEX_URL={index}"]  # fmt: skip
