@@ -1,0 +1,171 @@
+"""Checking one model in a child process: resolve its handler class, or (for `validate --load`)
+start it as a worker starts and run its warmup, reporting each failure at the YAML path to change.
+
+Protocol: the parent runs `python -m inferd.probe RESULT_FILE` with a pickled `Probe` on stdin and
+the child's output going to a file. The child writes a JSON list of problems, each
+"models[i].field: ...", to RESULT_FILE and exits 0. Problems cross as strings, never as exception
+objects. A child that crashes, exits early or outruns its deadline is killed or reaped and reported
+by the parent from its exit status and the last line it wrote.
+
+Why a child: it runs the user's code (a handler module's import, `setup`, a model's load and
+warmup), whose side effects cannot be bounded in the checking process: it may hang, call
+`sys.exit`, crash the interpreter or start threads. The child is time-bound, dies with its parent,
+and keeps torch out of the process that runs `inferd validate`, as it is kept out of `serve`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inferd import logs
+from inferd.config import ModelConfig
+from inferd.handler import handler_problem
+from inferd.placement import pin_before_torch, set_torch_threads
+from inferd.worker import WorkerSpec, _die_with_parent, _select_device
+
+_WARMUP_FAILED = "warmup failed: "  # how runners.warm_up words its error
+
+
+@dataclass(frozen=True)
+class Probe:
+    spec: WorkerSpec  # exactly what `serve` would give this model's first worker
+    index: int  # the model's place in the YAML's `models` list
+    load: bool  # False: only resolve the handler class
+
+
+def run_probe(probe: Probe, timeout_s: float) -> list[str]:
+    """The problems the child finds, or why it found none in time."""
+    with tempfile.TemporaryDirectory(prefix="inferd-probe-") as folder:
+        result, output = Path(folder) / "problems.json", Path(folder) / "output.log"
+        with output.open("wb") as sink:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "inferd.probe", str(result)],
+                stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            exit_code = _wait(child, pickle.dumps(probe), timeout_s)
+        if exit_code is None:
+            what = "load and warm up" if probe.load else "import its handler"
+            return [f"{_subject(probe)}: did not {what} within {timeout_s:g} s (more time: --timeout-s){_tail(output)}"]
+        if result.exists():
+            return list(json.loads(result.read_text()))
+        return [f"{_subject(probe)}: the check process {_exit_text(exit_code)} before it reported{_tail(output)}"]
+
+
+def _wait(child: subprocess.Popen[bytes], request: bytes, timeout_s: float) -> int | None:
+    """The child's exit status, or None when it ran past `timeout_s` (it is then killed)."""
+    try:
+        child.communicate(request, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        return None
+    return child.returncode
+
+
+def _exit_text(exit_code: int) -> str:
+    if exit_code < 0:
+        return f"was killed by {signal.Signals(-exit_code).name}"
+    return f"exited with status {exit_code}"
+
+
+def _tail(output: Path) -> str:
+    lines = [line for line in output.read_text(errors="replace").splitlines() if line.strip()]
+    return f"; its last output: {lines[-1].strip()}" if lines else ""
+
+
+def _subject(probe: Probe) -> str:
+    """The YAML path a failure to start this model points at: its handler or its model file."""
+    return f"models[{probe.index}].{'handler' if probe.spec.model.handler else 'path'}"
+
+
+def main(result_path: str) -> None:
+    """The child's side: read the probe, check, write the problems."""
+    _die_with_parent()
+    probe: Probe = pickle.load(sys.stdin.buffer)
+    logs.configure("warning", "text", f"probe {probe.spec.model.name}")
+    try:
+        problems = _problems(probe)
+    except BaseException as error:  # anything the user's code raises, SystemExit included
+        problems = [f"{_subject(probe)}: {_one_line(error)}"]
+    Path(result_path).write_text(json.dumps(problems))
+
+
+def _problems(probe: Probe) -> list[str]:
+    model = probe.spec.model
+    if model.handler is not None:
+        problem = handler_problem(model.handler, probe.spec.base_dir)
+        if problem is not None:
+            return [f"{_subject(probe)}: {problem}"]
+    return _load_problems(probe) if probe.load else []
+
+
+def _load_problems(probe: Probe) -> list[str]:
+    """Pin, select the device, build the runner and warm it up: the steps of the worker's boot."""
+    spec, where = probe.spec, f"models[{probe.index}]"
+    pin_before_torch(spec.slot)
+    import torch
+
+    from inferd.runners import build_runner, warm_up
+
+    try:
+        set_torch_threads(spec.slot)
+        _select_device(spec.slot, torch)
+    except Exception as error:
+        return [f"{where}.device: cannot use {spec.slot.device}: {_one_line(error)}"]
+    try:
+        runner = build_runner(spec.model, spec.slot.device, spec.base_dir)
+    except Exception as error:
+        failed = "could not be set up" if spec.model.handler else "cannot be loaded"
+        return [f"{_subject(probe)}: {failed} on {spec.slot.device}: {_one_line(error)}"]
+    try:
+        warm_up(runner, spec.model)
+    except Exception as error:
+        return _warmup_problems(runner, spec.model, where, error)
+    return []
+
+
+def _warmup_problems(runner: Any, model: ModelConfig, where: str, error: Exception) -> list[str]:
+    """Point a failed warmup at what causes it: each explicit sample that fails on its own, else the
+    declared shapes that the default warmup (zeros) was made from."""
+    from inferd.runners import warm_up
+
+    if model.warmup:
+        problems = []
+        for index, sample in enumerate(model.warmup):
+            try:
+                warm_up(runner, model.model_copy(update={"warmup": (sample,), "warmup_runs": 1}))
+            except Exception as sample_error:
+                problems.append(f"{where}.warmup[{index}]: fails on the model: {_one_line(sample_error)}")
+        return problems or [f"{where}.warmup: fails on the model: {_one_line(error)}"]
+    inputs = model.inputs or ()
+    if len(inputs) == 1:
+        return [f"{where}.inputs[0].shape: {list(inputs[0].shape)} does not fit the model: {_one_line(error)}"]
+    if inputs:
+        shapes = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in inputs)
+        return [f"{where}.inputs: the declared shapes ({shapes}) do not fit the model: {_one_line(error)}"]
+    return [f"{where}.path: fails on zeros of the input shapes it declares: {_one_line(error)}"]
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line: a TorchScript error's last line names the failing operation; the
+    interpreter's traceback above it means nothing to someone editing a YAML file."""
+    text = str(error)
+    if text.startswith(_WARMUP_FAILED):
+        lines = [line.strip() for line in text.removeprefix(_WARMUP_FAILED).splitlines() if line.strip()]
+        return lines[-1] if lines else type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m inferd.probe RESULT_FILE  (a pickled Probe on stdin)")
+    main(sys.argv[1])
