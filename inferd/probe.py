@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd import logs
-from inferd.config import ModelConfig
+from inferd.config import ModelConfig, TensorSpec
 from inferd.handler import handler_problem
 from inferd.placement import pin_before_torch, set_torch_threads
 from inferd.worker import WorkerSpec, _die_with_parent, _select_device
@@ -146,12 +146,26 @@ def _warmup_problems(runner: Any, model: ModelConfig, where: str, error: Excepti
                 problems.append(f"{where}.warmup[{index}]: fails on the model: {_one_line(sample_error)}")
         return problems or [f"{where}.warmup: fails on the model: {_one_line(error)}"]
     inputs = model.inputs or ()
+    if len(inputs) == 1 and inputs[0].datatype != "FP32" and _fits_as_fp32(runner, inputs[0]):
+        return [
+            f"{where}.inputs[0].datatype: {inputs[0].datatype} does not fit the model (FP32 does): {_one_line(error)}"
+        ]
     if len(inputs) == 1:
         return [f"{where}.inputs[0].shape: {list(inputs[0].shape)} does not fit the model: {_one_line(error)}"]
     if inputs:
         shapes = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in inputs)
         return [f"{where}.inputs: the declared shapes ({shapes}) do not fit the model: {_one_line(error)}"]
     return [f"{where}.path: fails on zeros of the input shapes it declares: {_one_line(error)}"]
+
+
+def _fits_as_fp32(runner: Any, spec: TensorSpec) -> bool:
+    """Whether the model takes zeros of the declared shape as FP32: then the datatype is wrong."""
+    import numpy as np
+
+    from inferd.messages import RequestFailure
+
+    (result,) = runner.run_batch([{spec.name: np.zeros((1, *spec.shape[1:]), np.float32)}])
+    return not isinstance(result, RequestFailure)
 
 
 def _one_line(error: BaseException) -> str:
