@@ -1,11 +1,12 @@
 """Checking one model in a child process: resolve its handler class, or (for `validate --load`)
 start it as a worker starts and run its warmup, reporting each failure at the YAML path to change.
 
-Protocol: the parent runs `python -m inferd.probe RESULT_FILE` with a pickled `Probe` on stdin and
-the child's output going to a file. The child writes a JSON list of problems, each
-"models[i].field: ...", to RESULT_FILE and exits 0. Problems cross as strings, never as exception
-objects. A child that crashes, exits early or outruns its deadline is killed or reaped and reported
-by the parent from its exit status and the last line it wrote.
+Protocol: the parent starts the child exactly as `serve` starts a worker (`channel.spawn_process`:
+a fork of the forkserver that has torch imported) with a `Probe` and two file paths. The child
+sends its output to the first, writes a JSON list of problems, each "models[i].field: ...", to
+the second and exits 0. Problems cross as strings, never as exception objects. A child that
+crashes, exits early or outruns its deadline is killed or reaped by the parent, which reports
+it from the exit status and the last line the child wrote.
 
 Why a child: it runs the user's code (a handler module's import, `setup`, a model's load and
 warmup), whose side effects cannot be bounded in the checking process: it may hang, call
@@ -16,16 +17,15 @@ and keeps torch out of the process that runs `inferd validate`, as it is kept ou
 from __future__ import annotations
 
 import json
-import pickle
+import os
 import signal
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from inferd import logs
+from inferd.channel import Channel, spawn_process
 from inferd.config import ModelConfig, TensorSpec
 from inferd.handler import handler_problem
 from inferd.placement import pin_before_torch, set_torch_threads
@@ -45,29 +45,20 @@ def run_probe(probe: Probe, timeout_s: float) -> list[str]:
     """The problems the child finds, or why it found none in time."""
     with tempfile.TemporaryDirectory(prefix="inferd-probe-") as folder:
         result, output = Path(folder) / "problems.json", Path(folder) / "output.log"
-        with output.open("wb") as sink:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "inferd.probe", str(result)],
-                stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            exit_code = _wait(child, pickle.dumps(probe), timeout_s)
-        if exit_code is None:
+        output.touch()
+        name = f"inferd-probe {probe.spec.model.name}"
+        process, main_socket = spawn_process(_child_main, (probe, str(result), str(output)), name)
+        main_socket.close()  # the child reports through its result file, not the channel
+        process.join(timeout_s)
+        if process.is_alive():
+            process.kill()
+            process.join()
             what = "load and warm up" if probe.load else "import its handler"
             return [f"{_subject(probe)}: did not {what} within {timeout_s:g} s (more time: --timeout-s){_tail(output)}"]
         if result.exists():
             return list(json.loads(result.read_text()))
-        return [f"{_subject(probe)}: the check process {_exit_text(exit_code)} before it reported{_tail(output)}"]
-
-
-def _wait(child: subprocess.Popen[bytes], request: bytes, timeout_s: float) -> int | None:
-    """The child's exit status, or None when it ran past `timeout_s` (it is then killed)."""
-    try:
-        child.communicate(request, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-        return None
-    return child.returncode
+        ended = _exit_text(process.exitcode)
+        return [f"{_subject(probe)}: the check process {ended} before it reported{_tail(output)}"]
 
 
 def _exit_text(exit_code: int) -> str:
@@ -86,10 +77,12 @@ def _subject(probe: Probe) -> str:
     return f"models[{probe.index}].{'handler' if probe.spec.model.handler else 'path'}"
 
 
-def main(result_path: str) -> None:
-    """The child's side: read the probe, check, write the problems."""
+def _child_main(probe: Probe, result_path: str, output_path: str, channel: Channel) -> None:
+    """The child's side: check, then write the problems."""
     _die_with_parent()
-    probe: Probe = pickle.load(sys.stdin.buffer)
+    with open(output_path, "wb") as output:  # the forkserver's stdout and stderr are the parent's
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
     logs.configure("warning", "text", f"probe {probe.spec.model.name}")
     try:
         problems = _problems(probe)
@@ -177,9 +170,3 @@ def _one_line(error: BaseException) -> str:
         return lines[-1] if lines else type(error).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m inferd.probe RESULT_FILE  (a pickled Probe on stdin)")
-    main(sys.argv[1])
