@@ -1,8 +1,12 @@
 """YAML -> a validated, frozen config tree. Nothing else in inferd reads YAML.
 
 `load_config` is pure: it reads one file and returns a `Config` or raises `ConfigError` listing every
-problem at once, each named by its YAML path (`models[1].max_batch_size`). Checks that need the
-machine (which CPUs and GPUs exist) live in `placement.py`.
+problem at once, each named by its YAML path (`models[1].max_batch_size`). Each model entry is
+checked on its own, and rules that join fields or entries (exactly one of path or handler, unique
+names and routes) read the YAML as written, so no problem hides another; `check_config` also answers
+the entries that passed, for `inferd validate` to check further. Checks that need the machine
+(which CPUs and GPUs exist, model files, handler classes) live in `placement.py`, `handler.py` and
+`validation.py`.
 """
 
 from __future__ import annotations

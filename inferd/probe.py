@@ -27,6 +27,7 @@ from typing import Any
 from inferd import logs
 from inferd.channel import Channel, spawn_process
 from inferd.config import ModelConfig, TensorSpec
+from inferd.errors import StartupError
 from inferd.handler import handler_problem
 from inferd.placement import pin_before_torch, set_torch_threads
 from inferd.worker import WorkerSpec, _die_with_parent, _select_device
@@ -92,16 +93,15 @@ def _child_main(probe: Probe, result_path: str, output_path: str, channel: Chann
 
 
 def _problems(probe: Probe) -> list[str]:
-    model = probe.spec.model
-    if model.handler is not None:
-        problem = handler_problem(model.handler, probe.spec.base_dir)
-        if problem is not None:
-            return [f"{_subject(probe)}: {problem}"]
-    return _load_problems(probe) if probe.load else []
+    if probe.load:
+        return _load_problems(probe)  # which resolves the handler class where the worker does
+    problem = handler_problem(probe.spec.model.handler, probe.spec.base_dir) if probe.spec.model.handler else None
+    return [f"{_subject(probe)}: {problem}"] if problem else []
 
 
 def _load_problems(probe: Probe) -> list[str]:
-    """Pin, select the device, build the runner and warm it up: the steps of the worker's boot."""
+    """Pin, select the device, build the runner and warm it up: the worker's `_boot`, step by step,
+    so that each step's failure is named at the YAML it comes from."""
     spec, where = probe.spec, f"models[{probe.index}]"
     pin_before_torch(spec.slot)
     import torch
@@ -115,6 +115,8 @@ def _load_problems(probe: Probe) -> list[str]:
         return [f"{where}.device: cannot use {spec.slot.device}: {_one_line(error)}"]
     try:
         runner = build_runner(spec.model, spec.slot.device, spec.base_dir)
+    except StartupError as error:  # the handler class or the model file, named as `validate` names it
+        return [f"{_subject(probe)}: {error}"]
     except Exception as error:
         failed = "could not be set up" if spec.model.handler else "cannot be loaded"
         return [f"{_subject(probe)}: {failed} on {spec.slot.device}: {_one_line(error)}"]
@@ -127,28 +129,31 @@ def _load_problems(probe: Probe) -> list[str]:
 
 def _warmup_problems(runner: Any, model: ModelConfig, where: str, error: Exception) -> list[str]:
     """Point a failed warmup at what causes it: each explicit sample that fails on its own, else the
-    declared shapes that the default warmup (zeros) was made from."""
+    declared inputs that the default warmup (zeros) was made from."""
     from inferd.runners import warm_up
 
-    if model.warmup:
-        problems = []
-        for index, sample in enumerate(model.warmup):
-            try:
-                warm_up(runner, model.model_copy(update={"warmup": (sample,), "warmup_runs": 1}))
-            except Exception as sample_error:
-                problems.append(f"{where}.warmup[{index}]: fails on the model: {_one_line(sample_error)}")
-        return problems or [f"{where}.warmup: fails on the model: {_one_line(error)}"]
+    if not model.warmup:
+        return [_declared_inputs_problem(runner, model, where, _one_line(error))]
+    problems = []
+    for index, sample in enumerate(model.warmup):
+        try:
+            warm_up(runner, model.model_copy(update={"warmup": (sample,), "warmup_runs": 1}))
+        except Exception as sample_error:
+            problems.append(f"{where}.warmup[{index}]: fails on the model: {_one_line(sample_error)}")
+    return problems or [f"{where}.warmup: fails on the model: {_one_line(error)}"]
+
+
+def _declared_inputs_problem(runner: Any, model: ModelConfig, where: str, failure: str) -> str:
     inputs = model.inputs or ()
-    if len(inputs) == 1 and inputs[0].datatype != "FP32" and _fits_as_fp32(runner, inputs[0]):
-        return [
-            f"{where}.inputs[0].datatype: {inputs[0].datatype} does not fit the model (FP32 does): {_one_line(error)}"
-        ]
-    if len(inputs) == 1:
-        return [f"{where}.inputs[0].shape: {list(inputs[0].shape)} does not fit the model: {_one_line(error)}"]
-    if inputs:
+    if not inputs:  # a torch.export program's own signature gave the shapes
+        return f"{where}.path: fails on zeros of the input shapes it declares: {failure}"
+    if len(inputs) > 1:
         shapes = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in inputs)
-        return [f"{where}.inputs: the declared shapes ({shapes}) do not fit the model: {_one_line(error)}"]
-    return [f"{where}.path: fails on zeros of the input shapes it declares: {_one_line(error)}"]
+        return f"{where}.inputs: the declared shapes ({shapes}) do not fit the model: {failure}"
+    spec = inputs[0]
+    if spec.datatype != "FP32" and _fits_as_fp32(runner, spec):
+        return f"{where}.inputs[0].datatype: {spec.datatype} does not fit the model (FP32 does): {failure}"
+    return f"{where}.inputs[0].shape: {list(spec.shape)} does not fit the model: {failure}"
 
 
 def _fits_as_fp32(runner: Any, spec: TensorSpec) -> bool:
