@@ -27,7 +27,9 @@ def write_config(tmp_path: Path, text: str) -> Path:
     for name, source in HANDLER_MODULES.items():
         (tmp_path / name).write_text(source)
     config = tmp_path / "inferd.yaml"
-    config.write_text(textwrap.dedent(text).replace("{HANDLERS}", str(HANDLERS)).replace("{MODELS}", str(EXAMPLE_MODELS)))
+    config.write_text(
+        textwrap.dedent(text).replace("{HANDLERS}", str(HANDLERS)).replace("{MODELS}", str(EXAMPLE_MODELS))
+    )
     return config
 
 
@@ -135,7 +137,9 @@ def test_validate_load_points_each_failure_at_the_yaml_to_change(tmp_path: Path)
         "models[4].handler: could not be set up on cpu: RuntimeError: weights file is corrupt",
         "models[5].batch_timeout_ms: Input should be greater than or equal to 0 (got -1)",
     ]
-    assert found[6].startswith(f"models[6].handler: handler '{HANDLERS}:Missing': {HANDLERS} has no attribute 'Missing'")
+    assert found[6].startswith(
+        f"models[6].handler: handler '{HANDLERS}:Missing': {HANDLERS} has no attribute 'Missing'"
+    )
     assert len(found) == 7
 
 
