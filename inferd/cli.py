@@ -16,7 +16,6 @@ import uvicorn
 from inferd import __version__, logs
 from inferd.config import Config, load_config
 from inferd.errors import EXIT_CONFIG, EXIT_OK, ConfigError
-from inferd.handler import model_file_problems
 from inferd.placement import Host, WorkerSlot, plan
 
 log = logging.getLogger("inferd")
@@ -43,10 +42,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(command=_serve)
     validate = commands.add_parser("validate", help="check a config file without serving")
     validate.add_argument("config", help="path to the YAML config")
-    validate.add_argument(
+    depth = validate.add_mutually_exclusive_group()
+    depth.add_argument(
         "--schema-only",
         action="store_true",
-        help="check the file's structure and values only, not this machine's CPUs, GPUs and model files",
+        help="check the file's structure and values only, not this machine's CPUs, GPUs, model files and handlers",
+    )
+    depth.add_argument(
+        "--load",
+        action="store_true",
+        help="also start each model in a child process as a worker would, and run its warmup on the declared shapes",
+    )
+    validate.add_argument(
+        "--timeout-s",
+        type=float,
+        default=None,
+        help="the longest one model's check may take (default: 300 with --load, else 60)",
     )
     validate.set_defaults(command=_validate)
     reload = commands.add_parser("reload", help="make a running inferd re-read its config (like SIGHUP)")
@@ -57,13 +68,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    if not args.schema_only:
-        plan(config, Host.detect())
-        problems = model_file_problems(config)
-        if problems:
-            raise ConfigError(config.source, problems)
-    print(f"{args.config}: OK ({len(config.models)} model(s))")
+    from inferd.validation import validate
+
+    logs.configure("warning", "text")  # placement's warnings (CPUs shared, oversubscribed) still show
+    config = validate(args.config, machine=not args.schema_only, load=args.load, timeout_s=args.timeout_s)
+    checked = "; each loaded and warmed up" if args.load else ""
+    print(f"{args.config}: OK ({len(config.models)} model(s){checked})")
     return EXIT_OK
 
 

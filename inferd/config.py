@@ -1,8 +1,12 @@
 """YAML -> a validated, frozen config tree. Nothing else in inferd reads YAML.
 
 `load_config` is pure: it reads one file and returns a `Config` or raises `ConfigError` listing every
-problem at once, each named by its YAML path (`models[1].max_batch_size`). Checks that need the
-machine (which CPUs and GPUs exist) live in `placement.py`.
+problem at once, each named by its YAML path (`models[1].max_batch_size`). Each model entry is
+checked on its own, and rules that join fields or entries (exactly one of path or handler, unique
+names and routes) read the YAML as written, so no problem hides another; `check_config` also answers
+the entries that passed, for `inferd validate` to check further. Checks that need the machine
+(which CPUs and GPUs exist, model files, handler classes) live in `placement.py`, `handler.py` and
+`validation.py`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +39,8 @@ DEFAULT_BUCKETS_S = (
 )  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+_ENTRY = re.compile(r"^models\[(\d+)\]")
+_INTERNAL_WORDS = re.compile(r" or instance of \w+")  # pydantic's class names mean nothing in a YAML file
 
 
 class _Section(BaseModel):
@@ -174,16 +181,6 @@ class ModelConfig(_Section):
                 raise ValueError("a CPU is listed twice")
         return cpus
 
-    @model_validator(mode="after")
-    def _coherent(self) -> ModelConfig:
-        if (self.path is None) == (self.handler is None):
-            raise ValueError("give exactly one of 'path' (a model file) or 'handler' (a class)")
-        if self.device == "cpu" and (self.gpus is not None or self.gpu_memory_fraction is not None):
-            raise ValueError("'gpus' and 'gpu_memory_fraction' apply only to a CUDA device")
-        if self.gpus is not None and self.device != "cuda":
-            raise ValueError("'gpus' goes with device 'cuda'; 'cuda:N' already names one GPU")
-        return self
-
     @property
     def url_path(self) -> str:
         return self.route or f"/models/{self.name}/predict"
@@ -201,22 +198,19 @@ class Config(_Section):
     models: tuple[ModelConfig, ...]
     source: str = Field("<config>", exclude=True)
 
-    @model_validator(mode="after")
-    def _unique(self) -> Config:
-        _require_unique([m.name for m in self.models], "model name")
-        _require_unique([m.url_path for m in self.models], "route")
-        if not self.models:
-            raise ValueError("models: list at least one model")
-        return self
-
     def model(self, name: str) -> ModelConfig:
         return next(m for m in self.models if m.name == name)
 
 
-def _require_unique(values: list[str], what: str) -> None:
-    seen = {value for value in values if values.count(value) > 1}
-    if seen:
-        raise ValueError(f"each {what} must be unique; repeated: {', '.join(sorted(seen))}")
+@dataclass(frozen=True)
+class ConfigCheck:
+    """What `check_config` made of a file: every problem, and each model entry that passed its own
+    checks (by its index in the YAML), so that later checks can go on with those models."""
+
+    source: str
+    problems: tuple[str, ...] = ()
+    models: tuple[tuple[int, ModelConfig], ...] = ()
+    config: Config | None = None  # only when there is no problem
 
 
 # Which section a key belongs to, by the nearest named parent in its YAML path.
@@ -228,34 +222,148 @@ _SECTIONS: dict[str | None, type[BaseModel]] = {
 
 def load_config(path: str | Path) -> Config:
     """Read and validate one YAML config; relative model paths resolve against its folder."""
+    return _config_or_raise(check_config(path))
+
+
+def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    return _config_or_raise(check_config_text(text, source, base_dir))
+
+
+def _config_or_raise(check: ConfigCheck) -> Config:
+    if check.config is None:
+        raise ConfigError(check.source, list(check.problems))
+    return check.config
+
+
+def check_config(path: str | Path) -> ConfigCheck:
+    """Like `load_config`, but answers every problem and the model entries that passed."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError(source, [f"cannot read the file: {error.strerror}"]) from None
-    return parse_config(text, source, base_dir=Path(path).resolve().parent)
+        return ConfigCheck(source, (f"cannot read the file: {error.strerror}",))
+    return check_config_text(text, source, base_dir=Path(path).resolve().parent)
 
 
-def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
+def check_config_text(text: str, source: str = "<config>", base_dir: Path | None = None) -> ConfigCheck:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(source, [_yaml_problem(error)]) from None
+        return ConfigCheck(source, (_yaml_problem(error),))
     if not isinstance(document, dict):
-        raise ConfigError(source, ["the file must be a mapping with 'server' and 'models' keys"])
+        return ConfigCheck(source, ("the file must be a mapping with 'server' and 'models' keys",))
+    shell, problems = _check_top_level(document, source)
+    entries, list_problems = _model_entries(document)
+    models = [(i, _resolve_path(m, base_dir)) for i, m in _check_models(entries, problems)]
+    problems = by_entry(problems + list_problems + _uniqueness_problems(entries))
+    config = None
+    if shell is not None and not problems:
+        config = shell.model_copy(update={"models": tuple(model for _, model in models)})
+    return ConfigCheck(source, tuple(problems), tuple(models), config)
+
+
+def by_entry(problems: list[str]) -> list[str]:
+    """Problems of the file as a whole first, then each model entry's, in the file's order."""
+    return sorted(problems, key=lambda problem: int(m.group(1)) if (m := _ENTRY.match(problem)) else -1)
+
+
+def _check_top_level(document: dict[Any, Any], source: str) -> tuple[Config | None, list[str]]:
+    """Everything but the model entries, which are checked one by one so that none hides another."""
+    problems = [_unknown_key(("source",))] if "source" in document else []
+    rest = {key: value for key, value in document.items() if key not in ("models", "source")}
     try:
-        config = Config.model_validate({**document, "source": source})
+        shell = Config.model_validate({**rest, "models": (), "source": source})
     except ValidationError as error:
-        raise ConfigError(source, [_describe(e) for e in error.errors()]) from None
-    return _resolve_paths(config, base_dir) if base_dir else config
+        return None, problems + [_describe(e) for e in error.errors()]
+    return (None if problems else shell), problems
 
 
-def _resolve_paths(config: Config, base_dir: Path) -> Config:
-    models = tuple(
-        m.model_copy(update={"path": base_dir / m.path}) if m.path is not None and not m.path.is_absolute() else m
-        for m in config.models
-    )
-    return config.model_copy(update={"models": models})
+def _model_entries(document: dict[Any, Any]) -> tuple[list[Any], list[str]]:
+    if "models" not in document:
+        return [], ["models: required but missing; list at least one model"]
+    entries = document["models"]
+    if entries is None or entries == []:
+        return [], ["models: list at least one model"]
+    if not isinstance(entries, list):
+        return [], [f"models: expected a list of models (got {_short(entries)})"]
+    return entries, []
+
+
+def _check_models(entries: list[Any], problems: list[str]) -> list[tuple[int, ModelConfig]]:
+    """Each entry that passes, by index; every entry's problems are added to `problems`."""
+    models = []
+    for index, entry in enumerate(entries):
+        found = _rule_problems(entry, index)
+        try:
+            model = ModelConfig.model_validate(entry)
+        except ValidationError as error:
+            found = [_describe({**e, "loc": ("models", index, *e["loc"])}) for e in error.errors()] + found
+        problems += found
+        if not found:
+            models.append((index, model))
+    return models
+
+
+def _rule_problems(entry: Any, index: int) -> list[str]:
+    """A model entry's rules that join several fields, read from the YAML as written so that they
+    hold even where a field's own value is wrong."""
+    if not isinstance(entry, dict):
+        return []
+    where = f"models[{index}]"
+    problems = []
+    if (entry.get("path") is None) == (entry.get("handler") is None):
+        problems.append(f"{where}: give exactly one of 'path' (a model file) or 'handler' (a class)")
+    device = entry.get("device", "cpu")
+    if not (isinstance(device, str) and _DEVICE.match(device)):
+        return problems  # the device's own check names it
+    if entry.get("gpus") is not None and device != "cuda":
+        why = "this model's device is 'cpu'" if device == "cpu" else f"{device!r} already names one GPU"
+        problems.append(f"{where}.gpus: goes with device 'cuda' ({why})")
+    if entry.get("gpu_memory_fraction") is not None and device == "cpu":
+        problems.append(f"{where}.gpu_memory_fraction: applies only to a CUDA device (this model's device is 'cpu')")
+    return problems
+
+
+def _uniqueness_problems(entries: list[Any]) -> list[str]:
+    """Each repeated name or route, named at the entry that repeats it."""
+    problems = []
+    names: dict[str, int] = {}
+    routes: dict[str, tuple[int, bool]] = {}  # route -> (first entry's index, whether written out)
+    for index, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in names:
+            problems.append(
+                f"models[{index}].name: {name!r} is already the name of models[{names[name]}]; choose another"
+            )
+        names.setdefault(name, index)
+        route, explicit = _route_of(entry, name)
+        if route in routes:
+            problems += _route_clash(route, routes[route], (index, explicit))
+        routes.setdefault(route, (index, explicit))
+    return problems
+
+
+def _route_of(entry: dict[Any, Any], name: str) -> tuple[str, bool]:
+    """The entry's native route, and whether it is written out (else it is the default)."""
+    route = entry.get("route")
+    return (route, True) if isinstance(route, str) else (f"/models/{name}/predict", False)
+
+
+def _route_clash(route: str, first: tuple[int, bool], later: tuple[int, bool]) -> list[str]:
+    (first_index, first_explicit), (later_index, later_explicit) = first, later
+    if later_explicit:
+        return [f"models[{later_index}].route: {route!r} is already the route of models[{first_index}]; choose another"]
+    if first_explicit:
+        return [f"models[{first_index}].route: {route!r} is the default route of models[{later_index}]; choose another"]
+    return []  # two default routes clash only where two names do, and the name is reported
+
+
+def _resolve_path(model: ModelConfig, base_dir: Path | None) -> ModelConfig:
+    if base_dir is None or model.path is None or model.path.is_absolute():
+        return model
+    return model.model_copy(update={"path": base_dir / model.path})
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -276,10 +384,15 @@ def _describe(error: Any) -> str:
     location = tuple(part for part in error["loc"] if part != "source")
     if error["type"] == "extra_forbidden":
         return _unknown_key(location)
-    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{yaml_path(location)}: required but missing"
-    return f"{yaml_path(location)}: {message} (got {_short(error.get('input'))})"
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{yaml_path(location)}: expected a mapping of keys to values (got {_short(error.get('input'))})"
+    message = _INTERNAL_WORDS.sub("", error["msg"].removeprefix("Value error, ")).replace("valid tuple", "valid list")
+    value = error.get("input")
+    if isinstance(value, dict):  # a whole section: its rule's message names the keys
+        return f"{yaml_path(location)}: {message}"
+    return f"{yaml_path(location)}: {message} (got {_short(value)})"
 
 
 def _unknown_key(location: tuple[int | str, ...]) -> str:

@@ -22,11 +22,11 @@ import importlib.util
 import sys
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from inferd.config import Config
+from inferd.config import ModelConfig
 from inferd.errors import StartupError
 
 TORCHSCRIPT = "torchscript"
@@ -72,16 +72,25 @@ def detect_format(path: Path) -> str:
     raise StartupError(f"{path}: a zip archive, but neither TorchScript nor torch.export")
 
 
-def model_file_problems(config: Config) -> list[str]:
-    """Each model file that is missing or of an unknown format, named by its YAML path."""
+def model_file_problems(models: Iterable[tuple[int, ModelConfig]]) -> list[str]:
+    """Each model file among `models` (by YAML index) that is missing or of an unknown format."""
     problems = []
-    for index, model in enumerate(config.models):
+    for index, model in models:
         if model.path is not None:
             try:
                 detect_format(model.path)
             except StartupError as error:
                 problems.append(f"models[{index}].path: {error}")
     return problems
+
+
+def handler_problem(spec: str, base_dir: Path) -> str | None:
+    """Why `spec` does not resolve to a Handler subclass, or None. Imports the user's module."""
+    try:
+        load_handler_class(spec, base_dir)
+    except StartupError as error:
+        return str(error)
+    return None
 
 
 def load_model_file(path: Path, device: str) -> tuple[Any, Any]:
@@ -164,20 +173,31 @@ def load_handler_class(spec: str, base_dir: Path) -> type[Handler]:
         module = _import_module(module_name, base_dir)
     handler_class = getattr(module, class_name, None)
     if handler_class is None:
-        raise StartupError(f"handler {spec!r}: module has no attribute {class_name!r}")
+        raise StartupError(f"handler {spec!r}: {module_name} has no attribute {class_name!r}{_classes_hint(module)}")
     if not (isinstance(handler_class, type) and issubclass(handler_class, Handler)):
         raise StartupError(f"handler {spec!r}: {class_name} is not a subclass of inferd.Handler")
     return handler_class
 
 
+def _classes_hint(module: Any) -> str:
+    names = [
+        name for name, value in vars(module).items()
+        if isinstance(value, type) and issubclass(value, Handler) and value is not Handler
+    ]  # fmt: skip
+    return f" (its Handler subclasses: {', '.join(sorted(names))})" if names else " (it defines no Handler subclass)"
+
+
 def _import_module(name: str, base_dir: Path) -> Any:
-    sys.path.insert(0, str(base_dir))
+    if str(base_dir) not in sys.path:
+        sys.path.insert(0, str(base_dir))
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:
-        if error.name and name.startswith(error.name):
+        if error.name and (name == error.name or name.startswith(error.name + ".")):
             raise StartupError(f"handler module {name!r} not found (searched {base_dir} and sys.path)") from None
-        raise  # the module exists but one of its own imports failed: show that error as it is
+        raise StartupError(f"handler module {name!r} failed to import {error.name!r}: {error}") from None
+    except Exception as error:  # the user's module raised while it was imported
+        raise StartupError(f"handler module {name!r} raised on import: {_one_line(error)}") from None
 
 
 def _import_file(path: Path) -> Any:
@@ -188,5 +208,15 @@ def _import_file(path: Path) -> Any:
         raise StartupError(f"handler file {path} cannot be imported")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as error:
+        raise StartupError(f"handler file {path} failed to import {error.name!r}: {error}") from None
+    except Exception as error:  # the user's file raised (or does not parse) while it was imported
+        raise StartupError(f"handler file {path} raised on import: {_one_line(error)}") from None
     return module
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1]}" if text else type(error).__name__

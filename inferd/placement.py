@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,34 +87,45 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
 
 def plan(config: Config, host: Host) -> list[WorkerSlot]:
     """Every worker's slot, or ConfigError naming each YAML path that cannot be placed."""
-    problems: list[str] = []
-    devices = {m.name: _devices(m, i, host, problems) for i, m in enumerate(config.models)}
-    for index, model in enumerate(config.models):
-        if model.cpu_affinity is not None:
-            _check_cpus(model, index, host, len(devices[model.name]), problems)
+    problems = placement_problems(enumerate(config.models), host)
     if problems:
         raise ConfigError(config.source, problems)
     _warn_about_shared_sets(config)
+    devices = {m.name: _devices(m, host) for m in config.models}
     slots = _explicit_slots(config, devices) + _automatic_slots(config, devices, host)
     order = {m.name: i for i, m in enumerate(config.models)}
     return sorted(slots, key=lambda s: (order[s.model], s.device, s.index))
 
 
-def _devices(model: ModelConfig, index: int, host: Host, problems: list[str]) -> list[str]:
-    where = f"models[{index}]"
-    if model.device == "cpu":
-        return ["cpu"]
-    have = f"this machine has {host.gpu_count} visible GPU(s)"
+def placement_problems(models: Iterable[tuple[int, ModelConfig]], host: Host) -> list[str]:
+    """Every device and CPU set among `models` (by YAML index) that this machine cannot give."""
+    problems: list[str] = []
+    for index, model in models:
+        problems += _device_problems(model, index, host)
+        if model.cpu_affinity is not None:
+            _check_cpus(model, index, host, len(_devices(model, host)), problems)
+    return problems
+
+
+def _devices(model: ModelConfig, host: Host) -> list[str]:
     if model.device == "cuda" and model.gpus is None:
-        if host.gpu_count == 0:
-            problems.append(f"{where}.device: 'cuda' but no GPU is visible ({have})")
         return [f"cuda:{gpu}" for gpu in range(host.gpu_count)]
-    wanted = model.device_names
-    for device in wanted:
-        if int(device.split(":")[1]) >= host.gpu_count:
-            field = "gpus" if model.gpus is not None else "device"
-            problems.append(f"{where}.{field}: GPU {device} does not exist ({have})")
-    return list(wanted)
+    return list(model.device_names)
+
+
+def _device_problems(model: ModelConfig, index: int, host: Host) -> list[str]:
+    where = f"models[{index}]"
+    have = f"this machine has {host.gpu_count} visible GPU(s)"
+    if model.device == "cpu":
+        return []
+    if model.device == "cuda" and model.gpus is None:
+        return [f"{where}.device: 'cuda' but no GPU is visible ({have})"] if host.gpu_count == 0 else []
+    field = "gpus" if model.gpus is not None else "device"
+    return [
+        f"{where}.{field}: GPU {device} does not exist ({have})"
+        for device in model.device_names
+        if int(device.split(":")[1]) >= host.gpu_count
+    ]
 
 
 def _check_cpus(model: ModelConfig, index: int, host: Host, devices: int, problems: list[str]) -> None:

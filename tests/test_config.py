@@ -48,9 +48,56 @@ def test_model_needs_exactly_one_of_path_or_handler() -> None:
     assert any("exactly one of 'path'" in p for p in problems("models: [{name: a, path: x.pt, handler: 'm:C'}]"))
 
 
-def test_names_and_routes_are_unique() -> None:
-    found = problems("models: [{name: a, path: x.pt}, {name: a, path: y.pt}]")
-    assert any("repeated: a" in p for p in found)
+def test_names_and_routes_are_unique_and_the_repeat_is_named() -> None:
+    found = problems(
+        """
+models:
+  - {name: a, path: x.pt}
+  - {name: a, path: y.pt}
+  - {name: b, path: z.pt, route: /embed}
+  - {name: c, path: z.pt, route: /embed}
+  - {name: d, path: z.pt, route: /models/e/predict}
+  - {name: e, path: z.pt}
+"""
+    )
+    assert found == [
+        "models[1].name: 'a' is already the name of models[0]; choose another",
+        "models[3].route: '/embed' is already the route of models[2]; choose another",
+        "models[4].route: '/models/e/predict' is the default route of models[5]; choose another",
+    ]
+
+
+def test_a_bad_field_hides_neither_rules_nor_repeats_nor_other_entries() -> None:
+    found = problems(
+        """
+models:
+  - {name: a, max_batch_size: 0}
+  - {name: a, path: x.pt, device: cpu, gpus: [0], gpu_memory_fraction: 2}
+  - {name: b, path: x.pt, device: 'cuda:1', gpus: [1]}
+"""
+    )
+    assert found == [
+        "models[0].max_batch_size: Input should be greater than or equal to 1 (got 0)",
+        "models[0]: give exactly one of 'path' (a model file) or 'handler' (a class)",
+        "models[1].gpu_memory_fraction: Input should be less than or equal to 1 (got 2)",
+        "models[1].gpus: goes with device 'cuda' (this model's device is 'cpu')",
+        "models[1].gpu_memory_fraction: applies only to a CUDA device (this model's device is 'cpu')",
+        "models[1].name: 'a' is already the name of models[0]; choose another",
+        "models[2].gpus: goes with device 'cuda' ('cuda:1' already names one GPU)",
+    ]
+
+
+def test_messages_show_the_value_written_never_a_whole_section_or_a_class_name() -> None:
+    found = problems("models: [5, {name: a, path: x.pt, inputs: [3], warmup: [{}]}]\nserver: {auth: {}}")
+    assert found == [
+        "server.auth: give api_keys_env (a variable's name) or api_keys_file (a path), or both",
+        "models[0]: expected a mapping of keys to values (got 5)",
+        "models[1].inputs[0]: expected a mapping of keys to values (got 3)",
+        "models[1].warmup[0]: give exactly one of 'inputs' or 'zeros'",
+    ]
+    assert problems("models: []") == ["models: list at least one model"]
+    assert problems("server: {port: 1}") == ["models: required but missing; list at least one model"]
+    assert problems("models: [{name: a, path: x.pt}]\nsource: x") == ["source: unknown key; expected one of: server, models"]
 
 
 def test_cpu_affinity_accepts_linux_list_form_and_yaml_lists() -> None:
