@@ -1,6 +1,7 @@
 """Slow and hostile clients beside a well-behaved one: what they cost it, and the main process.
 
     python bench/slow_clients.py [--connections 800] [--duration 6] [--header-timeout 10] [--stream-mib 200]
+                                 [--rounds 1]
 
 Starts inferd with the example `tiny` model (models/tiny.pt; build it with models/build_examples.py)
 and prints:
@@ -8,10 +9,12 @@ and prints:
    `--duration` s): p50/p99 alone, then beside `--connections` connections that trickle their
    headers one byte every `--trickle-every` s, with the main process's RSS and the open-connections
    gauge; then how many trickling connections the server closed (408 or close) once
-   `server.header_timeout_s` passed, and when the last one went.
+   `server.header_timeout_s` passed, and when the last one went. `--rounds` repeats this and prints
+   the median p99 ratio (on a shared machine one round can drift by 2x either way).
 2. one connection streaming `--stream-mib` MiB of headers that never end (one endless header value,
    then many header lines) while /healthz is probed every 10 ms: the worst /healthz latency, how many
-   bytes the server took before it cut the stream off, and the main process's RSS.
+   bytes the client got out before the server cut the stream off, and the main process's RSS; first
+   the same probe with nothing else running, for the machine's own noise.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import argparse
 import multiprocessing
 import selectors
 import socket
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +119,8 @@ def trickle(
     results.put(outcome)
 
 
-def phase_tricklers(base: str, port: int, pid: int, args: argparse.Namespace) -> None:
+def phase_tricklers(base: str, port: int, pid: int, args: argparse.Namespace) -> float:
+    """One round: the client alone, then beside the tricklers; returns the p99 ratio."""
     alone = well_behaved(base, args.duration)
     print(f"well-behaved client alone:        p50 {percentile_ms(alone, 0.5):7.2f} ms  p99 "
           f"{percentile_ms(alone, 0.99):7.2f} ms  ({len(alone)} requests)  main RSS {rss_mib(pid)[0]:.0f} MiB")  # fmt: skip
@@ -135,6 +141,7 @@ def phase_tricklers(base: str, port: int, pid: int, args: argparse.Namespace) ->
     print(f"trickling connections closed by the server: {outcome.closed}/{args.connections} "
           f"({outcome.answered_408} with 408), the last {outcome.last_closed_s:.1f} s after they began "
           f"(server.header_timeout_s {args.header_timeout:g}); open connections now {gauge(base)}")  # fmt: skip
+    return ratio
 
 
 def stream_headers(port: int, total_bytes: int, lines: bool) -> int:
@@ -161,24 +168,39 @@ def probe_healthz(base: str, stop: threading.Event, latencies: list[float]) -> N
             stop.wait(0.01)
 
 
+def probed(base: str, during: Callable[[], str]) -> tuple[list[float], str]:
+    """/healthz latencies while `during` runs and for a second after it; and what it returned."""
+    stop, latencies = threading.Event(), []
+    prober = threading.Thread(target=probe_healthz, args=(base, stop, latencies))
+    prober.start()
+    said = during()
+    stop.wait(1.0)
+    stop.set()
+    prober.join()
+    return latencies, said
+
+
 def phase_stream(base: str, port: int, pid: int, args: argparse.Namespace) -> None:
-    for lines in (False, True):
-        stop, latencies = threading.Event(), []
-        prober = threading.Thread(target=probe_healthz, args=(base, stop, latencies))
+    def nothing() -> str:
+        time.sleep(0.5)
+        return "nothing else"
+
+    def stream(lines: bool) -> Callable[[], str]:
+        def run() -> str:
+            started = time.monotonic()
+            sent = stream_headers(port, int(args.stream_mib * 2**20), lines)
+            shape = "many header lines" if lines else "one endless header value"
+            return (f"{args.stream_mib:g} MiB of headers ({shape}): the client got {sent / 2**20:.2f} MiB out "
+                    f"in {time.monotonic() - started:.2f} s before the server closed")  # fmt: skip
+
+        return run
+
+    for during in (nothing, stream(False), stream(True)):
         before = rss_mib(pid)[0]
-        prober.start()
-        started = time.monotonic()
-        sent = stream_headers(port, int(args.stream_mib * 2**20), lines)
-        elapsed = time.monotonic() - started
-        stop.wait(1.0)  # keep probing a while after the stream
-        stop.set()
-        prober.join()
-        shape = "many header lines" if lines else "one endless header value"
+        latencies, said = probed(base, during)
         after, peak = rss_mib(pid)
-        print(f"{args.stream_mib:g} MiB of headers ({shape}): the client got {sent / 2**20:.2f} MiB out in "
-              f"{elapsed:.2f} s before the server closed; /healthz worst {max(latencies) * 1000:.1f} ms, p99 "
-              f"{percentile_ms(latencies, 0.99):.1f} ms over {len(latencies)} probes; main RSS {before:.0f} -> "
-              f"{after:.0f} MiB (peak {peak:.0f})")  # fmt: skip
+        print(f"{said}; /healthz worst {max(latencies) * 1000:.1f} ms, p99 {percentile_ms(latencies, 0.99):.1f} ms "
+              f"over {len(latencies)} probes; main RSS {before:.0f} -> {after:.0f} MiB (peak {peak:.0f})")  # fmt: skip
 
 
 def main() -> None:
@@ -188,6 +210,7 @@ def main() -> None:
     parser.add_argument("--trickle-every", type=float, default=1.0, help="seconds between a trickler's bytes")
     parser.add_argument("--header-timeout", type=float, default=10.0, help="server.header_timeout_s")
     parser.add_argument("--stream-mib", type=float, default=200.0)
+    parser.add_argument("--rounds", type=int, default=1, help="alone/beside rounds (a busy machine drifts)")
     args = parser.parse_args()
     if args.duration >= args.header_timeout:
         parser.error("--duration must be below --header-timeout, or the tricklers are gone before it ends")
@@ -204,7 +227,10 @@ def main() -> None:
     argv = [sys.executable, "-m", "inferd", "serve", str(config)]
     with ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / "inferd.log", env=environment()) as server:
         base = f"http://127.0.0.1:{port}"
-        phase_tricklers(base, port, server.pid, args)
+        ratios = [phase_tricklers(base, port, server.pid, args) for _ in range(args.rounds)]
+        if args.rounds > 1:
+            print(f"p99 ratio over {args.rounds} rounds: median {statistics.median(ratios):.2f}x, "
+                  f"range {min(ratios):.2f}x..{max(ratios):.2f}x")  # fmt: skip
         phase_stream(base, port, server.pid, args)
     print(f"server log: {folder / 'inferd.log'}")
 
