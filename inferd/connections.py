@@ -107,8 +107,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if not self.listener.admit():
-            retry = {"retry-after": "1"}
-            self._answer_and_close(503, "too many open connections; retry shortly", "over_limit", retry, linger=False)
+            message = f"{self.limits.max_connections} connections are open (server.max_connections); retry shortly"
+            self._answer_and_close(503, message, "over_limit", {"retry-after": "1"}, linger=False)
             return
         self.admitted = True
         self._arm_head_deadline()
@@ -232,7 +232,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _peer(self) -> str:
-        return f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        where = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        return f"{self.listener.name} {where}"
 
 
 def error_response(status: int, message: str, headers: dict[str, str]) -> bytes:

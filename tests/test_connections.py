@@ -125,7 +125,7 @@ def test_connections_past_max_connections_get_503_at_once_and_the_gauge_counts_t
         with connect(server) as refused:
             answer = read_until_closed(refused)  # without sending anything: it is refused at once
         assert answer.startswith(b"HTTP/1.1 503 "), answer
-        assert b"retry-after: 1" in answer and b"too many open connections" in answer
+        assert b"retry-after: 1" in answer and b"4 connections are open (server.max_connections)" in answer
         assert metric(metrics_url, "inferd_connections_closed_total", listener="api", reason="over_limit") == 1
 
         held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the held ones are served as usual
