@@ -7,18 +7,25 @@ import asyncio
 import dataclasses
 import logging
 import math
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from inferd import __version__, logs
-from inferd.config import Config, load_config
-from inferd.errors import EXIT_CONFIG, EXIT_OK, ConfigError
+from inferd.config import Config, ServerConfig, load_config
+from inferd.errors import EXIT_CONFIG, EXIT_LISTEN, EXIT_OK, ConfigError, ListenError
 from inferd.placement import Host, WorkerSlot, plan
+from inferd.sockets import Address, listen_all, raise_open_files_limit
+
+if TYPE_CHECKING:
+    from inferd.connections import Listener
 
 log = logging.getLogger("inferd")
+
+BACKLOG = 2048  # uvicorn's default: connections the kernel queues before inferd accepts them
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"inferd: invalid config\n{error}", file=sys.stderr)
         return EXIT_CONFIG
+    except ListenError as error:
+        print(f"inferd: {error}", file=sys.stderr)
+        return EXIT_LISTEN
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,8 +102,18 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(config.server.log_level, config.server.log_format)
     host = Host.detect()
     slots = plan(config, host)
+    sockets = _listen(config.server)
     _log_plan(host, slots)
-    return _run_event_loop(_run(config, slots, args.config))
+    return _run_event_loop(_run(config, slots, args.config, sockets))
+
+
+def _listen(settings: ServerConfig) -> list[socket.socket]:
+    """Bind every port before any worker starts, so a port in use stops `serve` at once."""
+    raise_open_files_limit(settings.max_connections)
+    addresses = [Address(settings.host, settings.port, "server.port")]
+    if settings.metrics_port is not None:
+        addresses.append(Address(settings.host, settings.metrics_port, "server.metrics_port"))
+    return listen_all(addresses, BACKLOG)
 
 
 def _run_event_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -124,13 +144,17 @@ def _log_plan(host: Host, slots: list[WorkerSlot]) -> None:
         log.info("plan: %s", slot.describe())
 
 
-async def _run(config: Config, slots: list[WorkerSlot], config_path: str) -> int:
+async def _run(config: Config, slots: list[WorkerSlot], config_path: str, sockets: list[socket.socket]) -> int:
     from inferd.app import SecondaryServer, Server, build_app, metrics_app
+    from inferd.connections import ConnectionLimits, Listener
     from inferd.daemon import Daemon
 
     daemon = Daemon(config, slots)
     settings = config.server
     separate_metrics = settings.metrics_port is not None
+    limits = ConnectionLimits(settings.header_timeout_s, settings.max_header_bytes, settings.max_connections)
+    listeners = [Listener(name, limits) for name in ("api", "metrics")[: len(sockets)]]
+    daemon.metrics.watch_connections(listeners)
 
     async def reload() -> dict[str, object]:
         new_config = load_config(config_path)
@@ -143,16 +167,14 @@ async def _run(config: Config, slots: list[WorkerSlot], config_path: str) -> int
         from inferd.auth import ApiKeyAuth, load_api_keys
 
         app = ApiKeyAuth(app, load_api_keys(settings.auth, config.source), settings.auth)  # type: ignore[assignment]
-    server = Server(_uvicorn_config(app, settings.host, settings.port, settings.drain_timeout_s, "on"))
+    server = Server(_uvicorn_config(app, settings, listeners[0], settings.drain_timeout_s, "on"))
     server.on_reload = lambda: _reload_in_background(reload)
     if not separate_metrics:
-        await server.serve()
+        await server.serve(sockets=sockets)
         return server.exit_code
-    metrics_server = SecondaryServer(
-        _uvicorn_config(metrics_app(daemon), settings.host, settings.metrics_port, 1.0, "off")
-    )
-    metrics_task = asyncio.create_task(metrics_server.serve())
-    await server.serve()
+    metrics_server = SecondaryServer(_uvicorn_config(metrics_app(daemon), settings, listeners[1], 1.0, "off"))
+    metrics_task = asyncio.create_task(metrics_server.serve(sockets=sockets[1:]))
+    await server.serve(sockets=sockets[:1])
     metrics_server.should_exit = True
     await metrics_task
     return server.exit_code
@@ -169,11 +191,15 @@ def _reload_in_background(reload: Callable[[], Awaitable[object]]) -> None:
     asyncio.get_running_loop().create_task(run())
 
 
-def _uvicorn_config(app: object, host: str, port: int | None, drain_s: float, lifespan: str) -> uvicorn.Config:
+def _uvicorn_config(
+    app: object, settings: ServerConfig, listener: Listener, drain_s: float, lifespan: str
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
-        host=host,
-        port=port or 0,
+        http=listener.protocol(),  # type: ignore[arg-type]
+        ws="none",  # no WebSocket routes: an Upgrade request is answered as plain HTTP
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
+        backlog=BACKLOG,
         lifespan=lifespan,  # type: ignore[arg-type]
         log_config=None,
         access_log=False,

@@ -71,6 +71,11 @@ class ServerConfig(_Section):
     max_request_bytes: int = Field(16 * 1024 * 1024, gt=0)
     drain_timeout_s: float = Field(30.0, ge=0)
     body_timeout_s: float = Field(30.0, gt=0)  # a client slower than this to send its body gets 408
+    # The connection layer (inferd/connections.py): what one client may hold of the main process.
+    header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must arrive within this, else 408
+    keepalive_timeout_s: float = Field(75.0, gt=0)  # an idle connection between requests closes after this
+    max_connections: int = Field(2048, ge=1)  # open connections; past it a new one gets 503 at once
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line and headers; past it 431
     histogram_buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S
     auth: AuthConfig | None = None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
+EXIT_LISTEN = 4  # a port could not be bound (in use, not permitted, not an address here): nothing was started
 
 
 class InferdError(Exception):
@@ -19,6 +20,10 @@ class ConfigError(InferdError):
         self.source = source
         self.problems = problems
         super().__init__("\n".join(f"{source}: {problem}" for problem in problems))
+
+
+class ListenError(InferdError):
+    """A listening port could not be bound; raised before any worker starts."""
 
 
 class StartupError(InferdError):

@@ -22,6 +22,7 @@ from inferd import __version__, gpu
 from inferd.messages import GpuMemory
 
 if TYPE_CHECKING:
+    from inferd.connections import Listener
     from inferd.daemon import ServedModel
     from inferd.supervisor import WorkerHandle
 
@@ -69,6 +70,9 @@ class Metrics:
         collector = StateCollector(models)
         self.registry.register(collector)
         return collector
+
+    def watch_connections(self, listeners: list[Listener]) -> None:
+        self.registry.register(ConnectionCollector(listeners))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -204,3 +208,23 @@ class StateCollector(Collector):
             used.add_metric([device.device], device.used_bytes)
             total.add_metric([device.device], device.total_bytes)
         yield from (allocated, reserved, used, total)
+
+
+class ConnectionCollector(Collector):
+    """Open connections and the ones inferd closed, read from each listener (api, metrics) at scrape."""
+
+    def __init__(self, listeners: list[Listener]) -> None:
+        self._listeners = listeners
+
+    def collect(self) -> Iterator[Metric]:
+        open_now = GaugeMetricFamily("inferd_connections", "Open HTTP connections.", labels=["listener"])
+        closed = CounterMetricFamily(
+            "inferd_connections_closed",
+            "Connections inferd closed or refused: over_limit, header_timeout, header_too_large, malformed, idle.",
+            labels=["listener", "reason"],
+        )
+        for listener in self._listeners:
+            open_now.add_metric([listener.name], listener.open_connections)
+            for reason, count in sorted(listener.closed.items()):
+                closed.add_metric([listener.name, reason], count)
+        yield from (open_now, closed)
