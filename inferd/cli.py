@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -129,10 +130,6 @@ async def _run(config: Config, slots: list[WorkerSlot], config_path: str) -> int
 
     server: Server
     app = build_app(daemon, lambda error: server.fail_startup(error), reload, metrics_route=not separate_metrics)
-    if settings.auth is not None:
-        from inferd.auth import ApiKeyAuth, load_api_keys
-
-        app = ApiKeyAuth(app, load_api_keys(settings.auth, config.source), settings.auth)  # type: ignore[assignment]
     server = Server(_uvicorn_config(app, settings.host, settings.port, settings.drain_timeout_s, "on"))
     server.on_reload = lambda: _reload_in_background(reload)
     if not separate_metrics:
@@ -149,12 +146,11 @@ async def _run(config: Config, slots: list[WorkerSlot], config_path: str) -> int
 
 
 def _reload_in_background(reload: Callable[[], Awaitable[object]]) -> None:
+    from inferd.app import reload_logged
+
     async def run() -> None:
-        log.info("SIGHUP: reloading the config")
-        try:
-            await reload()
-        except ConfigError as error:
-            log.error("reload rejected; the old config keeps serving:\n%s", error)
+        with contextlib.suppress(ConfigError):  # reload_logged has logged why
+            await reload_logged(reload, "SIGHUP")
 
     asyncio.get_running_loop().create_task(run())
 
