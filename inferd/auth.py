@@ -8,11 +8,11 @@ Admin routes (every path under /admin/) are never open to the network by default
 - with admin keys (`server.auth.admin_keys_env`/`admin_keys_file`), a request needs one of them,
   from any address (API keys do not open admin routes: a client that may infer may not reload);
 - without, they answer only to loopback peers (127.0.0.0/8, ::1), after the API key if any;
-- always, and first, the request must be one a web page cannot send unseen: a JSON content type
-  or an `X-Inferd-Admin` header (either makes a browser ask first, and the server never agrees),
-  no Origin of another site, and a Host the server answers to (loopback names and addresses, the
-  address the connection arrived at, `server.host`, `server.admin_hosts`), which defeats DNS
-  rebinding.
+- always, once its key (if any) is checked, the request must be one a web page cannot send
+  unseen: a JSON content type or an `X-Inferd-Admin` header (either makes a browser ask first,
+  and the server never agrees), no Origin of another site, and a Host the server answers to
+  (loopback names and addresses, the address the connection arrived at, `server.host`,
+  `server.admin_hosts`), which defeats DNS rebinding.
 A key is presented as `Authorization: Bearer <key>` or `X-API-Key: <key>` and compared in
 constant time with every configured key, so neither a match nor its position can be timed.
 """
@@ -113,19 +113,14 @@ class Access:
             raise Unauthorized(f"missing or wrong {what}: send 'Authorization: Bearer <key>'")
 
     def _check_admin(self, scope: Scope) -> None:
+        if self.admin_keys:
+            self._require(self.admin_keys, scope, "admin key")
+        else:
+            if self.api_keys:
+                self._require(self.api_keys, scope, "API key")
+            _require_loopback(scope.get("client"))
         _require_script_request(scope["headers"])
         self._require_own_host(scope)
-        if self.admin_keys:
-            return self._require(self.admin_keys, scope, "admin key")
-        if self.api_keys:
-            self._require(self.api_keys, scope, "API key")
-        client = scope.get("client")
-        if not is_loopback(client[0] if client else None):
-            raise Forbidden(
-                f"admin routes answer only on loopback, and this request came from {client[0] if client else '?'}; "
-                "set server.auth.admin_keys_env or admin_keys_file to allow them from elsewhere with an admin key, "
-                "or reload on the server's machine (`inferd reload`, or SIGHUP to the inferd process)"
-            )
 
     def _require_own_host(self, scope: Scope) -> None:
         host = _header(scope["headers"], b"host")
@@ -140,6 +135,15 @@ class Access:
             origin = _header(scope["headers"], b"origin")
             if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
                 raise Forbidden(f"admin requests from a web page of another origin ({origin!r}) are refused")
+
+
+def _require_loopback(client: tuple[str, int] | None) -> None:
+    if not is_loopback(client[0] if client else None):
+        raise Forbidden(
+            f"admin routes answer only on loopback, and this request came from {client[0] if client else '?'}; "
+            "set server.auth.admin_keys_env or admin_keys_file to allow them from elsewhere with an admin key, "
+            "or reload on the server's machine (`inferd reload`, or SIGHUP to the inferd process)"
+        )
 
 
 def _require_script_request(headers: Headers) -> None:
