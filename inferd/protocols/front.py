@@ -4,7 +4,8 @@ Per HTTP request, in order: take the client's X-Request-ID if it is sane (else m
 path (404) and the method (405 with Allow); check access (401/403); run the endpoint; turn any
 error into its JSON answer (`http.answer`, the only place that does); count inference requests in
 their model's metrics; send, with X-Request-ID on every response. An answer to a client that has
-gone (499) is counted and logged but not sent. Lifespan events go to `lifespan`.
+gone (499) is counted and logged but not sent. Lifespan events go to `lifespan`
+(a starlette Router's), websockets are refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Router as StarletteRouter
 
 from inferd.auth import Access
 from inferd.errors import ClientGone
@@ -35,13 +37,11 @@ class Front:
     def __init__(self, router: Router, access: Access, lifespan: ASGIApp | None = None) -> None:
         self.router = router
         self.access = access
-        self.lifespan = lifespan
+        self.other = lifespan or StarletteRouter()  # lifespan, and a refusal for websockets
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            if self.lifespan is not None:
-                await self.lifespan(scope, receive, send)
-            return
+            return await self.other(scope, receive, send)
         request_id = request_id_of(scope["headers"])
         started = time.perf_counter()
         match = self.router.match(scope["path"])
