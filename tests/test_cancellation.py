@@ -89,3 +89,12 @@ def test_queued_requests_of_clients_that_left_are_never_computed(serve, tmp_path
     assert metric(server, 'inferd_requests_cancelled_total{model="rec"}') == 3  # the running one is not
     assert metric(server, 'inferd_requests_total{code="200",model="rec"}') == 1
     assert server.log().count("499 POST") == 4  # one line each
+
+
+def test_a_client_that_leaves_halfway_through_its_body_is_a_499_not_a_bug(serve) -> None:
+    server = serve('models:\n  - {name: echo, handler: "{HANDLERS}:Echo"}\n')
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30) as sock:
+        sock.sendall(b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"inputs\"")
+    wait_until(lambda: metric(server, 'inferd_requests_total{code="499",model="echo"}') == 1, 30, "the 499")
+    assert "disconnected while sending its body" in server.log()
+    assert "Traceback" not in server.log() and "internal error" not in server.log()

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from inferd.errors import BadRequest, BodyTooSlow, PayloadTooLarge, RequestError
+from inferd.errors import BadRequest, BodyTooSlow, ClientGone, PayloadTooLarge, RequestError
 
 if TYPE_CHECKING:
     from inferd.daemon import ServedModel
@@ -62,11 +62,17 @@ async def answer(call: Call, endpoint: Endpoint) -> Response:
     try:
         return await endpoint(call)
     except RequestError as error:
-        _log_error(call, error)
-        return error_response(error, call.request_id)
+        return _error_answer(call, error)
+    except ClientDisconnect:  # starlette's, from a body read
+        return _error_answer(call, ClientGone("the client disconnected while sending its body"))
     except Exception:  # a bug of ours: answer 500 with a reason and keep serving
         log.exception("request %s: internal error on %s %s", call.request_id, call.method, call.path)
         return json_response({"error": "internal server error; see the server log", "request_id": call.request_id}, 500)
+
+
+def _error_answer(call: Call, error: RequestError) -> Response:
+    _log_error(call, error)
+    return error_response(error, call.request_id)
 
 
 def _log_error(call: Call, error: RequestError) -> None:
