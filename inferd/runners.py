@@ -232,5 +232,6 @@ def warm_up(runner: TensorRunner | HandlerRunner, model: ModelConfig) -> float:
     for _ in range(model.warmup_runs):
         for result in runner.run_batch(payloads) if payloads else []:
             if isinstance(result, RequestFailure):
+                log.error("warmup raised:\n%s", result.detail.rstrip() or result.message)
                 raise RuntimeError(f"warmup failed: {result.error_type}: {result.message}")
     return time.perf_counter() - started

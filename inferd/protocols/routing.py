@@ -55,7 +55,7 @@ class Match:
     params: Mapping[str, str] = field(default_factory=dict)
 
 
-Resolver = Callable[[str], "Match | None"]  # a family of paths decided by code (a model's route)
+Resolver = Callable[[str], Match | None]  # a family of paths decided by code (a model's route)
 
 
 class Router:
