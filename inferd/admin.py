@@ -8,12 +8,17 @@ import sys
 import urllib.error
 import urllib.request
 
-API_KEY_VARIABLE = "INFERD_API_KEY"  # the key `inferd reload` presents, if the server wants one
+# The key `inferd reload` presents: the admin key where the server has admin keys, else the API key.
+ADMIN_KEY_VARIABLE = "INFERD_ADMIN_KEY"
+API_KEY_VARIABLE = "INFERD_API_KEY"
 
 
 def request_reload(base_url: str) -> int:
-    request = urllib.request.Request(f"{base_url.rstrip('/')}/admin/reload", data=b"", method="POST")
-    key = os.environ.get(API_KEY_VARIABLE)
+    # A JSON body: admin routes refuse requests a web page could send (see inferd.auth).
+    request = urllib.request.Request(
+        f"{base_url.rstrip('/')}/admin/reload", data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+    )
+    key = os.environ.get(ADMIN_KEY_VARIABLE) or os.environ.get(API_KEY_VARIABLE)
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:

@@ -1,4 +1,5 @@
-"""The starlette app over a Daemon, and the uvicorn servers that run it.
+"""The HTTP app over a Daemon (its routes, on inferd.protocols.front.Front), and the uvicorn
+servers that run it.
 
 The server listens at once: /healthz answers while models load, /readyz turns 200 when every model
 has a ready worker. Model routes are looked up per request, so a reload can add, swap and remove
@@ -13,23 +14,24 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Router as StarletteRouter
 
-from inferd.daemon import Daemon, ServedModel
-from inferd.errors import EXIT_STARTUP, ConfigError, StartupError
-from inferd.protocols import native, openapi, v2
-from inferd.protocols.http import answer, json_response, parse_json, read_body
+from inferd.auth import Access
+from inferd.daemon import Daemon
+from inferd.errors import EXIT_STARTUP, BadRequest, ConfigError, NotFound, StartupError
+from inferd.protocols import native_routes, openapi, v2
+from inferd.protocols.front import Front
+from inferd.protocols.http import Call, json_response
+from inferd.protocols.routing import Route, Router
 
 log = logging.getLogger(__name__)
 
 Reloader = Callable[[], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
 
 
 def build_app(
@@ -37,52 +39,44 @@ def build_app(
     on_startup_failure: Callable[[StartupError], None],
     reload: Reloader,
     metrics_route: bool = True,
-) -> Starlette:
+) -> Front:
+    """The daemon's HTTP app; raises ConfigError if the configured keys cannot be read."""
+
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: object) -> AsyncIterator[None]:
         boot = asyncio.get_running_loop().create_task(_boot(daemon, on_startup_failure))
         yield
         boot.cancel()
         await daemon.stop()
 
-    routes: list[BaseRoute] = [
-        Route("/models", lambda request: json_response({"models": [m.describe() for m in daemon.models.values()]})),
-        Route("/healthz", lambda request: json_response({"status": "alive"})),
-        Route("/readyz", lambda request: _readiness(daemon)),
-        Route("/admin/reload", _reload_endpoint(reload), methods=["POST"]),
-        Route("/openapi.json", lambda request: json_response(openapi.document(daemon, metrics_route))),
-        *v2.routes(daemon),
+    routes = _service_routes(daemon, reload, metrics_route) + v2.routes(daemon)
+    router = Router(routes, [native_routes.resolver(daemon), v2.resolver(daemon)], native_routes.not_found(daemon))
+    access = Access.from_config(daemon.config.server, daemon.config.source)
+    return Front(router, access, lifespan=StarletteRouter(lifespan=lifespan))
+
+
+def _service_routes(daemon: Daemon, reload: Reloader, metrics_route: bool) -> list[Route]:
+    async def models(call: Call) -> Response:
+        return json_response({"models": [m.describe() for m in daemon.models.values()]})
+
+    async def alive(call: Call) -> Response:
+        return json_response({"status": "alive"})
+
+    async def readiness(call: Call) -> Response:
+        states = {name: m.workers.state for name, m in daemon.models.items()}
+        return json_response({"ready": daemon.ready, "models": states}, 200 if daemon.ready else 503)
+
+    async def document(call: Call) -> Response:
+        return json_response(openapi.document(daemon, metrics_route))
+
+    routes = [
+        Route("/models", {"GET": models}),
+        Route("/healthz", {"GET": alive}),
+        Route("/readyz", {"GET": readiness}),
+        Route("/openapi.json", {"GET": document}),
+        Route("/admin/reload", {"POST": _reload_endpoint(reload)}),
     ]
-    if metrics_route:
-        routes.append(Route("/metrics", metrics_endpoint(daemon)))
-    routes.append(Route("/{path:path}", _model_route(daemon), methods=["GET", "POST", "PUT", "DELETE", "PATCH"]))
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
-    return InferenceFastPath(app, daemon, v2.infer_endpoint(daemon))  # type: ignore[return-value]
-
-
-class InferenceFastPath:
-    """Pure ASGI front for the two hot routes (native predict, v2 infer): they skip starlette's
-    middleware stack and its route scan, which took about a third of the main process's time per
-    request under load. Every other request, and lifespan, goes to the starlette app."""
-
-    def __init__(self, app: Starlette, daemon: Daemon, v2_infer: Callable[[Request], Awaitable[Response]]) -> None:
-        self.app = app
-        self.daemon = daemon
-        self.v2_infer = v2_infer
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            model = self.daemon.route(path)
-            if model is not None:
-                response = await predict(self.daemon, model, Request(scope, receive))
-                return await response(scope, receive, send)
-            params = v2.infer_path_params(path)
-            if params is not None:
-                scope["path_params"] = params
-                response = await self.v2_infer(Request(scope, receive))
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+    return routes + [_metrics_route(daemon)] if metrics_route else routes
 
 
 async def _boot(daemon: Daemon, on_failure: Callable[[StartupError], None]) -> None:
@@ -92,66 +86,32 @@ async def _boot(daemon: Daemon, on_failure: Callable[[StartupError], None]) -> N
         on_failure(error)
 
 
-def _model_route(daemon: Daemon) -> Callable[[Request], Awaitable[Response]]:
-    """Every path not served above: a model's predict route, or a JSON 404/405."""
-
-    async def dispatch(request: Request) -> Response:
-        model = daemon.route(request.url.path)
-        if model is None:
-            return _not_found(daemon, request)
-        if request.method != "POST":
-            return json_response({"error": f"{request.url.path} takes POST"}, 405, {"Allow": "POST"})
-        return await predict(daemon, model, request)
-
-    return dispatch
+async def reload_logged(reload: Callable[[], Awaitable[T]], trigger: str) -> T:
+    """Reload, logging its start and a rejection the same way whatever asked for it."""
+    log.info("%s: reloading the config", trigger)
+    try:
+        return await reload()
+    except ConfigError as error:
+        log.error("reload rejected; the old config keeps serving (%s):\n%s", trigger, error)
+        raise
 
 
-def _not_found(daemon: Daemon, request: Request) -> Response:
-    parts = request.url.path.strip("/").split("/")
-    if len(parts) == 3 and parts[0] == "models" and parts[2] == "predict":
-        return json_response({"error": f"no model named {parts[1]!r}; models: {sorted(daemon.models)}"}, 404)
-    return json_response({"error": f"no route {request.url.path}"}, 404)
-
-
-async def predict(daemon: Daemon, model: ServedModel, request: Request) -> Response:
-    server = daemon.config.server
-
-    async def produce() -> Response:
-        body = await read_body(request, server.max_request_bytes, server.body_timeout_s)
-        decoded = native.decode(parse_json(body), model.inputs, model.is_handler)
-        result = await model.batcher.infer(decoded.payload, decoded.items, decoded.key)
-        return json_response(native.encode(result, model.outputs, decoded))
-
-    return await answer(model.metrics.request_done, produce)
-
-
-def _readiness(daemon: Daemon) -> Response:
-    states = {name: m.workers.state for name, m in daemon.models.items()}
-    return json_response({"ready": daemon.ready, "models": states}, 200 if daemon.ready else 503)
-
-
-def _reload_endpoint(reload: Reloader) -> Callable[[Request], Awaitable[Response]]:
-    async def reload_now(request: Request) -> Response:
+def _reload_endpoint(reload: Reloader) -> Callable[[Call], Awaitable[Response]]:
+    async def reload_now(call: Call) -> Response:
         try:
-            return json_response(await reload())
+            return json_response(await reload_logged(reload, f"{call.method} {call.path} (request {call.request_id})"))
         except ConfigError as error:
-            return json_response(
-                {"error": "the new config was rejected; the old one keeps serving", "problems": error.problems}, 400
-            )
+            message = "the new config was rejected; the old one keeps serving"
+            raise BadRequest(message, fields={"problems": error.problems}) from None
 
     return reload_now
 
 
-def metrics_endpoint(daemon: Daemon) -> Callable[[Request], Awaitable[Response]]:
-    async def metrics(request: Request) -> Response:
+def _metrics_route(daemon: Daemon) -> Route:
+    async def metrics(call: Call) -> Response:
         return Response(daemon.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    return metrics
-
-
-async def _http_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, HTTPException)
-    return json_response({"error": f"{error.detail}: {request.method} {request.url.path}"}, error.status_code)
+    return Route("/metrics", {"GET": metrics})
 
 
 class Server(uvicorn.Server):
@@ -199,5 +159,7 @@ class SecondaryServer(uvicorn.Server):
         yield
 
 
-def metrics_app(daemon: Daemon) -> Starlette:
-    return Starlette(routes=[Route("/metrics", metrics_endpoint(daemon))])
+def metrics_app(daemon: Daemon) -> Front:
+    """The separate metrics port's app: /metrics only, open, with the same HTTP rules."""
+    router = Router([_metrics_route(daemon)], [], lambda path: NotFound(f"no route {path}; this port serves /metrics"))
+    return Front(router, Access.open_to_all(daemon.config.server))

@@ -1,80 +1,188 @@
-"""Optional API keys: every route but health and metrics (unless those are protected too) needs one.
+"""Who may call which route: optional API keys, and the rules of admin routes.
 
-Keys come from an environment variable or a file, never from the YAML itself. A key is presented
-as `Authorization: Bearer <key>` or `X-API-Key: <key>` and compared in constant time with every
-configured key, so neither a match nor its position can be timed.
+API keys (`server.auth.api_keys_env`/`api_keys_file`) guard every route but the health routes and
+/metrics (unless `protect_health`/`protect_metrics`). /openapi.json is guarded like the routes it
+describes: it names every model, its inputs and its routes.
+
+Admin routes (every path under /admin/) are never open to the network by default:
+- with admin keys (`server.auth.admin_keys_env`/`admin_keys_file`), a request needs one of them,
+  from any address (API keys do not open admin routes: a client that may infer may not reload);
+- without, they answer only to loopback peers (127.0.0.0/8, ::1), after the API key if any;
+- always, once its key (if any) is checked, the request must be one a web page cannot send
+  unseen: a JSON content type or an `X-Inferd-Admin` header (either makes a browser ask first,
+  and the server never agrees), no Origin of another site, and a Host the server answers to
+  (loopback names and addresses, the address the connection arrived at, `server.host`,
+  `server.admin_hosts`), which defeats DNS rebinding.
+A key is presented as `Authorization: Bearer <key>` or `X-API-Key: <key>` and compared in
+constant time with every configured key, so neither a match nor its position can be timed.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
 from typing import Any
 
-import orjson
-
-from inferd.config import AuthConfig
-from inferd.errors import ConfigError
+from inferd.config import ServerConfig
+from inferd.errors import ConfigError, Forbidden, Unauthorized
+from inferd.protocols.routing import Route
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
-ALWAYS_OPEN = frozenset({"/openapi.json"})
+ADMIN_HEADER = b"x-inferd-admin"
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+Headers = Iterable[tuple[bytes, bytes]]
 
 
-def load_api_keys(auth: AuthConfig, source: str) -> tuple[bytes, ...]:
+def load_keys(variable: str | None, file: Path | None, field: str, source: str) -> tuple[bytes, ...]:
+    """The keys named by `<field>_env` and `<field>_file`; none configured gives ()."""
     keys: list[str] = []
-    if auth.api_keys_env:
-        value = os.environ.get(auth.api_keys_env, "")
+    if variable:
+        value = os.environ.get(variable, "")
         if not value.strip():
-            raise ConfigError(
-                source, [f"server.auth.api_keys_env: environment variable {auth.api_keys_env} is not set or empty"]
-            )
+            raise ConfigError(source, [f"server.auth.{field}_env: environment variable {variable} is not set or empty"])
         keys += value.replace(",", " ").split()
-    if auth.api_keys_file:
+    if file:
         try:
-            lines = auth.api_keys_file.read_text().splitlines()
+            lines = file.read_text().splitlines()
         except OSError as error:
-            raise ConfigError(
-                source, [f"server.auth.api_keys_file: cannot read {auth.api_keys_file}: {error.strerror}"]
-            ) from None
+            raise ConfigError(source, [f"server.auth.{field}_file: cannot read {file}: {error.strerror}"]) from None
         keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not keys:
-        raise ConfigError(source, ["server.auth: no API keys found in the given variable or file"])
+    if (variable or file) and not keys:
+        raise ConfigError(source, [f"server.auth: no {field.replace('_', ' ')} found in the given variable or file"])
     return tuple(key.encode() for key in keys)
 
 
-class ApiKeyAuth:
-    """Pure ASGI middleware: no per-request objects beyond the header lookup."""
+def presented_key(headers: Headers) -> bytes:
+    presented = b""
+    for name, value in headers:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            presented = value[7:].strip()
+        elif name == b"x-api-key":
+            presented = value.strip()
+    return presented
 
-    def __init__(self, app: ASGIApp, keys: tuple[bytes, ...], auth: AuthConfig) -> None:
-        self.app = app
-        self.keys = keys
-        self.open_paths = set(ALWAYS_OPEN)
-        if not auth.protect_health:
-            self.open_paths |= HEALTH_PATHS
-        if not auth.protect_metrics:
+
+def matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
+    matched = False
+    for key in keys:  # no early exit: every key is compared
+        matched |= hmac.compare_digest(presented, key)
+    return matched
+
+
+class Access:
+    def __init__(self, server: ServerConfig, api_keys: tuple[bytes, ...], admin_keys: tuple[bytes, ...]) -> None:
+        self.api_keys = api_keys
+        self.admin_keys = admin_keys
+        auth = server.auth
+        self.open_paths = set() if auth is not None and auth.protect_health else set(HEALTH_PATHS)
+        if auth is None or not auth.protect_metrics:
             self.open_paths.add("/metrics")
+        self.admin_hosts = frozenset({*LOOPBACK_NAMES, *(h.lower() for h in server.admin_hosts)})
+        if server.host not in _WILDCARD_HOSTS:
+            self.admin_hosts |= {server.host.lower()}
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths or self._allowed(scope):
-            await self.app(scope, receive, send)
+    @classmethod
+    def from_config(cls, server: ServerConfig, source: str) -> Access:
+        auth = server.auth
+        if auth is None:
+            return cls(server, (), ())
+        api_keys = load_keys(auth.api_keys_env, auth.api_keys_file, "api_keys", source)
+        admin_keys = load_keys(auth.admin_keys_env, auth.admin_keys_file, "admin_keys", source)
+        return cls(server, api_keys, admin_keys)
+
+    @classmethod
+    def open_to_all(cls, server: ServerConfig) -> Access:
+        """No keys at all (the separate metrics port), admin rules as ever."""
+        return cls(server, (), ())
+
+    def check(self, route: Route, scope: Scope) -> None:
+        """Raise Unauthorized or Forbidden unless this request may call `route`."""
+        if route.admin:
+            self._check_admin(scope)
+        elif self.api_keys and route.path not in self.open_paths:
+            self._require(self.api_keys, scope, "API key")
+
+    def _require(self, keys: tuple[bytes, ...], scope: Scope, what: str) -> None:
+        if not matches(presented_key(scope["headers"]), keys):
+            raise Unauthorized(f"missing or wrong {what}: send 'Authorization: Bearer <key>'")
+
+    def _check_admin(self, scope: Scope) -> None:
+        if self.admin_keys:
+            self._require(self.admin_keys, scope, "admin key")
+        else:
+            if self.api_keys:
+                self._require(self.api_keys, scope, "API key")
+            _require_loopback(scope.get("client"))
+        _require_script_request(scope["headers"])
+        self._require_own_host(scope)
+
+    def _require_own_host(self, scope: Scope) -> None:
+        host = _header(scope["headers"], b"host")
+        if host is not None:
+            name = host_name(host)
+            arrived_at = (scope.get("server") or ("",))[0]
+            if name not in self.admin_hosts and not is_loopback(name) and name != arrived_at:
+                raise Forbidden(
+                    f"admin requests must name this server in Host, not {host!r}: a loopback name or address, "
+                    "server.host, or a name listed in server.admin_hosts"
+                )
+            origin = _header(scope["headers"], b"origin")
+            if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+                raise Forbidden(f"admin requests from a web page of another origin ({origin!r}) are refused")
+
+
+def _require_loopback(client: tuple[str, int] | None) -> None:
+    if not is_loopback(client[0] if client else None):
+        raise Forbidden(
+            f"admin routes answer only on loopback, and this request came from {client[0] if client else '?'}; "
+            "set server.auth.admin_keys_env or admin_keys_file to allow them from elsewhere with an admin key, "
+            "or reload on the server's machine (`inferd reload`, or SIGHUP to the inferd process)"
+        )
+
+
+def _require_script_request(headers: Headers) -> None:
+    """A JSON content type or a custom header: a page's form, link or image request has neither."""
+    content_type = ""
+    for name, value in headers:
+        if name == ADMIN_HEADER:
             return
-        body = orjson.dumps({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"})
-        headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
-        await send({"type": "http.response.start", "status": 401, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if name == b"content-type":
+            content_type = value.decode("latin-1").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise Forbidden(
+            "admin requests need 'Content-Type: application/json' or an 'X-Inferd-Admin: 1' header "
+            "(so that no web page can send one)"
+        )
 
-    def _allowed(self, scope: Scope) -> bool:
-        presented = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                presented = value[7:].strip()
-            elif name == b"x-api-key":
-                presented = value.strip()
-        matched = False
-        for key in self.keys:  # no early exit: every key is compared
-            matched |= hmac.compare_digest(presented, key)
-        return matched
+
+def _header(headers: Headers, wanted: bytes) -> str | None:
+    for name, value in headers:
+        if name == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+def host_name(host: str) -> str:
+    """'[::1]:8080' -> '::1', 'Example.com:80' -> 'example.com'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    name, _, port = host.rpartition(":")
+    return name if name and port.isdigit() and ":" not in name else host
+
+
+def is_loopback(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback

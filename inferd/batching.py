@@ -6,6 +6,8 @@ Rules:
   only requests whose batch key (names, dtypes and non-batch shapes) matches the head's, in order;
 - a batch that is not full waits until its oldest request has waited `batch_timeout_s`;
 - a request whose deadline passes is answered 504 at once; if still queued it is never computed;
+- a request whose wait is cancelled (its client left) leaves the queue and is never computed; if its
+  batch is already running, the batch finishes and its answer for that request is dropped;
 - a batch whose worker is lost is retried once on another ready worker, else fails with 503;
 - a batch still running after `request_timeout_s` gets its worker replaced.
 """
@@ -49,6 +51,8 @@ class BatchObserver(Protocol):
     def batch_dispatched(self, items: int, queue_waits_s: list[float]) -> None: ...
 
     def batch_done(self, compute_s: float) -> None: ...
+
+    def request_cancelled(self) -> None: ...
 
 
 class ModelError(RequestError):
@@ -138,11 +142,21 @@ class Batcher:
         self.wake()
         try:
             return await request.future
+        except asyncio.CancelledError:
+            self._withdraw(request)
+            raise
         finally:
             self.inflight_requests -= 1
             request.timer.cancel()
             if not self.inflight_requests and self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
+
+    def _withdraw(self, request: PendingRequest) -> None:
+        try:
+            self._queue.remove(request)
+        except ValueError:
+            return  # already dispatched: its batch runs on
+        self._observer.request_cancelled()
 
     def wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -251,7 +265,8 @@ def _deliver(model: str, request: PendingRequest, result: Payload | RequestFailu
         return
     if isinstance(result, RequestFailure):
         error_class = ModelFailed if result.bad_input else ModelError
-        request.future.set_exception(error_class(f"model {model!r} failed: {result.error_type}: {result.message}"))
+        message = f"model {model!r} failed: {result.error_type}: {result.message}"
+        request.future.set_exception(error_class(message, detail=result.detail))
     else:
         request.future.set_result(result)
 

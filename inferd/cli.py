@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -163,10 +164,6 @@ async def _run(config: Config, slots: list[WorkerSlot], config_path: str, socket
 
     server: Server
     app = build_app(daemon, lambda error: server.fail_startup(error), reload, metrics_route=not separate_metrics)
-    if settings.auth is not None:
-        from inferd.auth import ApiKeyAuth, load_api_keys
-
-        app = ApiKeyAuth(app, load_api_keys(settings.auth, config.source), settings.auth)  # type: ignore[assignment]
     server = Server(_uvicorn_config(app, settings, listeners[0], settings.drain_timeout_s, "on"))
     server.on_reload = lambda: _reload_in_background(reload)
     if not separate_metrics:
@@ -181,12 +178,11 @@ async def _run(config: Config, slots: list[WorkerSlot], config_path: str, socket
 
 
 def _reload_in_background(reload: Callable[[], Awaitable[object]]) -> None:
+    from inferd.app import reload_logged
+
     async def run() -> None:
-        log.info("SIGHUP: reloading the config")
-        try:
-            await reload()
-        except ConfigError as error:
-            log.error("reload rejected; the old config keeps serving:\n%s", error)
+        with contextlib.suppress(ConfigError):  # reload_logged has logged why
+            await reload_logged(reload, "SIGHUP")
 
     asyncio.get_running_loop().create_task(run())
 

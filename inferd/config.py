@@ -24,10 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inferd.cpuset import parse_cpu_list
 from inferd.errors import ConfigError
 
-DATATYPES = (
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BF16", "BYTES",
-)  # fmt: skip
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64", "BF16", "BYTES",
@@ -37,6 +33,9 @@ Datatype = Literal[
 DEFAULT_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+# Paths the server's own routes hold: a model's route may not take them.
+SERVICE_PATHS = frozenset({"/models", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v2"})
+RESERVED_PREFIXES = ("/v2/", "/admin/")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 _ENTRY = re.compile(r"^models\[(\d+)\]")
@@ -48,17 +47,23 @@ class _Section(BaseModel):
 
 
 class AuthConfig(_Section):
-    """API keys come from an environment variable or a file, never from the YAML itself."""
+    """Keys come from an environment variable or a file, never from the YAML itself. API keys open
+    the model and service routes; admin keys open the admin routes, from any address."""
 
     api_keys_env: str | None = None
     api_keys_file: Path | None = None
+    admin_keys_env: str | None = None
+    admin_keys_file: Path | None = None
     protect_health: bool = False
     protect_metrics: bool = False
 
     @model_validator(mode="after")
     def _has_a_source(self) -> AuthConfig:
-        if not (self.api_keys_env or self.api_keys_file):
-            raise ValueError("give api_keys_env (a variable's name) or api_keys_file (a path), or both")
+        if not (self.api_keys_env or self.api_keys_file or self.admin_keys_env or self.admin_keys_file):
+            raise ValueError(
+                "give api_keys_env (a variable's name) or api_keys_file (a path), and/or "
+                "admin_keys_env or admin_keys_file for the admin routes"
+            )
         return self
 
 
@@ -78,6 +83,7 @@ class ServerConfig(_Section):
     max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line and headers; past it 431
     histogram_buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S
     auth: AuthConfig | None = None
+    admin_hosts: tuple[str, ...] = ()  # Host names admin requests may carry besides loopback and `host`
 
     @field_validator("histogram_buckets_s")
     @classmethod
@@ -149,6 +155,8 @@ class ModelConfig(_Section):
     def _route_is_path(cls, route: str | None) -> str | None:
         if route is not None and (not route.startswith("/") or "{" in route or " " in route):
             raise ValueError("a route is an absolute URL path like '/embed', without '{' or spaces")
+        if route is not None and (route in SERVICE_PATHS or route.startswith(RESERVED_PREFIXES)):
+            raise ValueError(f"the server's own routes take {sorted(SERVICE_PATHS)} and paths under /v2, /admin/")
         return route
 
     @field_validator("device")
@@ -202,9 +210,6 @@ class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
     models: tuple[ModelConfig, ...]
     source: str = Field("<config>", exclude=True)
-
-    def model(self, name: str) -> ModelConfig:
-        return next(m for m in self.models if m.name == name)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@ only the HTTP layer turns a request error into a status."""
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
@@ -31,14 +33,25 @@ class StartupError(InferdError):
 
 
 class RequestError(InferdError):
-    """A request failed; `status` is the HTTP status the caller gets."""
+    """A request failed; `status` is the HTTP status the caller gets.
+
+    `message` is all the caller sees; `fields` join it in the JSON body (e.g. a reload's problems);
+    `detail` (e.g. a model's traceback) goes to the server's log only."""
 
     status = 500
 
-    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        headers: dict[str, str] | None = None,
+        fields: dict[str, Any] | None = None,
+        detail: str = "",
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.fields = fields or {}
+        self.detail = detail
 
 
 class BadRequest(RequestError):
@@ -46,11 +59,30 @@ class BadRequest(RequestError):
 
 
 class Unauthorized(RequestError):
+    """No key, or a wrong one, where the route needs one."""
+
     status = 401
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
-class ModelNotFound(RequestError):
+
+class Forbidden(RequestError):
+    """The route exists but does not answer this caller (an admin route from the network)."""
+
+    status = 403
+
+
+class NotFound(RequestError):
     status = 404
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
 
 
 class BodyTooSlow(RequestError):

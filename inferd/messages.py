@@ -50,11 +50,13 @@ class Batch:
 
 @dataclass(frozen=True)
 class RequestFailure:
-    """One request of a batch failed; `bad_input` when the model rejected that request's data."""
+    """One request of a batch failed; `bad_input` when the model rejected that request's data.
+    `message` is fit for the caller (no traceback, no paths); `detail` is the traceback, for the log."""
 
     error_type: str
     message: str
     bad_input: bool = True
+    detail: str = ""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,12 @@ class Metrics:
         self.requests = Counter(
             "inferd_requests", "Requests answered, by HTTP status code.", ["model", "code"], registry=self.registry
         )
+        self.requests_cancelled = Counter(
+            "inferd_requests_cancelled",
+            "Queued requests dropped before compute because their client disconnected.",
+            ["model"],
+            registry=self.registry,
+        )
         self.request_duration = self._histogram(
             "inferd_request_duration_seconds", "End-to-end request time inside the server.", latency_buckets_s
         )
@@ -95,6 +101,7 @@ class ModelMetrics:
         self._queue_duration = metrics.queue_duration.labels(model)
         self._inference_duration = metrics.inference_duration.labels(model)
         self._batch_size = metrics.batch_size.labels(model)
+        self._cancelled = metrics.requests_cancelled.labels(model)
 
     def request_done(self, code: int, duration_s: float) -> None:
         self._metrics.requests.labels(self._model, str(code)).inc()
@@ -107,6 +114,9 @@ class ModelMetrics:
 
     def batch_done(self, compute_s: float) -> None:
         self._inference_duration.observe(compute_s)
+
+    def request_cancelled(self) -> None:
+        self._cancelled.inc()
 
 
 @dataclass

@@ -8,7 +8,9 @@ Imported only in worker processes: it imports torch.
 from __future__ import annotations
 
 import logging
+import re
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,36 @@ class Runner:
 
 
 def _failure(error: Exception) -> RequestFailure:
-    return RequestFailure(type(error).__name__, str(error) or type(error).__name__)
+    detail = "".join(traceback.format_exception(error))
+    return RequestFailure(type(error).__name__, caller_message(error), detail=detail)
+
+
+# A traceback's frames are indented; the message is the first line at the margin after the last one.
+_EXCEPTION_PREFIX = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*: ")
+# An absolute path (not part of a URL or of a relative path): the caller learns its last part only.
+_PATH = re.compile(r"(?<![\w.:/~-])(?:/[\w.@+~-]+)+/?")
+MAX_MESSAGE_CHARS = 1000
+
+
+def caller_message(error: Exception) -> str:
+    """What the caller may see of a model's exception: its message, without the traceback that
+    TorchScript puts in str() and without server paths."""
+    text = str(error).strip() or type(error).__name__
+    if "Traceback" in text:
+        text = _after_last_traceback(text)
+    text = _PATH.sub(lambda path: path.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+    return text[:MAX_MESSAGE_CHARS]
+
+
+def _after_last_traceback(text: str) -> str:
+    lines = text.splitlines()
+    last = max(i for i, line in enumerate(lines) if line.startswith("Traceback"))
+    rest = lines[last + 1 :]
+    start = next((i for i, line in enumerate(rest) if line and not line[0].isspace()), None)
+    if start is None:
+        return lines[0] if last else "the model raised (see the server log)"
+    message = "\n".join(rest[start:]).strip()
+    return _EXCEPTION_PREFIX.sub("", message, count=1)
 
 
 def _row_offsets(counts: list[int]) -> list[int]:
@@ -201,5 +232,6 @@ def warm_up(runner: TensorRunner | HandlerRunner, model: ModelConfig) -> float:
     for _ in range(model.warmup_runs):
         for result in runner.run_batch(payloads) if payloads else []:
             if isinstance(result, RequestFailure):
+                log.error("warmup raised:\n%s", result.detail.rstrip() or result.message)
                 raise RuntimeError(f"warmup failed: {result.error_type}: {result.message}")
     return time.perf_counter() - started

@@ -57,12 +57,16 @@ class FakePool:
 class Observer:
     def __init__(self) -> None:
         self.batch_sizes: list[int] = []
+        self.cancelled = 0
 
     def batch_dispatched(self, items: int, queue_waits_s: list[float]) -> None:
         self.batch_sizes.append(items)
 
     def batch_done(self, compute_s: float) -> None:
         pass
+
+    def request_cancelled(self) -> None:
+        self.cancelled += 1
 
 
 def make(workers: list[FakeWorker], **policy: float) -> tuple[Batcher, Observer, FakePool]:
@@ -173,4 +177,24 @@ async def test_one_bad_request_fails_alone() -> None:
     results = await asyncio.gather(infer(batcher, "good"), infer(batcher, "bad"), return_exceptions=True)
     assert results[0] == ["good"]
     assert isinstance(results[1], ModelFailed) and "bad item" in results[1].message
+    await batcher.stop()
+
+
+async def test_a_cancelled_wait_leaves_the_queue_and_a_running_batch_finishes() -> None:
+    worker = FakeWorker("w", delay_s=0.2)
+    batcher, observer, _ = make([worker], max_batch_size=1, batch_timeout_s=0.0)
+    running = asyncio.ensure_future(infer(batcher, "running"))
+    while not worker.batches:
+        await asyncio.sleep(0.001)
+    queued = [asyncio.ensure_future(infer(batcher, f"queued {n}")) for n in range(3)]
+    kept = asyncio.ensure_future(infer(batcher, "kept"))
+    while batcher.queue_depth < 4:
+        await asyncio.sleep(0.001)
+    for task in [running, *queued]:
+        task.cancel()
+    await asyncio.gather(running, *queued, return_exceptions=True)
+    assert batcher.queue_depth == 1 and observer.cancelled == 3  # the running one is not withdrawn
+    assert await kept == ["kept"]
+    assert [batch.payloads for batch in worker.batches] == [[["running"]], [["kept"]]]
+    assert batcher.inflight_requests == 0
     await batcher.stop()

@@ -156,3 +156,17 @@ def test_validate_names_missing_or_foreign_model_files(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "models[0].path:" in result.stderr and "missing.pt: no such file" in result.stderr
     assert "models[1].path:" in result.stderr and "not a TorchScript or torch.export file" in result.stderr
+
+
+def test_a_models_route_may_not_take_the_servers_own_paths() -> None:
+    for route in ("/healthz", "/models", "/v2", "/v2/models/x/infer", "/admin/reload"):
+        found = problems(f"models: [{{name: a, path: x.pt, route: {route}}}]")
+        assert len(found) == 1 and found[0].startswith("models[0].route:") and "server's own routes" in found[0], route
+    assert parse_config("models: [{name: a, path: x.pt, route: /embed}]").models[0].url_path == "/embed"
+
+
+def test_auth_takes_api_keys_admin_keys_or_both() -> None:
+    admin_only = parse_config("server: {auth: {admin_keys_env: K}}\nmodels: [{name: a, path: x.pt}]")
+    assert admin_only.server.auth is not None and admin_only.server.auth.api_keys_env is None
+    found = problems("server: {auth: {protect_metrics: true}}\nmodels: [{name: a, path: x.pt}]")
+    assert len(found) == 1 and "admin_keys_env" in found[0] and "api_keys_env" in found[0]

@@ -2,8 +2,9 @@
 
 Each model gets concrete paths (its native route, and /v2/models/<name>/... with and without the
 version) whose request schemas name its own inputs, datatypes and fixed dims, so a client generator
-or a fuzzer builds requests the model can take. Every error answer is `{"error": str}`. The
-document is rebuilt per request: a reload that adds or removes a model changes it at once.
+or a fuzzer builds requests the model can take. Every error answer is `{"error": str, "request_id":
+str}`. The document is rebuilt per request: a reload that adds or removes a model changes it at
+once. Where API keys are set, it needs one, like the routes it describes.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _components() -> Schema:
         ["name", "datatype", "shape"],
     )  # fmt: skip
     return {
-        "Error": _object({"error": {"type": "string"}}, ["error"]),
+        "Error": _object({"error": {"type": "string"}, "request_id": {"type": "string"}}, ["error", "request_id"]),
         "TensorMetadata": tensor_metadata,
         "ModelMetadata": _object(
             {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
@@ -111,7 +112,8 @@ def _service_paths(metrics_route: bool) -> dict[str, Any]:
         "/readyz": _get("200 when every model has a ready worker, else 503", _json(
             _object({"ready": {"type": "boolean"}, "models": {"type": "object"}}, ["ready", "models"])), [503]),
         "/admin/reload": {"post": _operation(
-            "re-read the config file and apply the difference", _json({"type": "object"}), [400])},
+            "re-read the config file and apply the difference (loopback only unless admin keys are set)",
+            _json({"type": "object"}), [400, 401, 403])},
     }  # fmt: skip
     if metrics_route:
         text = {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}

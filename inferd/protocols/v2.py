@@ -8,21 +8,21 @@ elements are their items, and answer with one output tensor built from their enc
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
 from inferd import __version__
 from inferd.daemon import Daemon, ServedModel
 from inferd.datatypes import datatype_of_array
-from inferd.errors import BadRequest, ModelNotFound, ModelUnavailable, RequestError
+from inferd.errors import BadRequest, ModelNotFound, ModelUnavailable
 from inferd.messages import Payload
 from inferd.protocols import native
-from inferd.protocols.http import answer, error_response, json_response, read_body
+from inferd.protocols.disconnect import unless_client_leaves
+from inferd.protocols.http import Call, Endpoint, json_response, read_body
+from inferd.protocols.routing import Match, Resolver, Route
 from inferd.protocols.v2_codec import (
     V2DecodeError,
     V2EncodeError,
@@ -37,120 +37,108 @@ from inferd.protocols.v2_codec import (
 VERSION = "1"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
+_MODEL_PREFIX = "/v2/models/{name}"
 
-Endpoint = Callable[[Request], Awaitable[Response]]
 
+def routes(daemon: Daemon) -> list[Route]:
+    """The server-wide v2 routes; model routes come from `resolver`."""
+    server = {"name": "inferd", "version": __version__, "extensions": EXTENSIONS}
 
-def routes(daemon: Daemon) -> list[BaseRoute]:
-    def model_routes(suffix: str, endpoint: Endpoint, methods: list[str]) -> list[BaseRoute]:
-        return [
-            Route(f"/v2/models/{{name}}{suffix}", endpoint, methods=methods),
-            Route(f"/v2/models/{{name}}/versions/{{version}}{suffix}", endpoint, methods=methods),
-        ]
+    async def metadata(call: Call) -> Response:
+        return json_response(server)
+
+    async def live(call: Call) -> Response:
+        return json_response({"live": True})
+
+    async def ready(call: Call) -> Response:
+        return json_response({"ready": daemon.ready}, 200 if daemon.ready else 503)
 
     return [
-        Route(
-            "/v2", lambda request: json_response({"name": "inferd", "version": __version__, "extensions": EXTENSIONS})
-        ),
-        Route("/v2/health/live", lambda request: json_response({"live": True})),
-        Route("/v2/health/ready", lambda request: json_response({"ready": daemon.ready}, 200 if daemon.ready else 503)),
-        *model_routes("", _metadata(daemon), ["GET"]),
-        *model_routes("/ready", _model_ready(daemon), ["GET"]),
-        *model_routes("/config", _config(daemon), ["GET"]),
-        *model_routes("/infer", infer_endpoint(daemon), ["POST"]),
+        Route("/v2", {"GET": metadata}),
+        Route("/v2/health/live", {"GET": live}),
+        Route("/v2/health/ready", {"GET": ready}),
     ]
 
 
-def infer_path_params(path: str) -> dict[str, str] | None:
-    """{"name": ..., "version": ...} for an infer path, else None (the fast path's router)."""
-    parts = path.split("/")
-    if len(parts) == 5 and parts[:3] == ["", "v2", "models"] and parts[4] == "infer":
-        return {"name": parts[3]}
-    if len(parts) == 7 and parts[:3] == ["", "v2", "models"] and parts[4] == "versions" and parts[6] == "infer":
-        return {"name": parts[3], "version": parts[5]}
-    return None
+def resolver(daemon: Daemon) -> Resolver:
+    """/v2/models/<name>[/versions/<version>][/ready|/config|/infer]: the model it names, if served."""
+    by_suffix = {
+        "": Route(_MODEL_PREFIX, {"GET": lambda call: _metadata(_find(daemon, call))}),
+        "ready": Route(f"{_MODEL_PREFIX}/ready", {"GET": lambda call: _model_ready(_find(daemon, call))}),
+        "config": Route(f"{_MODEL_PREFIX}/config", {"GET": lambda call: _config(_find(daemon, call))}),
+        "infer": Route(f"{_MODEL_PREFIX}/infer", {"POST": infer_endpoint(daemon)}, inference=True),
+    }
+
+    def resolve(path: str) -> Match | None:
+        parts = path.split("/")
+        if len(parts) < 4 or parts[:3] != ["", "v2", "models"] or not parts[3]:
+            return None
+        params = {"name": parts[3]}
+        rest = parts[4:]
+        if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
+            params["version"] = rest[1]
+            rest = rest[2:]
+        route = by_suffix.get(rest[0]) if len(rest) == 1 else by_suffix[""] if not rest else None
+        if route is None:
+            return None
+        model = daemon.models.get(params["name"])
+        if params.get("version", VERSION) != VERSION:
+            model = None  # the endpoint says why
+        return Match(route, model, params)
+
+    return resolve
 
 
-def _find(daemon: Daemon, request: Request) -> ServedModel:
-    name = request.path_params["name"]
-    model = daemon.models.get(name)
-    if model is None:
-        raise ModelNotFound(f"no model named {name!r}; models: {sorted(daemon.models)}")
-    version = request.path_params.get("version", VERSION)
-    if version != VERSION:
+def _find(daemon: Daemon, call: Call) -> ServedModel:
+    if call.model is not None:
+        return call.model
+    name, version = call.params["name"], call.params.get("version")
+    if name in daemon.models and version is not None:
         raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: [{VERSION!r}]")
-    return model
+    raise ModelNotFound(f"no model named {name!r}; models: {sorted(daemon.models)}")
 
 
-def _guarded(handler: Callable[[Request], Response]) -> Endpoint:
-    async def endpoint(request: Request) -> Response:
-        try:
-            return handler(request)
-        except RequestError as error:
-            return error_response(error)
-
-    return endpoint
+async def _metadata(model: ServedModel) -> Response:
+    return json_response(model_metadata(model.name, [VERSION], model.platform, model.inputs, model.outputs))
 
 
-def _metadata(daemon: Daemon) -> Endpoint:
-    def metadata(request: Request) -> Response:
-        model = _find(daemon, request)
-        return json_response(model_metadata(model.name, [VERSION], model.platform, model.inputs, model.outputs))
-
-    return _guarded(metadata)
+async def _model_ready(model: ServedModel) -> Response:
+    is_ready = bool(model.workers.ready_count)
+    return json_response({"name": model.name, "ready": is_ready}, 200 if is_ready else 503)
 
 
-def _model_ready(daemon: Daemon) -> Endpoint:
-    def ready(request: Request) -> Response:
-        model = _find(daemon, request)
-        is_ready = bool(model.workers.ready_count)
-        return json_response({"name": model.name, "ready": is_ready}, 200 if is_ready else 503)
-
-    return _guarded(ready)
-
-
-def _config(daemon: Daemon) -> Endpoint:
-    def config(request: Request) -> Response:
-        model = _find(daemon, request)
-        settings = model.config
-        return json_response(
-            model_config(
-                model.name,
-                settings.max_batch_size,
-                model.inputs,
-                model.outputs,
-                platform=model.platform,
-                max_queue_delay_us=int(settings.batch_timeout_ms * 1000) if settings.max_batch_size > 1 else None,
-                instance_count=settings.workers_per_device,
-                instance_kind="KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
-            )
+async def _config(model: ServedModel) -> Response:
+    settings = model.config
+    return json_response(
+        model_config(
+            model.name,
+            settings.max_batch_size,
+            model.inputs,
+            model.outputs,
+            platform=model.platform,
+            max_queue_delay_us=int(settings.batch_timeout_ms * 1000) if settings.max_batch_size > 1 else None,
+            instance_count=settings.workers_per_device,
+            instance_kind="KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
         )
-
-    return _guarded(config)
+    )
 
 
 def infer_endpoint(daemon: Daemon) -> Endpoint:
     server = daemon.config.server
 
-    async def infer(request: Request) -> Response:
+    async def infer(call: Call) -> Response:
+        model = _find(daemon, call)
+        request = call.request
+        body = await read_body(request, server.max_request_bytes, server.body_timeout_s)
         try:
-            model = _find(daemon, request)
-        except RequestError as error:
-            return error_response(error)
-
-        async def produce() -> Response:
-            body = await read_body(request, server.max_request_bytes, server.body_timeout_s)
-            try:
-                decoded = decode_infer_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)))
-            except V2DecodeError as error:
-                raise BadRequest(str(error)) from None
-            if model.outputs:
-                _check(decoded.check_requested_outputs, [o.name for o in model.outputs])
-            payload, items, key = _to_payload(model, decoded)
-            result = await model.batcher.infer(payload, items, key)
-            return _respond(model, decoded, result)
-
-        return await answer(model.metrics.request_done, produce)
+            decoded = decode_infer_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)))
+        except V2DecodeError as error:
+            raise BadRequest(str(error)) from None
+        if model.outputs:
+            _check(decoded.check_requested_outputs, [o.name for o in model.outputs])
+        payload, items, key = _to_payload(model, decoded)
+        result = await unless_client_leaves(request.receive, model.batcher.infer(payload, items, key))
+        return _respond(model, decoded, result)
 
     return infer
 
