@@ -90,7 +90,8 @@ models:
 def test_messages_show_the_value_written_never_a_whole_section_or_a_class_name() -> None:
     found = problems("models: [5, {name: a, path: x.pt, inputs: [3], warmup: [{}]}]\nserver: {auth: {}}")
     assert found == [
-        "server.auth: give api_keys_env (a variable's name) or api_keys_file (a path), or both",
+        "server.auth: give api_keys_env (a variable's name) or api_keys_file (a path), and/or "
+        "admin_keys_env or admin_keys_file for the admin routes",
         "models[0]: expected a mapping of keys to values (got 5)",
         "models[1].inputs[0]: expected a mapping of keys to values (got 3)",
         "models[1].warmup[0]: give exactly one of 'inputs' or 'zeros'",
