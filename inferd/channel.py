@@ -1,4 +1,4 @@
-"""Main<->worker transport: starting a worker process and moving framed messages to and from it.
+"""Main<->worker transport: framed messages between the main process and one worker.
 
 Protocol: every message is one pickled frame (protocol 5) whose first 8 bytes give the number of
 buffer frames that follow, one per large numpy buffer sent out of band (small ones travel inside
@@ -7,24 +7,19 @@ writes them (4-byte big-endian length; -1 then an 8-byte length past 2 GiB).
 
 The worker side is a blocking multiprocess Connection. The main side is an asyncio protocol on the
 other end of the socket pair: reads go straight into each frame's own buffer and writes never
-block the event loop, so a worker slow to read can never stall the server.
-Workers are started by a forkserver (spawn where there is none): never a fork of the main
-process, so starting one is safe while the main process runs threads and an event loop.
-
-This is the only module that imports multiprocess.
+block the event loop, so a worker slow to read can never stall the server. A peer that closes
+mid-frame ends the channel; the partial message is dropped (`on_closed` still fires once).
+Starting the process at the other end is `inferd.process`'s job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import pickle
 import socket
 import struct
 from collections.abc import Callable
 from typing import Any
-
-import multiprocess
 
 _COUNT = struct.Struct("<Q")
 _LENGTH = struct.Struct("!i")
@@ -150,30 +145,6 @@ class MainChannel(asyncio.BufferedProtocol):
             first, *buffers = self._frames
             self._frames = []
             self._on_message(decode(first, buffers))
-
-
-def _context() -> Any:
-    """The forkserver context, its server preloaded with torch (on first use), where the platform
-    has one: a worker then starts as a fork of a process that has imported torch but never run
-    it, in well under a second, instead of a fresh interpreter importing torch for seconds. The
-    main process itself never imports torch either way."""
-    if "forkserver" not in multiprocess.get_all_start_methods():
-        return multiprocess.get_context("spawn")
-    context = multiprocess.get_context("forkserver")
-    context.set_forkserver_preload(["inferd.worker", "torch", "inferd.runners"])
-    return context
-
-
-def spawn_process(target: Callable[..., Any], args: tuple[Any, ...], name: str) -> tuple[Any, socket.socket]:
-    """Start `target(*args, channel)` in a new process; return (process, main's socket)."""
-    context = _context()
-    main_end, worker_end = context.Pipe(duplex=True)
-    process = context.Process(target=target, args=(*args, Channel(worker_end)), name=name, daemon=False)
-    process.start()
-    worker_end.close()  # the child holds its own copy; ours must close so EOF is seen when it dies
-    main_socket = socket.socket(fileno=os.dup(main_end.fileno()))
-    main_end.close()
-    return process, main_socket
 
 
 async def connect(sock: socket.socket, on_message: Callable[[Any], None], on_closed: Callable[[], None]) -> MainChannel:
