@@ -15,11 +15,14 @@ Starting the process at the other end is `inferd.process`'s job.
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import socket
 import struct
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _COUNT = struct.Struct("<Q")
 _LENGTH = struct.Struct("!i")
@@ -52,6 +55,13 @@ def decode(first: bytes | bytearray, buffers: list[Any]) -> Any:
 
 def buffer_count(first: bytes | bytearray) -> int:
     return int(_COUNT.unpack_from(first)[0])
+
+
+def length_prefix(length: int) -> bytes:
+    """A frame's length as multiprocess's Connection reads it: 4 bytes, or -1 and 8 past 2 GiB."""
+    if length > 0x7FFFFFFF:
+        return _LENGTH.pack(-1) + _LONG_LENGTH.pack(length)
+    return _LENGTH.pack(length)
 
 
 class Channel:
@@ -103,11 +113,7 @@ class MainChannel(asyncio.BufferedProtocol):
         if self.closed or self._transport is None or self._transport.is_closing():
             raise ChannelClosed("the worker's channel is closed")
         for frame in encode(message):
-            length = len(frame) if isinstance(frame, bytes) else frame.nbytes
-            if length > 0x7FFFFFFF:
-                self._transport.write(_LENGTH.pack(-1) + _LONG_LENGTH.pack(length))
-            else:
-                self._transport.write(_LENGTH.pack(length))
+            self._transport.write(length_prefix(len(frame) if isinstance(frame, bytes) else frame.nbytes))
             self._transport.write(frame)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -139,12 +145,23 @@ class MainChannel(asyncio.BufferedProtocol):
             self._advance()
 
     def _deliver_if_complete(self) -> None:
-        if len(self._frames) == 1:
-            self._expected = 1 + buffer_count(self._frames[0])
-        if len(self._frames) == self._expected:
+        try:
+            if len(self._frames) == 1:
+                self._expected = 1 + buffer_count(self._frames[0])
+            if len(self._frames) < self._expected:
+                return
             first, *buffers = self._frames
             self._frames = []
-            self._on_message(decode(first, buffers))
+            message = decode(first, buffers)
+        except Exception as error:  # garbage, or a class the main process cannot import: cut it off
+            log.error(
+                "a worker sent a message that cannot be read (%s: %s); closing its channel", type(error).__name__, error
+            )
+            self._frames = []
+            if self._transport is not None:
+                self._transport.close()
+            return
+        self._on_message(message)
 
 
 async def connect(sock: socket.socket, on_message: Callable[[Any], None], on_closed: Callable[[], None]) -> MainChannel:
