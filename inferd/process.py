@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 _PR_SET_CHILD_SUBREAPER = 36
 REAP_TIMEOUT_S = 1.0  # the helper reports a status a moment after the exit
+# Starts run off the event loop (a new helper imports torch before it forks: seconds); multiprocess's
+# helper and Python's warnings filters are process-wide, so starts go one at a time.
+_START_LOCK = threading.Lock()
 
 
 class StartFailed(Exception):
@@ -115,7 +119,13 @@ def _context() -> Any:
 
 
 def start_worker(target: Callable[..., Any], args: tuple[Any, ...], name: str) -> tuple[WorkerProcess, socket.socket]:
-    """Start `target(*args, channel)` in a new process; return it and the main end of its channel."""
+    """Start `target(*args, channel)` in a new process; return it and the main end of its channel.
+    Blocking (for seconds when the helper must be started first): call it from a thread."""
+    with _START_LOCK:
+        return _start_worker(target, args, name)
+
+
+def _start_worker(target: Callable[..., Any], args: tuple[Any, ...], name: str) -> tuple[WorkerProcess, socket.socket]:
     become_subreaper()  # idempotent; before the first fork so no worker is ever orphaned to init
     context = _context()
     main_end, worker_end = context.Pipe(duplex=True)
@@ -130,6 +140,13 @@ def start_worker(target: Callable[..., Any], args: tuple[Any, ...], name: str) -
     main_socket = socket.socket(fileno=os.dup(main_end.fileno()))
     main_end.close()
     return WorkerProcess(process), main_socket
+
+
+def discard(started: tuple[WorkerProcess, socket.socket]) -> None:
+    """Kill a worker whose start was abandoned (its supervisor stopped meanwhile)."""
+    process, main_socket = started
+    process.kill()
+    main_socket.close()
 
 
 def _start_logging_warnings(process: Any) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import functools
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -31,7 +32,7 @@ from inferd.channel import ChannelClosed, MainChannel, connect
 from inferd.config import ModelConfig
 from inferd.errors import StartupError
 from inferd.messages import Batch, BatchDone, BootFailed, Ready, RequestFailure, Stats, Stop
-from inferd.process import StartFailed, WorkerProcess, start_worker
+from inferd.process import StartFailed, WorkerProcess, discard, start_worker
 from inferd.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ class Supervisor:
         self.on_change()
 
     async def _spawn(self, spec: WorkerSpec) -> None:
-        process, sock = start_worker(worker_main, (spec,), f"inferd-{self.name}-{spec.slot.name}")
+        process, sock = await self._start_process(spec)
         loop = asyncio.get_running_loop()
         handle = WorkerHandle(spec, process, loop.create_future())
         self.handles[spec.slot.name] = handle
@@ -235,6 +236,16 @@ class Supervisor:
             sock, functools.partial(self._handle_message, handle), functools.partial(self._on_exit, handle)
         )
         log.info("started worker %s (pid %d)", spec.slot.describe(), handle.pid)
+
+    async def _start_process(self, spec: WorkerSpec) -> tuple[WorkerProcess, socket.socket]:
+        """Start it in a thread, so that serving goes on while a new fork helper loads torch."""
+        name = f"inferd-{self.name}-{spec.slot.name}"
+        started = asyncio.ensure_future(asyncio.to_thread(start_worker, worker_main, (spec,), name))
+        try:
+            return await asyncio.shield(started)
+        except asyncio.CancelledError:  # stop() came first: the process must not outlive this
+            started.add_done_callback(_discard_if_started)
+            raise
 
     # ---- messages --------------------------------------------------------------------------------
 
@@ -375,6 +386,11 @@ class Supervisor:
                 handle.process.kill()
         if still_running:
             await asyncio.wait(still_running, timeout=5.0)
+
+
+def _discard_if_started(started: asyncio.Future[tuple[WorkerProcess, socket.socket]]) -> None:
+    if not started.cancelled() and started.exception() is None:
+        discard(started.result())
 
 
 def _boot_failure_text(handle: WorkerHandle) -> str:

@@ -4,6 +4,7 @@ real worker processes through a crash loop into `unavailable` and back, on uvloo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -38,7 +39,7 @@ def test_a_worker_that_was_serving_is_restarted_at_once() -> None:
 def test_boot_failures_back_off_doubling_up_to_the_cap() -> None:
     delays = [restart_delay_s(n) for n in range(1, 12)]
     assert delays[:4] == [BACKOFF_FIRST_S, 2 * BACKOFF_FIRST_S, 4 * BACKOFF_FIRST_S, 8 * BACKOFF_FIRST_S]
-    assert all(b == min(2 * a, BACKOFF_MAX_S) for a, b in zip(delays, delays[1:]))
+    assert all(b == min(2 * a, BACKOFF_MAX_S) for a, b in itertools.pairwise(delays))
     assert delays[-1] == BACKOFF_MAX_S
 
 

@@ -27,7 +27,9 @@ def test_ten_times_the_sustainable_load_gets_429s_and_bounded_latency(serve) -> 
     interval_s = clients / (10 * sustainable_rps)  # each client's share of 10x the sustainable rate
     phases, rss = [], [rss_mib(server.process.pid)]
     for _ in range(2):
-        load = Load(server.url, "/models/echo/predict", lambda c, n: {"inputs": [n]}, clients, PHASE_S, interval_s=interval_s)
+        load = Load(
+            server.url, "/models/echo/predict", lambda c, n: {"inputs": [n]}, clients, PHASE_S, interval_s=interval_s
+        )
         phases.append(load.start().join())
         rss.append(rss_mib(server.process.pid))
     outcomes = phases[0] + phases[1]
