@@ -53,13 +53,13 @@ def test_a_leaking_worker_is_replaced_at_its_memory_limit_with_no_request_lost(s
     report("memory guard", {
         "requests sent": len(outcomes),
         "answered by status": statuses,
-        "replacements (metric / log lines)": (replacements, log.count("over max_worker_memory_mb")),
+        "replacements (metric / log lines)": (replacements, log.count(f"over max_worker_memory_mb ({LIMIT_MB}): replacing it")),
         "worker processes that answered": len({a["pid"] for a in answers}),
         "largest RSS seen after a batch MiB": round(max(a["rss_mib"] for a in answers)),
     })  # fmt: skip
     assert statuses == {"200": 80}, statuses
     # 40 batches per worker slot at 128 MiB each cross 1 GiB several times in each slot
-    assert replacements >= 4 and log.count("over max_worker_memory_mb") == replacements
+    assert replacements >= 4 and log.count(f"over max_worker_memory_mb ({LIMIT_MB}): replacing it") == replacements
     assert len({a["pid"] for a in answers}) >= replacements  # each retired worker answered its last batch
     # a worker serves no batch after the one that took it past the limit
     assert max(a["rss_mib"] for a in answers) < LIMIT_MB + LEAK_MB + 16

@@ -4,6 +4,7 @@ bounded time, and the main process's memory stays flat."""
 from __future__ import annotations
 
 from tests.chaos.load import Load, by_status, latency_figures, report, rss_mib
+from tests.chaos.logs import assert_clean_log
 
 SERVICE_S = 0.05  # one batch of one item: the worker sustains 20 requests/s
 MAX_QUEUE = 8
@@ -53,3 +54,4 @@ def test_ten_times_the_sustainable_load_gets_429s_and_bounded_latency(serve) -> 
     assert all(o.json["error"] and "max_queue_size" in o.json["error"] for o in outcomes if o.status == 429)
     assert max(o.latency_s for o in outcomes if o.status == 200) < 3 * bound_s  # bounded, with slack for a loaded CI
     assert rss[2] - rss[1] < 8, rss  # the second phase of overload adds no memory
+    assert_clean_log(server.log())
