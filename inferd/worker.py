@@ -145,7 +145,8 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
         try:
             message = channel.recv()
         except ChannelClosed:
-            return  # the main process is gone
+            log.info("the main process closed the channel; exiting")
+            return
         if isinstance(message, Stop):
             log.info("stopping: %s", message.reason)
             return

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
+import httpx
 import psutil
 
 from tests.chaos.load import Load, by_status, latency_figures, report
@@ -74,3 +76,43 @@ def test_killing_the_fork_helper_under_load_fails_no_request_and_a_new_one_start
     assert f"(pid {victim}) died: killed by SIGKILL" in log  # its real status, read by the main process
     assert log.count(" died: ") == 1
     assert_clean_log(log)
+
+
+def test_workers_exit_when_the_main_process_is_sigkilled_even_after_their_helper_died(serve) -> None:
+    """A worker stuck in predict never reads its channel's end: only its watch on the main process
+    can end it."""
+    server = serve(
+        """
+        models:
+          - {name: faulty, handler: "{HANDLERS}:Faulty", workers_per_device: 2, request_timeout_ms: 60000}
+        """
+    )
+    (helper,) = _helpers(server)
+    workers = server.worker_pids("faulty")
+    os.kill(helper.pid, signal.SIGKILL)
+    wait_until(lambda: not _helpers(server), 30, "the helper to be gone")
+    hung = threading.Thread(target=lambda: _post_ignoring_errors(server, "hang"), daemon=True)
+    hung.start()
+    busy = lambda: any(w["busy"] for w in server.models()["faulty"]["workers"])  # noqa: E731
+    wait_until(busy, 30, "a worker to be stuck in predict")
+    server.process.kill()
+    server.process.wait(30)
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(lambda: all(gone(pid) for pid in workers), 30, "every worker to exit with the main process")
+    log = server.log()
+    assert log.count("the main process (pid") == 1  # the stuck one, by its watch
+    assert log.count("the main process closed the channel") == 1  # the idle one, by end-of-stream
+    assert_clean_log(log)
+
+
+def _post_ignoring_errors(server: RunningServer, item: str) -> None:
+    try:
+        server.post("/models/faulty/predict", {"inputs": [item]})
+    except httpx.HTTPError:
+        pass  # the server is killed while this waits
