@@ -1,4 +1,4 @@
-"""Main<->worker transport: starting a worker process and moving framed messages to and from it.
+"""Main<->worker transport: framed messages between the main process and one worker.
 
 Protocol: every message is one pickled frame (protocol 5) whose first 8 bytes give the number of
 buffer frames that follow, one per large numpy buffer sent out of band (small ones travel inside
@@ -7,24 +7,22 @@ writes them (4-byte big-endian length; -1 then an 8-byte length past 2 GiB).
 
 The worker side is a blocking multiprocess Connection. The main side is an asyncio protocol on the
 other end of the socket pair: reads go straight into each frame's own buffer and writes never
-block the event loop, so a worker slow to read can never stall the server.
-Workers are started by a forkserver (spawn where there is none): never a fork of the main
-process, so starting one is safe while the main process runs threads and an event loop.
-
-This is the only module that imports multiprocess.
+block the event loop, so a worker slow to read can never stall the server. A peer that closes
+mid-frame ends the channel; the partial message is dropped (`on_closed` still fires once).
+Starting the process at the other end is `inferd.process`'s job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
 import pickle
 import socket
 import struct
 from collections.abc import Callable
 from typing import Any
 
-import multiprocess
+log = logging.getLogger(__name__)
 
 _COUNT = struct.Struct("<Q")
 _LENGTH = struct.Struct("!i")
@@ -57,6 +55,13 @@ def decode(first: bytes | bytearray, buffers: list[Any]) -> Any:
 
 def buffer_count(first: bytes | bytearray) -> int:
     return int(_COUNT.unpack_from(first)[0])
+
+
+def length_prefix(length: int) -> bytes:
+    """A frame's length as multiprocess's Connection reads it: 4 bytes, or -1 and 8 past 2 GiB."""
+    if length > 0x7FFFFFFF:
+        return _LENGTH.pack(-1) + _LONG_LENGTH.pack(length)
+    return _LENGTH.pack(length)
 
 
 class Channel:
@@ -108,11 +113,7 @@ class MainChannel(asyncio.BufferedProtocol):
         if self.closed or self._transport is None or self._transport.is_closing():
             raise ChannelClosed("the worker's channel is closed")
         for frame in encode(message):
-            length = len(frame) if isinstance(frame, bytes) else frame.nbytes
-            if length > 0x7FFFFFFF:
-                self._transport.write(_LENGTH.pack(-1) + _LONG_LENGTH.pack(length))
-            else:
-                self._transport.write(_LENGTH.pack(length))
+            self._transport.write(length_prefix(len(frame) if isinstance(frame, bytes) else frame.nbytes))
             self._transport.write(frame)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -144,36 +145,23 @@ class MainChannel(asyncio.BufferedProtocol):
             self._advance()
 
     def _deliver_if_complete(self) -> None:
-        if len(self._frames) == 1:
-            self._expected = 1 + buffer_count(self._frames[0])
-        if len(self._frames) == self._expected:
+        try:
+            if len(self._frames) == 1:
+                self._expected = 1 + buffer_count(self._frames[0])
+            if len(self._frames) < self._expected:
+                return
             first, *buffers = self._frames
             self._frames = []
-            self._on_message(decode(first, buffers))
-
-
-def _context() -> Any:
-    """The forkserver context, its server preloaded with torch (on first use), where the platform
-    has one: a worker then starts as a fork of a process that has imported torch but never run
-    it, in well under a second, instead of a fresh interpreter importing torch for seconds. The
-    main process itself never imports torch either way."""
-    if "forkserver" not in multiprocess.get_all_start_methods():
-        return multiprocess.get_context("spawn")
-    context = multiprocess.get_context("forkserver")
-    context.set_forkserver_preload(["inferd.worker", "torch", "inferd.runners"])
-    return context
-
-
-def spawn_process(target: Callable[..., Any], args: tuple[Any, ...], name: str) -> tuple[Any, socket.socket]:
-    """Start `target(*args, channel)` in a new process; return (process, main's socket)."""
-    context = _context()
-    main_end, worker_end = context.Pipe(duplex=True)
-    process = context.Process(target=target, args=(*args, Channel(worker_end)), name=name, daemon=False)
-    process.start()
-    worker_end.close()  # the child holds its own copy; ours must close so EOF is seen when it dies
-    main_socket = socket.socket(fileno=os.dup(main_end.fileno()))
-    main_end.close()
-    return process, main_socket
+            message = decode(first, buffers)
+        except Exception as error:  # garbage, or a class the main process cannot import: cut it off
+            log.error(
+                "a worker sent a message that cannot be read (%s: %s); closing its channel", type(error).__name__, error
+            )
+            self._frames = []
+            if self._transport is not None:
+                self._transport.close()
+            return
+        self._on_message(message)
 
 
 async def connect(sock: socket.socket, on_message: Callable[[Any], None], on_closed: Callable[[], None]) -> MainChannel:

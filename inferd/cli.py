@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from setproctitle import setproctitle
 
 from inferd import __version__, logs
 from inferd.config import Config, ServerConfig, load_config
@@ -100,6 +101,7 @@ def _reload(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _with_overrides(load_config(args.config), args)
+    setproctitle("inferd: main")
     logs.configure(config.server.log_level, config.server.log_format)
     host = Host.detect()
     slots = plan(config, host)

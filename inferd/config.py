@@ -142,6 +142,7 @@ class ModelConfig(_Section):
     outputs: tuple[TensorSpec, ...] | None = None
     warmup: tuple[WarmupSample, ...] = ()
     warmup_runs: int = Field(1, ge=1, le=1000)
+    max_worker_memory_mb: int | None = Field(None, ge=1)  # MiB of RSS; past it a worker is replaced
 
     @field_validator("name")
     @classmethod

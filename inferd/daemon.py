@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inferd.batching import Batcher, BatchPolicy
+from inferd.cgroup import OomKills
 from inferd.config import Config, ModelConfig
 from inferd.errors import StartupError
 from inferd.handler import TORCHSCRIPT, detect_format
 from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
 from inferd.placement import WorkerSlot
-from inferd.supervisor import ModelWorkers, Supervisor
+from inferd.supervisor import Supervisor
 from inferd.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ class ServedModel:
         return self.config.name
 
     @property
-    def workers(self) -> ModelWorkers:
-        return self.supervisor.models[self.name]
+    def workers(self) -> Supervisor:
+        return self.supervisor
 
     @property
     def is_handler(self) -> bool:
@@ -127,6 +128,7 @@ class Daemon:
         largest_batch = max(m.max_batch_size for m in config.models)
         self.metrics = Metrics(config.server.histogram_buckets_s, largest_batch)
         self.state = self.metrics.watch(lambda: self.models)
+        self._oom_kills = OomKills.of_this_process()  # one for all models: they share the cgroup
         self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in config.models}
         self._reload_lock = asyncio.Lock()
         self._routes: dict[str, ServedModel] = {}
@@ -140,10 +142,10 @@ class Daemon:
         policy = BatchPolicy(
             model.max_batch_size, model.batch_timeout_ms / 1000, model.max_queue_size, model.request_timeout_ms / 1000
         )
-        supervisor = Supervisor(specs)
         metrics = self.metrics.for_model(model.name)
-        batcher = Batcher(model.name, policy, supervisor.models[model.name], metrics, supervisor.replace)  # type: ignore[arg-type]
-        supervisor.on_change = lambda _: batcher.wake()
+        supervisor = Supervisor(model, specs, metrics, self._oom_kills)
+        batcher = Batcher(model.name, policy, supervisor, metrics, supervisor.replace)
+        supervisor.on_change = batcher.wake
         supervisor.on_stats = self.state.record_gpu
         return ServedModel(model, own_slots, supervisor, batcher, metrics)
 

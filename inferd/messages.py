@@ -65,6 +65,7 @@ class BatchDone:
     results: list[Payload | RequestFailure]
     compute_s: float
     gpu: GpuMemory | None = None
+    resident_bytes: int | None = None  # the worker's RSS after the batch, where a limit applies
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,14 @@ class Metrics:
         self.batch_size = self._histogram(
             "inferd_batch_size", "Items per batch sent to a worker.", _batch_buckets(largest_batch)
         )
+        self.worker_exits = Counter(
+            "inferd_worker_exits", "Workers that exited unasked, by cause: oom_kill, a signal's name, exit_code.",
+            ["model", "cause"], registry=self.registry,
+        )  # fmt: skip
+        self.worker_memory_replacements = Counter(
+            "inferd_worker_memory_replacements", "Workers replaced for passing max_worker_memory_mb.",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
         build = Gauge(
             "inferd_build_info", "inferd build: always 1.", ["version", "torch", "python"], registry=self.registry
         )
@@ -117,6 +125,12 @@ class ModelMetrics:
 
     def request_cancelled(self) -> None:
         self._cancelled.inc()
+
+    def worker_exited(self, cause: str) -> None:
+        self._metrics.worker_exits.labels(self._model, cause).inc()
+
+    def worker_replaced_for_memory(self) -> None:
+        self._metrics.worker_memory_replacements.labels(self._model).inc()
 
 
 @dataclass

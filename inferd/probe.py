@@ -1,7 +1,7 @@
 """Checking one model in a child process: resolve its handler class, or (for `validate --load`)
 start it as a worker starts and run its warmup, reporting each failure at the YAML path to change.
 
-Protocol: the parent starts the child exactly as `serve` starts a worker (`channel.spawn_process`:
+Protocol: the parent starts the child exactly as `serve` starts a worker (`process.start_worker`:
 a fork of the forkserver that has torch imported) with a `Probe` and two file paths. The child
 sends its output to the first, writes a JSON list of problems, each "models[i].field: ...", to
 the second and exits 0. Problems cross as strings, never as exception objects. A child that
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import tempfile
 from dataclasses import dataclass
@@ -25,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from inferd import logs
-from inferd.channel import Channel, spawn_process
+from inferd.channel import Channel
 from inferd.config import ModelConfig, TensorSpec
 from inferd.errors import StartupError
 from inferd.handler import handler_problem
 from inferd.placement import pin_before_torch, set_torch_threads
-from inferd.worker import WorkerSpec, _die_with_parent, _select_device
+from inferd.process import start_worker
+from inferd.worker import WorkerSpec, exit_with_main_process, select_device
 
 _WARMUP_FAILED = "warmup failed: "  # how runners.warm_up words its error
 
@@ -48,21 +50,24 @@ def run_probe(probe: Probe, timeout_s: float) -> list[str]:
         result, output = Path(folder) / "problems.json", Path(folder) / "output.log"
         output.touch()
         name = f"inferd-probe {probe.spec.model.name}"
-        process, main_socket = spawn_process(_child_main, (probe, str(result), str(output)), name)
+        process, main_socket = start_worker(_child_main, (probe, str(result), str(output)), name)
         main_socket.close()  # the child reports through its result file, not the channel
-        process.join(timeout_s)
-        if process.is_alive():
+        exited, _, _ = select.select([process.exited_fd], [], [], timeout_s)
+        if not exited:
             process.kill()
-            process.join()
+            process.reap()
             what = "load and warm up" if probe.load else "import its handler"
             return [f"{_subject(probe)}: did not {what} within {timeout_s:g} s (more time: --timeout-s){_tail(output)}"]
+        exit_code = process.reap()
         if result.exists():
             return list(json.loads(result.read_text()))
-        ended = _exit_text(process.exitcode)
+        ended = _exit_text(exit_code)
         return [f"{_subject(probe)}: the check process {ended} before it reported{_tail(output)}"]
 
 
-def _exit_text(exit_code: int) -> str:
+def _exit_text(exit_code: int | None) -> str:
+    if exit_code is None:
+        return "ended"
     if exit_code < 0:
         return f"was killed by {signal.Signals(-exit_code).name}"
     return f"exited with status {exit_code}"
@@ -80,7 +85,7 @@ def _subject(probe: Probe) -> str:
 
 def _child_main(probe: Probe, result_path: str, output_path: str, channel: Channel) -> None:
     """The child's side: check, then write the problems."""
-    _die_with_parent()
+    exit_with_main_process(probe.spec.main_pid)
     with open(output_path, "wb") as output:  # the forkserver's stdout and stderr are the parent's
         os.dup2(output.fileno(), 1)
         os.dup2(output.fileno(), 2)
@@ -110,7 +115,7 @@ def _load_problems(probe: Probe) -> list[str]:
 
     try:
         set_torch_threads(spec.slot)
-        _select_device(spec.slot, torch)
+        select_device(spec.slot, torch)
     except Exception as error:
         return [f"{where}.device: cannot use {spec.slot.device}: {_one_line(error)}"]
     try:

@@ -7,8 +7,11 @@ Protocol, over the worker's one channel to the main process:
     worker -> main   Stats, every few seconds on a GPU (sent under the same lock as BatchDone)
 Invariants: the process pins itself and caps its thread pools before torch runs anything (a
 forkserver may have imported torch, idle, before forking it; torch's thread pools start on first
-use); it dies with the main process (PR_SET_PDEATHSIG on its parent, and an end-of-stream on its
-channel), so no worker outlives the daemon even when the main process is SIGKILLed.
+use); it exits when the main process is gone (a thread waits on a pidfd of the main process, and
+an end-of-stream on its channel ends the serving loop), so no worker outlives the daemon even
+when the main process is SIGKILLed. It watches the main process, not its parent: the fork helper
+that forked it may die, and must take no worker with it. Where the model sets
+max_worker_memory_mb, each BatchDone carries the worker's resident memory, read after the batch.
 
 This module imports torch only inside functions, so that where workers are spawned the fresh
 interpreter imports it only after pinning.
@@ -16,16 +19,19 @@ interpreter imports it only after pinning.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
+import select
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
+from setproctitle import setproctitle
 
 from inferd import logs
 from inferd.channel import Channel, ChannelClosed
@@ -36,8 +42,8 @@ from inferd.placement import WorkerSlot, pin_before_torch, set_torch_threads
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 STATS_INTERVAL_S = 2.0
+MAIN_POLL_INTERVAL_S = 0.5  # where there are no pidfds
 
 
 @dataclass(frozen=True)
@@ -47,12 +53,14 @@ class WorkerSpec:
     base_dir: Path  # the config file's folder: handler files resolve against it
     log_level: str
     log_format: str = "text"
+    main_pid: int = field(default_factory=os.getpid)  # built in the main process
 
 
 def worker_main(spec: WorkerSpec, channel: Channel) -> None:
     """Entry point of a worker process (the spawn target)."""
+    setproctitle(f"inferd: worker {spec.model.name} {spec.slot.name}")
     pin_before_torch(spec.slot)
-    _die_with_parent()
+    exit_with_main_process(spec.main_pid)
     # Ctrl+C, `timeout` and systemd signal the whole process group; the main process drains first
     # and then stops its workers itself, so a worker must not die of the group's signal mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -68,18 +76,32 @@ def worker_main(spec: WorkerSpec, channel: Channel) -> None:
     _serve(runner, spec, channel)
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies, however it dies. The parent is
-    the forkserver, which exits when the main process does; and a worker whose channel reaches
-    its end (the main process is gone) exits too."""
-    parent = os.getppid()
+def exit_with_main_process(main_pid: int) -> None:
+    """Exit, from a daemon thread, as soon as the main process is gone, however it went."""
+    threading.Thread(target=_wait_for_exit_of, args=(main_pid,), name="inferd-main-watch", daemon=True).start()
+
+
+def _wait_for_exit_of(main_pid: int) -> None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the end-of-stream check still applies
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
+        pidfd = os.pidfd_open(main_pid)
+    except ProcessLookupError:  # gone before this worker got this far
         os._exit(0)
+    except (AttributeError, OSError):  # no pidfds here (not Linux >= 5.3): poll instead
+        _poll_until_gone(main_pid)
+    else:
+        select.select([pidfd], [], [])  # readable once the process has exited
+    log.info("the main process (pid %d) is gone; exiting", main_pid)
+    os._exit(0)
+
+
+def _poll_until_gone(pid: int) -> None:
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(MAIN_POLL_INTERVAL_S)
 
 
 def _boot(spec: WorkerSpec) -> tuple[Any, Ready]:
@@ -89,7 +111,7 @@ def _boot(spec: WorkerSpec) -> tuple[Any, Ready]:
     from inferd.runners import build_runner, warm_up
 
     set_torch_threads(spec.slot)
-    _select_device(spec.slot, torch)
+    select_device(spec.slot, torch)
     runner = build_runner(spec.model, spec.slot.device, spec.base_dir)
     warmup_s = warm_up(runner, spec.model)
     cpus = tuple(sorted(os.sched_getaffinity(0)))
@@ -104,7 +126,7 @@ def _boot(spec: WorkerSpec) -> tuple[Any, Ready]:
     return runner, ready
 
 
-def _select_device(slot: WorkerSlot, torch: Any) -> None:
+def select_device(slot: WorkerSlot, torch: Any) -> None:
     if not slot.device.startswith("cuda"):
         return
     index = int(slot.device.split(":")[1])
@@ -115,6 +137,7 @@ def _select_device(slot: WorkerSlot, torch: Any) -> None:
 
 def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
     send_lock = threading.Lock()
+    watch_memory = spec.model.max_worker_memory_mb is not None
     gpu_reader = _gpu_reader(spec.slot)
     if gpu_reader is not None:
         _start_stats_thread(channel, send_lock, gpu_reader)
@@ -122,7 +145,8 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
         try:
             message = channel.recv()
         except ChannelClosed:
-            return  # the main process is gone
+            log.info("the main process closed the channel; exiting")
+            return
         if isinstance(message, Stop):
             log.info("stopping: %s", message.reason)
             return
@@ -131,13 +155,17 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
             results = runner.run_batch(message.payloads)
             done = BatchDone(
                 message.batch_id, results, time.perf_counter() - started,
-                gpu_reader() if gpu_reader else None,
+                gpu_reader() if gpu_reader else None, _resident_bytes() if watch_memory else None,
             )  # fmt: skip
             with send_lock:
                 try:
                     channel.send(done)
                 except ChannelClosed:
                     return
+
+
+def _resident_bytes() -> int:
+    return int(psutil.Process().memory_info().rss)
 
 
 def _gpu_reader(slot: WorkerSlot) -> Any:

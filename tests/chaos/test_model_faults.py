@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.chaos.load import report
+from tests.chaos.logs import assert_clean_log
 from tests.conftest import wait_until
 
 FAULTY = """
@@ -49,6 +50,7 @@ def test_one_bad_request_fails_alone_and_a_hung_worker_is_replaced(serve) -> Non
         "hung batch -> replacement ready s": round(replaced_s, 2),
         "worker pid before / after": (before, server.worker_pids("faulty")),
     })  # fmt: skip
+    assert_clean_log(server.log())
 
 
 def test_a_crash_looping_model_is_unavailable_and_recovers_by_itself(serve, tmp_path: Path) -> None:
@@ -90,3 +92,4 @@ def test_a_crash_looping_model_is_unavailable_and_recovers_by_itself(serve, tmp_
         "fixed -> ready again s": round(recovered_s, 2),
         "503 while unavailable": refused.json()["error"],
     })  # fmt: skip
+    assert_clean_log(server.log())

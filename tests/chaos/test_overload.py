@@ -4,6 +4,7 @@ bounded time, and the main process's memory stays flat."""
 from __future__ import annotations
 
 from tests.chaos.load import Load, by_status, latency_figures, report, rss_mib
+from tests.chaos.logs import assert_clean_log
 
 SERVICE_S = 0.05  # one batch of one item: the worker sustains 20 requests/s
 MAX_QUEUE = 8
@@ -27,7 +28,9 @@ def test_ten_times_the_sustainable_load_gets_429s_and_bounded_latency(serve) -> 
     interval_s = clients / (10 * sustainable_rps)  # each client's share of 10x the sustainable rate
     phases, rss = [], [rss_mib(server.process.pid)]
     for _ in range(2):
-        load = Load(server.url, "/models/echo/predict", lambda c, n: {"inputs": [n]}, clients, PHASE_S, interval_s=interval_s)
+        load = Load(
+            server.url, "/models/echo/predict", lambda c, n: {"inputs": [n]}, clients, PHASE_S, interval_s=interval_s
+        )
         phases.append(load.start().join())
         rss.append(rss_mib(server.process.pid))
     outcomes = phases[0] + phases[1]
@@ -51,3 +54,4 @@ def test_ten_times_the_sustainable_load_gets_429s_and_bounded_latency(serve) -> 
     assert all(o.json["error"] and "max_queue_size" in o.json["error"] for o in outcomes if o.status == 429)
     assert max(o.latency_s for o in outcomes if o.status == 200) < 3 * bound_s  # bounded, with slack for a loaded CI
     assert rss[2] - rss[1] < 8, rss  # the second phase of overload adds no memory
+    assert_clean_log(server.log())

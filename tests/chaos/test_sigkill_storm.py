@@ -9,6 +9,7 @@ import threading
 import time
 
 from tests.chaos.load import Load, by_status, latency_figures, report, rss_mib
+from tests.chaos.logs import assert_clean_log
 from tests.chaos.workers import ready_events, restart_times_s
 
 STORM_S = 20.0
@@ -52,6 +53,8 @@ def test_sigkill_a_random_worker_every_second_under_load(serve) -> None:
     assert all(o.json["error"] for o in outcomes if o.status == 503)
     assert kills and len(measured) == len(kills), "a killed worker was never replaced"
     assert max(measured) <= BACK_WITHIN_S, f"workers back within {BACK_WITHIN_S} s: {restarts}"
+    assert server.log().count(" died: killed by SIGKILL") == len(kills)  # one line per kill
+    assert_clean_log(server.log())
 
 
 def _kill_randomly(server, duration_s: float, every_s: float) -> list[tuple[float, str, int]]:

@@ -6,6 +6,7 @@ import signal
 import time
 
 from tests.chaos.load import Load, by_status, latency_figures, report, rss_mib
+from tests.chaos.logs import assert_clean_log
 from tests.conftest import wait_until
 
 DRAIN_TIMEOUT_S = 10
@@ -57,6 +58,7 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_zero(serve)
     assert {o.error for o in during if o.status is None} <= {"ConnectError", "ReadError", "RemoteProtocolError"}
     assert "running task(s), timeout graceful shutdown exceeded" not in server.log()
     assert exit_code == 0 and exit_s < DRAIN_TIMEOUT_S
+    assert_clean_log(server.log())
 
 
 def test_sighup_with_a_changed_model_under_load_fails_no_request(serve) -> None:
@@ -89,3 +91,4 @@ def test_sighup_with_a_changed_model_under_load_fails_no_request(serve) -> None:
     first_v2 = tags.index("v2")
     assert set(tags[first_v2 + 50 :]) == {"v2"}  # once switched, the old generation only finishes its own
     assert not old_pids & set(server.worker_pids("echo"))
+    assert_clean_log(server.log())

@@ -68,3 +68,28 @@ class FailsToLoadWhileMarked(Handler):
 
     def predict(self, items: list[Any]) -> list[Any]:
         return [{"item": item, "pid": os.getpid()} for item in items]
+
+
+class Leaky(Handler):
+    """Keeps handler_args["leak_mb"] MiB more with every predict, never freed; reports its RSS."""
+
+    def setup(self, device: str) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.kept: list[bytes] = []
+
+    def predict(self, items: list[Any]) -> list[Any]:
+        self.kept.append(b"\x01" * (int(self.handler_args["leak_mb"]) * 2**20))  # written: resident
+        rss_mib = self.process.memory_info().rss / 2**20
+        return [{"item": item, "pid": os.getpid(), "rss_mib": rss_mib} for item in items]
+
+
+class HogOnItem(Handler):
+    """Writes handler_args["hog_mb"] MiB on the item "hog" (an OOM kill under a memory limit);
+    echoes the rest."""
+
+    def predict(self, items: list[Any]) -> list[Any]:
+        if "hog" in items:
+            self.hog = [b"\x01" * 2**20 for _ in range(int(self.handler_args["hog_mb"]))]
+        return [{"item": item, "pid": os.getpid()} for item in items]
