@@ -51,7 +51,7 @@ class Batch:
 @dataclass(frozen=True)
 class RequestFailure:
     """One request of a batch failed; `bad_input` when the model rejected that request's data.
-    `message` is fit for the caller (no traceback, no paths); `detail` is the traceback, for the log."""
+    `message` is fit for the caller (no traceback, no paths); `detail` is the traceback as one line, for the log."""
 
     error_type: str
     message: str

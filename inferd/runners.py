@@ -50,8 +50,19 @@ class Runner:
 
 
 def _failure(error: Exception) -> RequestFailure:
-    detail = "".join(traceback.format_exception(error))
-    return RequestFailure(type(error).__name__, caller_message(error), detail=detail)
+    return RequestFailure(type(error).__name__, caller_message(error), detail=traceback_line(error))
+
+
+MAX_DETAIL_CHARS = 4000
+
+
+def traceback_line(error: BaseException) -> str:
+    """The whole traceback as one log line (innermost frame first): every frame and the full
+    message, TorchScript's own traceback included, yet one line per event in the log."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = " <- ".join(f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in reversed(frames))
+    message = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return f"{type(error).__name__}: {message} [at {where}]"[:MAX_DETAIL_CHARS]
 
 
 # A traceback's frames are indented; the message is the first line at the margin after the last one.
@@ -232,6 +243,6 @@ def warm_up(runner: TensorRunner | HandlerRunner, model: ModelConfig) -> float:
     for _ in range(model.warmup_runs):
         for result in runner.run_batch(payloads) if payloads else []:
             if isinstance(result, RequestFailure):
-                log.error("warmup raised:\n%s", result.detail.rstrip() or result.message)
+                log.error("warmup raised: %s", result.detail or result.message)
                 raise RuntimeError(f"warmup failed: {result.error_type}: {result.message}")
     return time.perf_counter() - started

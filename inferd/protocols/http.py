@@ -78,7 +78,7 @@ def _error_answer(call: Call, error: RequestError) -> Response:
 def _log_error(call: Call, error: RequestError) -> None:
     level = logging.DEBUG if error.status in QUIET_STATUSES else logging.INFO if error.status < 500 else logging.ERROR
     if error.detail:  # a model raised: its traceback is for the operator, never for the caller
-        log.log(max(level, logging.WARNING), "request %s: %d %s %s: %s\n%s",
+        log.log(max(level, logging.WARNING), "request %s: %d %s %s: %s; traceback: %s",
                 call.request_id, error.status, call.method, call.path, error.message, error.detail.rstrip())  # fmt: skip
     else:
         log.log(level, "request %s: %d %s %s: %s", call.request_id, error.status, call.method, call.path, error.message)

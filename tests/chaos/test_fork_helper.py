@@ -106,8 +106,9 @@ def test_workers_exit_when_the_main_process_is_sigkilled_even_after_their_helper
 
     wait_until(lambda: all(gone(pid) for pid in workers), 30, "every worker to exit with the main process")
     log = server.log()
-    assert log.count("the main process (pid") == 1  # the stuck one, by its watch
-    assert log.count("the main process closed the channel") == 1  # the idle one, by end-of-stream
+    by_watch, by_channel_end = log.count("the main process (pid"), log.count("the main process closed the channel")
+    assert by_watch >= 1  # the stuck one can only have seen it by its watch
+    assert by_watch + by_channel_end >= 2  # the idle one by either, whichever saw it first
     assert_clean_log(log)
 
 
