@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from inferd.daemon import Daemon, ServedModel
 from inferd.errors import EXIT_STARTUP, ConfigError, StartupError
 from inferd.protocols import native, openapi, v2
-from inferd.protocols.http import answer, json_response, parse_json, read_body
+from inferd.protocols.http import answer, json_response
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +114,11 @@ def _not_found(daemon: Daemon, request: Request) -> Response:
 
 
 async def predict(daemon: Daemon, model: ServedModel, request: Request) -> Response:
-    server = daemon.config.server
-
     async def produce() -> Response:
-        body = await read_body(request, server.max_request_bytes, server.body_timeout_s)
-        decoded = native.decode(parse_json(body), model.inputs, model.is_handler)
-        result = await model.batcher.infer(decoded.payload, decoded.items, decoded.key)
-        return json_response(native.encode(result, model.outputs, decoded))
+        with daemon.admission.hold(model.name, model.config.request_bytes_fraction) as held:
+            decoded = await native.read_request(request, daemon, model, held)
+            result = await model.batcher.infer(decoded.payload, decoded.items, decoded.key)
+            return json_response(native.encode(result, model.outputs, decoded))
 
     return await answer(model.metrics.request_done, produce)
 

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inferd.admission import Admission
 from inferd.batching import Batcher, BatchPolicy
 from inferd.config import Config, ModelConfig
 from inferd.errors import StartupError
@@ -127,6 +128,8 @@ class Daemon:
         largest_batch = max(m.max_batch_size for m in config.models)
         self.metrics = Metrics(config.server.histogram_buckets_s, largest_batch)
         self.state = self.metrics.watch(lambda: self.models)
+        self.admission = Admission(config.server.max_request_bytes_held)
+        self.metrics.watch_request_bytes(self.admission, lambda: self.models)
         self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in config.models}
         self._reload_lock = asyncio.Lock()
         self._routes: dict[str, ServedModel] = {}

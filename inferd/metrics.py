@@ -22,6 +22,7 @@ from inferd import __version__, gpu
 from inferd.messages import GpuMemory
 
 if TYPE_CHECKING:
+    from inferd.admission import Admission
     from inferd.daemon import ServedModel
     from inferd.supervisor import WorkerHandle
 
@@ -69,6 +70,9 @@ class Metrics:
         collector = StateCollector(models)
         self.registry.register(collector)
         return collector
+
+    def watch_request_bytes(self, admission: Admission, models: Callable[[], Mapping[str, ServedModel]]) -> None:
+        self.registry.register(RequestBytesCollector(admission, models))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -204,3 +208,30 @@ class StateCollector(Collector):
             used.add_metric([device.device], device.used_bytes)
             total.add_metric([device.device], device.total_bytes)
         yield from (allocated, reserved, used, total)
+
+
+class RequestBytesCollector(Collector):
+    """The memory admission's level, read at scrape time: nothing on the request path updates it."""
+
+    def __init__(self, admission: Admission, models: Callable[[], Mapping[str, ServedModel]]) -> None:
+        self._admission = admission
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        admission = self._admission
+        yield GaugeMetricFamily(
+            "inferd_request_bytes_held",
+            "Bytes of request bodies and decoded payloads held in the main process (receiving, queued, in flight).",
+            value=admission.held_bytes,
+        )
+        yield GaugeMetricFamily(
+            "inferd_request_bytes_held_limit",
+            "The budget for them (max_request_bytes_held).",
+            value=admission.limit_bytes,
+        )
+        by_model = GaugeMetricFamily(
+            "inferd_model_request_bytes_held", "Request bytes held for each model's requests.", labels=["model"]
+        )
+        for name in sorted({*self._models(), *admission.held_by_model}):
+            by_model.add_metric([name], admission.held_by_model.get(name, 0))
+        yield by_model
