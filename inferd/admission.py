@@ -75,16 +75,16 @@ class Admission:
         wanted = reservation.held_bytes + nbytes
         if wanted > reservation.limit_bytes or wanted > self.limit_bytes:
             raise _never_fits(reservation, wanted, self.limit_bytes)
-        if model_held + nbytes > reservation.limit_bytes:
-            raise QueueFull(
-                f"model {model!r}'s requests hold {_mib(model_held)} of its {_mib(reservation.limit_bytes)} "
-                "share of request memory (request_bytes_fraction); retry later",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
         if self.held_bytes + nbytes > self.limit_bytes:
             raise QueueFull(
                 f"the server holds {_mib(self.held_bytes)} of request bodies and payloads "
                 f"(max_request_bytes_held {_mib(self.limit_bytes)}); retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        if model_held + nbytes > reservation.limit_bytes:
+            raise QueueFull(
+                f"requests to model {model!r} hold {_mib(model_held)} of request memory, its share "
+                f"({_mib(reservation.limit_bytes)}, request_bytes_fraction of max_request_bytes_held); retry later",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         self.held_by_model[model] = model_held + nbytes
@@ -142,7 +142,10 @@ def _mib(nbytes: int) -> str:
 
 def body_bound_bytes(max_batch_size: int, inputs: Sequence[TensorLimits]) -> int | None:
     """The largest body a request within the model's declared inputs can need (JSON being the
-    largest form), or None when a non-batch dim varies or an input is BYTES (no bound)."""
+    largest form), or None when there is no bound: no inputs given (a handler's items), a
+    non-batch dim that varies, or a BYTES input."""
+    if not inputs:
+        return None
     elements = 0
     for spec in inputs:
         dims = list(spec.shape[1:])

@@ -45,7 +45,7 @@ from inferd.datatypes import (
 
 # Bound on the product of a shape's non-zero dims: numpy refuses a shape past int64 even when empty.
 _MAX_SHAPE_SPAN = 2**53
-_MAX_LENGTH_DIGITS = 18  # past 10**18 bytes, a length is refused without being converted
+_MAX_LENGTH_DIGITS = 19  # a longer length is refused unconverted: int() raises past 4,300 digits
 _ELEMENTS_PER_SLICE = 64 * 1024  # about 0.5 ms of conversion from a JSON list
 _UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_offset", "classification")
 
@@ -160,9 +160,10 @@ def parse_header_length(value: str | None) -> int | None:
     text = value.strip()
     if not text.isdigit() or not text.isascii():
         raise V2DecodeError(f"Inference-Header-Content-Length must be a non-negative integer, got {value[:40]!r}")
-    if len(text) > _MAX_LENGTH_DIGITS:  # int() refuses past 4,300 digits; no body is this long
+    if len(text) > _MAX_LENGTH_DIGITS:
         raise V2DecodeError(
-            f"Inference-Header-Content-Length has {len(text)} digits; it must give the length of the JSON part"
+            f"Inference-Header-Content-Length has {len(text)} digits, more than any body; "
+            "it must give the length of the JSON part"
         )
     return int(text)
 
