@@ -40,7 +40,12 @@ def test_bytes_for_an_fp32_model_are_refused_before_they_are_split(
     """`wide` has no bound on its body (a variable dim), so the datatype refuses it; `tiny`'s
     declared inputs bound its body, so Content-Length alone refuses it."""
     tail = _empty_strings(BYTES_ELEMENTS)
-    spec = {"name": "input", "datatype": "BYTES", "shape": [BYTES_ELEMENTS], "parameters": {"binary_data_size": len(tail)}}
+    spec = {
+        "name": "input",
+        "datatype": "BYTES",
+        "shape": [BYTES_ELEMENTS],
+        "parameters": {"binary_data_size": len(tail)},
+    }
     answer = _attack(server, f"v2 BYTES x {BYTES_ELEMENTS} to FP32 model {model}", f"/v2/models/{model}/infer",
                      *_v2_binary([spec], tail))  # fmt: skip
     assert answer.status_code == status, answer.text
@@ -50,7 +55,12 @@ def test_bytes_for_an_fp32_model_are_refused_before_they_are_split(
 
 def test_bytes_past_max_batch_size_are_refused_before_they_are_split(server: RunningServer) -> None:
     tail = _empty_strings(BYTES_ELEMENTS)
-    spec = {"name": "text", "datatype": "BYTES", "shape": [BYTES_ELEMENTS], "parameters": {"binary_data_size": len(tail)}}
+    spec = {
+        "name": "text",
+        "datatype": "BYTES",
+        "shape": [BYTES_ELEMENTS],
+        "parameters": {"binary_data_size": len(tail)},
+    }
     answer = _attack(server, f"v2 BYTES x {BYTES_ELEMENTS} to a handler taking 4", "/v2/models/sizes/infer",
                      *_v2_binary([spec], tail))  # fmt: skip
     assert answer.status_code == 400, answer.text
