@@ -74,6 +74,9 @@ class ServerConfig(_Section):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"
     max_request_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    # Request bodies and decoded payloads held in the main process at once (receiving, decoding,
+    # queued, in flight); past it requests get 429. 1 GiB: 64 bodies of the largest default size.
+    max_request_bytes_held: int = Field(1024**3, gt=0)
     drain_timeout_s: float = Field(30.0, ge=0)
     body_timeout_s: float = Field(30.0, gt=0)  # a client slower than this to send its body gets 408
     # The connection layer (inferd/connections.py): what one client may hold of the main process.
@@ -84,6 +87,15 @@ class ServerConfig(_Section):
     histogram_buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S
     auth: AuthConfig | None = None
     admin_hosts: tuple[str, ...] = ()  # Host names admin requests may carry besides loopback and `host`
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> ServerConfig:
+        if self.max_request_bytes_held < self.max_request_bytes:
+            raise ValueError(
+                f"max_request_bytes_held ({self.max_request_bytes_held}) must be at least max_request_bytes "
+                f"({self.max_request_bytes}), or the largest allowed body could never be admitted"
+            )
+        return self
 
     @field_validator("histogram_buckets_s")
     @classmethod
@@ -138,6 +150,9 @@ class ModelConfig(_Section):
     cpu_affinity: tuple[int, ...] | None = None
     max_queue_size: int = Field(1024, ge=1)
     request_timeout_ms: float = Field(30_000.0, gt=0)
+    # The share of server.max_request_bytes_held this model's requests may hold: a flood on one
+    # model leaves the rest to the others.
+    request_bytes_fraction: float = Field(0.5, gt=0, le=1)
     inputs: tuple[TensorSpec, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
     warmup: tuple[WarmupSample, ...] = ()

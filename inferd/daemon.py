@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inferd.admission import Admission
 from inferd.batching import Batcher, BatchPolicy
 from inferd.cgroup import OomKills
 from inferd.config import Config, ModelConfig
@@ -129,6 +130,8 @@ class Daemon:
         self.metrics = Metrics(config.server.histogram_buckets_s, largest_batch)
         self.state = self.metrics.watch(lambda: self.models)
         self._oom_kills = OomKills.of_this_process()  # one for all models: they share the cgroup
+        self.admission = Admission(config.server.max_request_bytes_held)
+        self.metrics.watch_request_bytes(self.admission, lambda: self.models)
         self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in config.models}
         self._reload_lock = asyncio.Lock()
         self._routes: dict[str, ServedModel] = {}

@@ -22,6 +22,7 @@ from inferd import __version__, gpu
 from inferd.messages import GpuMemory
 
 if TYPE_CHECKING:
+    from inferd.admission import Admission
     from inferd.connections import Listener
     from inferd.daemon import ServedModel
     from inferd.supervisor import WorkerHandle
@@ -87,6 +88,9 @@ class Metrics:
 
     def watch_connections(self, listeners: list[Listener]) -> None:
         self.registry.register(ConnectionCollector(listeners))
+
+    def watch_request_bytes(self, admission: Admission, models: Callable[[], Mapping[str, ServedModel]]) -> None:
+        self.registry.register(RequestBytesCollector(admission, models))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -252,3 +256,30 @@ class ConnectionCollector(Collector):
             for reason, count in sorted(listener.closed.items()):
                 closed.add_metric([listener.name, reason], count)
         yield from (open_now, closed)
+
+
+class RequestBytesCollector(Collector):
+    """The memory admission's level, read at scrape time: nothing on the request path updates it."""
+
+    def __init__(self, admission: Admission, models: Callable[[], Mapping[str, ServedModel]]) -> None:
+        self._admission = admission
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        admission = self._admission
+        yield GaugeMetricFamily(
+            "inferd_request_bytes_held",
+            "Bytes of request bodies and decoded payloads held in the main process (receiving, queued, in flight).",
+            value=admission.held_bytes,
+        )
+        yield GaugeMetricFamily(
+            "inferd_request_bytes_held_limit",
+            "The budget for them (max_request_bytes_held).",
+            value=admission.limit_bytes,
+        )
+        by_model = GaugeMetricFamily(
+            "inferd_model_request_bytes_held", "Request bytes held for each model's requests.", labels=["model"]
+        )
+        for name in sorted({*self._models(), *admission.held_by_model}):
+            by_model.add_metric([name], admission.held_by_model.get(name, 0))
+        yield by_model

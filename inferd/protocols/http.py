@@ -1,19 +1,22 @@
-"""What every route shares: one call's context, bounded body reading, and the one place where an
-error becomes an HTTP answer (with the request's id, and one log line)."""
+"""What every route shares: one call's context, bounded body reading and decoding within the
+memory budget, and the one place where an error becomes an HTTP answer (with the request's id, and
+one log line)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from inferd.admission import Admission, Reservation, TensorLimits, body_bound_bytes
+from inferd.config import ServerConfig
 from inferd.errors import BadRequest, BodyTooSlow, ClientGone, PayloadTooLarge, RequestError
 
 if TYPE_CHECKING:
@@ -44,6 +47,9 @@ class Call:
 
 
 Endpoint = Callable[[Call], Awaitable[Response]]
+
+T = TypeVar("T")
+_MAX_LENGTH_DIGITS = 19  # a longer length is refused unconverted: int() raises past 4,300 digits
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -84,37 +90,99 @@ def _log_error(call: Call, error: RequestError) -> None:
         log.log(level, "request %s: %d %s %s: %s", call.request_id, error.status, call.method, call.path, error.message)
 
 
-async def read_body(request: Request, limit_bytes: int, timeout_s: float) -> bytes:
-    """The whole body, or 413 past `limit_bytes`, or 408 for a client too slow to send it."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest("Content-Length is not a number")
-        if int(declared) > limit_bytes:
-            raise _too_large(int(declared), limit_bytes)
+@dataclass(frozen=True)
+class BodyLimits:
+    max_bytes: int
+    timeout_s: float
+    source: str  # the setting that sets max_bytes, named in the 413's message
+
+
+def body_limits(server: ServerConfig, model: str, max_batch_size: int, inputs: Sequence[TensorLimits]) -> BodyLimits:
+    """max_request_bytes, or less where the model's declared inputs bound what a request can need."""
+    bound = body_bound_bytes(max_batch_size, inputs)
+    if bound is None or bound >= server.max_request_bytes:
+        return BodyLimits(server.max_request_bytes, server.body_timeout_s, "max_request_bytes")
+    source = f"what {max_batch_size} rows (max_batch_size) of model {model!r}'s declared inputs can need"
+    return BodyLimits(bound, server.body_timeout_s, source)
+
+
+async def read_decoded(
+    request: Request,
+    limits: BodyLimits,
+    held: Reservation,
+    admission: Admission,
+    decode: Callable[[bytes], T],
+    measure: Callable[[T, bytes], int],
+) -> T:
+    """Read the body within `limits` and the memory budget, decode it (off the loop when large),
+    and leave `held` at what the decoded payload holds; the raw body is dropped on return."""
+    body = await read_body(request, limits, held)
+    decoded, payload_bytes = await admission.decode(len(body), _decode_and_measure, decode, measure, body)
+    held.resize(payload_bytes)
+    return decoded
+
+
+def _decode_and_measure(decode: Callable[[bytes], T], measure: Callable[[T, bytes], int], body: bytes) -> tuple[T, int]:
+    decoded = decode(body)
+    return decoded, measure(decoded, body)
+
+
+async def read_body(request: Request, limits: BodyLimits, held: Reservation | None = None) -> bytes:
+    """The whole body, or 413 past the limit, 408 for a client too slow to send it, 499 for one
+    that left. With `held`, its bytes are reserved before they are read: all of Content-Length
+    at once, else chunk by chunk; 429 when the budget has no room."""
+    declared = content_length(request.headers.get("content-length"), limits)
+    if declared is not None and held is not None:
+        held.grow(declared)
+    body = _BodyReader(request, limits, None if declared is not None else held)
     try:
         if sys.version_info >= (3, 11):  # a deadline on this task, without wait_for's extra task
-            async with asyncio.timeout(timeout_s):
-                return await _read_limited(request, limit_bytes)
-        return await asyncio.wait_for(_read_limited(request, limit_bytes), timeout_s)
+            async with asyncio.timeout(limits.timeout_s):
+                return await body.read()
+        return await asyncio.wait_for(body.read(), limits.timeout_s)
     except asyncio.TimeoutError:
-        raise BodyTooSlow(f"the request body did not arrive within {timeout_s:g} s") from None
+        raise BodyTooSlow(f"the request body did not arrive within {limits.timeout_s:g} s") from None
+    except ClientDisconnect:
+        log.info("%s: the client left after sending %d of %s body bytes (499)",
+                 request.url.path, body.size, declared if declared is not None else "?")  # fmt: skip
+        raise ClientGone("the client disconnected before sending its whole body") from None
 
 
-async def _read_limited(request: Request, limit_bytes: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise _too_large(size, limit_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def content_length(value: str | None, limits: BodyLimits) -> int | None:
+    """The Content-Length header as an int (None when absent), checked against the limit."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise BadRequest(f"Content-Length must be a non-negative integer, got {value[:40]!r}")
+    if len(text) > _MAX_LENGTH_DIGITS:
+        raise _too_large(text[:_MAX_LENGTH_DIGITS] + "...", limits)
+    if int(text) > limits.max_bytes:
+        raise _too_large(text, limits)
+    return int(text)
 
 
-def _too_large(size: int, limit_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"the body has {size} bytes or more; this server takes at most {limit_bytes} (max_request_bytes)"
-    )
+class _BodyReader:
+    def __init__(self, request: Request, limits: BodyLimits, held: Reservation | None) -> None:
+        self.size = 0
+        self._request = request
+        self._limits = limits
+        self._held = held
+
+    async def read(self) -> bytes:
+        chunks = []
+        async for chunk in self._request.stream():
+            self.size += len(chunk)
+            if self.size > self._limits.max_bytes:
+                raise _too_large(f"{self.size} or more", self._limits)
+            if self._held is not None:
+                self._held.grow(len(chunk))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _too_large(size: str, limits: BodyLimits) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the body has {size} bytes; this route takes at most {limits.max_bytes} ({limits.source})")
 
 
 def parse_json(body: bytes) -> Any:

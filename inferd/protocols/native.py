@@ -7,19 +7,29 @@ items (or one bare item) and answer with one encoded output per item (or the bar
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from starlette.requests import Request
 
+from inferd.admission import Reservation, payload_bytes
 from inferd.datatypes import bf16_bits_from_float32, float32_from_bf16_bits, numpy_dtype
 from inferd.errors import BadRequest
 from inferd.messages import Payload, TensorInfo
+from inferd.protocols.http import body_limits, parse_json, read_decoded
+
+if TYPE_CHECKING:
+    from inferd.daemon import Daemon, ServedModel
 
 # Items cross to the worker by pickle and come back through orjson, both of which refuse deep
 # nesting (pickle near 500 levels, orjson's encoder past 254): refuse it here, as the caller's fault.
 MAX_ITEM_DEPTH = 128
+_ELEMENTS_PER_SLICE = 64 * 1024  # about 0.5 ms of np.asarray on a list of floats
+_SHOWN_NAMES = 8
 
 
 @dataclass(frozen=True)
@@ -30,15 +40,39 @@ class DecodedRequest:
     bare_item: bool = False  # a handler request that sent one item, not a list
 
 
-def decode(document: Any, inputs: tuple[TensorInfo, ...], is_handler: bool) -> DecodedRequest:
+async def read_request(request: Request, daemon: Daemon, model: ServedModel, held: Reservation) -> DecodedRequest:
+    """The request's body, read within its limits and `held`'s budget, decoded (off the loop when large)."""
+    max_batch_size, inputs = model.config.max_batch_size, model.inputs
+    limits = body_limits(daemon.config.server, model.name, max_batch_size, () if model.is_handler else inputs)
+    decode = functools.partial(decode_body, inputs=inputs, is_handler=model.is_handler, max_batch_size=max_batch_size)
+    return await read_decoded(request, limits, held, daemon.admission, decode, held_bytes)
+
+
+def decode_body(body: bytes, inputs: tuple[TensorInfo, ...], is_handler: bool, max_batch_size: int) -> DecodedRequest:
+    """A native request body, parsed and decoded; counts are checked before any per-element work."""
+    return decode(parse_json(body), inputs, is_handler, max_batch_size)
+
+
+def held_bytes(decoded: DecodedRequest, body: bytes) -> int:
+    """What a decoded request holds: its arrays, or, for items, about what their text took."""
+    if isinstance(decoded.payload, list):
+        return len(body)
+    return payload_bytes(decoded.payload.values(), body)
+
+
+def decode(
+    document: Any, inputs: tuple[TensorInfo, ...], is_handler: bool, max_batch_size: int | None = None
+) -> DecodedRequest:
     if not isinstance(document, dict) or "inputs" not in document:
         raise BadRequest('the body must be a JSON object with an "inputs" field')
     if is_handler:
-        return decode_items(document["inputs"])
-    return decode_tensors(document["inputs"], inputs)
+        return decode_items(document["inputs"], max_batch_size)
+    return decode_tensors(document["inputs"], inputs, max_batch_size)
 
 
-def decode_items(raw: Any) -> DecodedRequest:
+def decode_items(raw: Any, max_batch_size: int | None = None) -> DecodedRequest:
+    if isinstance(raw, list) and max_batch_size is not None:
+        check_rows(len(raw), max_batch_size)
     depth = nesting_depth(raw)
     if depth > MAX_ITEM_DEPTH:
         raise BadRequest(f'"inputs" is nested {depth} levels deep; items may nest at most {MAX_ITEM_DEPTH} levels')
@@ -47,6 +81,15 @@ def decode_items(raw: Any) -> DecodedRequest:
             raise BadRequest('"inputs" is an empty list; send at least one item')
         return DecodedRequest(raw, len(raw), None)
     return DecodedRequest([raw], 1, None, bare_item=True)
+
+
+def check_rows(rows: int, max_batch_size: int) -> None:
+    """Refuse a request of more rows than a batch takes, before any of them is converted."""
+    if rows > max_batch_size:
+        raise BadRequest(
+            f"this request carries {rows} items but the model takes at most {max_batch_size} per batch "
+            "(max_batch_size); split it into smaller requests"
+        )
 
 
 def nesting_depth(value: Any) -> int:
@@ -64,8 +107,12 @@ def nesting_depth(value: Any) -> int:
     return deepest
 
 
-def decode_tensors(raw: Any, specs: tuple[TensorInfo, ...]) -> DecodedRequest:
+def decode_tensors(raw: Any, specs: tuple[TensorInfo, ...], max_batch_size: int | None = None) -> DecodedRequest:
     named = _name_inputs(raw, specs)
+    if max_batch_size is not None:
+        for spec in specs:
+            if isinstance(named[spec.name], list):
+                check_rows(len(named[spec.name]), max_batch_size)
     arrays = {spec.name: to_array(spec, named[spec.name]) for spec in specs}
     rows = {len(array) for array in arrays.values()}
     if len(rows) > 1:
@@ -80,10 +127,11 @@ def _name_inputs(raw: Any, specs: tuple[TensorInfo, ...]) -> dict[str, Any]:
         if len(specs) != 1:
             raise BadRequest(f'this model takes inputs {names}: send {{"inputs": {{"<name>": [...], ...}}}}')
         return {names[0]: raw}
-    unknown = sorted(set(raw) - set(names))
     missing = [name for name in names if name not in raw]
-    if unknown or missing:
-        raise BadRequest(f"this model takes inputs {names}; missing {missing}, unknown {unknown}")
+    if len(raw) > len(names) or missing:  # the count first: an object may have a million keys
+        unknown = [key for key in itertools.islice(raw, len(names) + _SHOWN_NAMES) if key not in names]
+        more = " and more" if len(raw) - len(names) + len(missing) > len(unknown) else ""
+        raise BadRequest(f"this model takes inputs {names}; missing {missing}, unknown {unknown[:_SHOWN_NAMES]}{more}")
     return raw
 
 
@@ -93,13 +141,24 @@ def to_array(spec: TensorInfo, value: Any) -> np.ndarray:
         raise BadRequest(f"input {spec.name!r}: expected a nested list with the batch dimension first")
     try:
         if spec.datatype == "BF16":
-            array = bf16_bits_from_float32(np.asarray(value, dtype=np.float32))
+            array = bf16_bits_from_float32(_rows_as_array(value, np.dtype(np.float32)))
         else:
-            array = np.asarray(value, dtype=numpy_dtype(spec.datatype))
+            array = _rows_as_array(value, numpy_dtype(spec.datatype))
     except (ValueError, TypeError, OverflowError) as error:
         raise BadRequest(f"input {spec.name!r}: not a rectangular array of {spec.datatype} values ({error})") from None
     check_shape(spec, array.shape)
     return array
+
+
+def _rows_as_array(rows: list[Any], dtype: np.dtype) -> np.ndarray:
+    """np.asarray in slices of rows: each slice holds the GIL briefly, so the event loop gets it
+    back between them while a large body converts on the decode thread."""
+    first = np.asarray(rows[:1], dtype=dtype)
+    step = max(1, _ELEMENTS_PER_SLICE // max(first.size, 1))
+    if len(rows) <= step:
+        return np.asarray(rows, dtype=dtype)
+    parts = [first, *(np.asarray(rows[start : start + step], dtype=dtype) for start in range(1, len(rows), step))]
+    return np.concatenate(parts)
 
 
 def check_shape(spec: TensorInfo, shape: tuple[int, ...]) -> None:

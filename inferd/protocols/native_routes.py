@@ -12,7 +12,7 @@ from inferd.daemon import Daemon
 from inferd.errors import ModelNotFound, NotFound, RequestError
 from inferd.protocols import native
 from inferd.protocols.disconnect import unless_client_leaves
-from inferd.protocols.http import Call, Endpoint, json_response, parse_json, read_body
+from inferd.protocols.http import Call, Endpoint, json_response
 from inferd.protocols.routing import Match, Resolver, Route
 
 
@@ -27,16 +27,14 @@ def resolver(daemon: Daemon) -> Resolver:
 
 
 def _predict(daemon: Daemon) -> Endpoint:
-    server = daemon.config.server
-
     async def predict(call: Call) -> Response:
         model = call.model
         assert model is not None  # the resolver matched it
-        body = await read_body(call.request, server.max_request_bytes, server.body_timeout_s)
-        decoded = native.decode(parse_json(body), model.inputs, model.is_handler)
-        infer = model.batcher.infer(decoded.payload, decoded.items, decoded.key)
-        result = await unless_client_leaves(call.request.receive, infer)
-        return json_response(native.encode(result, model.outputs, decoded))
+        with daemon.admission.hold(model.name, model.config.request_bytes_fraction) as held:
+            decoded = await native.read_request(call.request, daemon, model, held)
+            infer = model.batcher.infer(decoded.payload, decoded.items, decoded.key)
+            result = await unless_client_leaves(call.request.receive, infer)
+            return json_response(native.encode(result, model.outputs, decoded))
 
     return predict
 

@@ -8,22 +8,26 @@ elements are their items, and answer with one output tensor built from their enc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from starlette.requests import Request
 from starlette.responses import Response
 
 from inferd import __version__
+from inferd.admission import Reservation, payload_bytes
 from inferd.daemon import Daemon, ServedModel
 from inferd.datatypes import datatype_of_array
 from inferd.errors import BadRequest, ModelNotFound, ModelUnavailable
 from inferd.messages import Payload
 from inferd.protocols import native
 from inferd.protocols.disconnect import unless_client_leaves
-from inferd.protocols.http import Call, Endpoint, json_response, read_body
+from inferd.protocols.http import Call, Endpoint, body_limits, json_response, read_decoded
 from inferd.protocols.routing import Match, Resolver, Route
 from inferd.protocols.v2_codec import (
+    InputLimits,
     V2DecodeError,
     V2EncodeError,
     V2InferRequest,
@@ -38,6 +42,7 @@ VERSION = "1"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _MODEL_PREFIX = "/v2/models/{name}"
+T = TypeVar("T")
 
 
 def routes(daemon: Daemon) -> list[Route]:
@@ -124,23 +129,42 @@ async def _config(model: ServedModel) -> Response:
 
 
 def infer_endpoint(daemon: Daemon) -> Endpoint:
-    server = daemon.config.server
-
     async def infer(call: Call) -> Response:
         model = _find(daemon, call)
         request = call.request
-        body = await read_body(request, server.max_request_bytes, server.body_timeout_s)
-        try:
-            decoded = decode_infer_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)))
-        except V2DecodeError as error:
-            raise BadRequest(str(error)) from None
-        if model.outputs:
-            _check(decoded.check_requested_outputs, [o.name for o in model.outputs])
-        payload, items, key = _to_payload(model, decoded)
-        result = await unless_client_leaves(request.receive, model.batcher.infer(payload, items, key))
-        return _respond(model, decoded, result)
+        header_length = _parse(parse_header_length, request.headers.get(HEADER_LENGTH))
+        with daemon.admission.hold(model.name, model.config.request_bytes_fraction) as held:
+            decoded = await _read_infer_request(request, daemon, model, held, header_length)
+            if model.outputs:
+                _check(decoded.check_requested_outputs, [o.name for o in model.outputs])
+            payload, items, key = _to_payload(model, decoded)
+            result = await unless_client_leaves(request.receive, model.batcher.infer(payload, items, key))
+            return _respond(model, decoded, result)
 
     return infer
+
+
+async def _read_infer_request(
+    request: Request, daemon: Daemon, model: ServedModel, held: Reservation, header_length: int | None
+) -> V2InferRequest:
+    """The body, read within its limits and `held`'s budget; every input's name, datatype and shape
+    checked against the model before its data is decoded (off the loop when the body is large)."""
+    max_batch_size, inputs = model.config.max_batch_size, model.inputs
+    input_limits = InputLimits(max_batch_size, None if model.is_handler else inputs)
+    limits = body_limits(daemon.config.server, model.name, max_batch_size, () if model.is_handler else inputs)
+    decode = functools.partial(_parse, decode_infer_request, header_length=header_length, limits=input_limits)
+    return await read_decoded(request, limits, held, daemon.admission, decode, _held_bytes)
+
+
+def _parse(parse: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return parse(*args, **kwargs)
+    except V2DecodeError as error:
+        raise BadRequest(str(error)) from None
+
+
+def _held_bytes(request: V2InferRequest, body: bytes) -> int:
+    return payload_bytes(request.inputs.values(), body)
 
 
 def _check(check: Callable[[Any], None], argument: Any) -> None:

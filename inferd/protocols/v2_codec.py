@@ -40,10 +40,13 @@ from inferd.datatypes import (
     datatype_of_array,
     json_data,
     json_type_name,
+    shape_text,
 )
 
 # Bound on the product of a shape's non-zero dims: numpy refuses a shape past int64 even when empty.
 _MAX_SHAPE_SPAN = 2**53
+_MAX_LENGTH_DIGITS = 19  # a longer length is refused unconverted: int() raises past 4,300 digits
+_ELEMENTS_PER_SLICE = 64 * 1024  # about 0.5 ms of conversion from a JSON list
 _UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_offset", "classification")
 
 
@@ -91,43 +94,120 @@ class V2InferRequest:
         return selected, binary
 
 
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """What a model takes, checked against each input's name, datatype and shape before any of
+    its data is decoded. `inputs` None: a handler model, which takes one input of any name and
+    datatype whose elements along the batch dim are its items."""
+
+    max_batch_size: int
+    inputs: Sequence[TensorSpecLike] | None
+
+    def check_count(self, count: int) -> None:
+        wanted = 1 if self.inputs is None else len(self.inputs)
+        if count > wanted:  # before any input is looked at: a request may list a million
+            raise V2DecodeError(f"the request gives {count} inputs; this model takes {wanted}")
+
+    def check(self, headers: Sequence[_InputHeader]) -> None:
+        if self.inputs is None:
+            self._check_items(headers)
+            return
+        expected = {spec.name: spec for spec in self.inputs}
+        if {header.name for header in headers} != set(expected):
+            given = sorted(header.name for header in headers)
+            raise V2DecodeError(f"this model takes inputs {sorted(expected)}; the request gave {given}")
+        for header in headers:
+            _check_declared(header, expected[header.name], self.max_batch_size)
+        rows = {header.shape[0] for header in headers}
+        if len(rows) > 1:
+            raise V2DecodeError(f"inputs have different batch sizes {sorted(rows)}; every input needs the same rows")
+
+    def _check_items(self, headers: Sequence[_InputHeader]) -> None:
+        if len(headers) != 1:
+            raise V2DecodeError(f"a handler model takes one input tensor of items; the request gave {len(headers)}")
+        shape = headers[0].shape
+        if not shape or shape[0] == 0:
+            raise V2DecodeError("the input needs a batch dimension with at least one item")
+        _check_batch(headers[0].name, shape[0], self.max_batch_size)
+
+
+def _check_declared(header: _InputHeader, spec: TensorSpecLike, max_batch_size: int) -> None:
+    what = f"input {header.name!r}"
+    if header.datatype.name != spec.datatype:
+        raise V2DecodeError(f"{what}: datatype {header.datatype.name} but the model takes {spec.datatype}")
+    shape, declared = header.shape, tuple(spec.shape)
+    if not shape or shape[0] == 0:
+        raise V2DecodeError(f"{what}: needs a batch dimension with at least one row")
+    if (len(declared) > 1 or declared[0] != -1) and (
+        len(shape) != len(declared) or any(want not in (-1, got) for want, got in zip(declared, shape))
+    ):
+        raise V2DecodeError(f"{what}: shape {list(shape)} does not match {list(declared)} (-1 = any)")
+    _check_batch(header.name, shape[0], max_batch_size)
+
+
+def _check_batch(name: str, rows: int, max_batch_size: int) -> None:
+    if rows > max_batch_size:
+        raise V2DecodeError(
+            f"input {name!r} carries {rows} items but the model takes at most {max_batch_size} per batch "
+            "(max_batch_size); split it into smaller requests"
+        )
+
+
 def parse_header_length(value: str | None) -> int | None:
     """The Inference-Header-Content-Length header as an int; None when the header is absent."""
     if value is None:
         return None
     text = value.strip()
     if not text.isdigit() or not text.isascii():
-        raise V2DecodeError(f"Inference-Header-Content-Length must be a non-negative integer, got {value!r}")
+        raise V2DecodeError(f"Inference-Header-Content-Length must be a non-negative integer, got {value[:40]!r}")
+    if len(text) > _MAX_LENGTH_DIGITS:
+        raise V2DecodeError(
+            f"Inference-Header-Content-Length has {len(text)} digits, more than any body; "
+            "it must give the length of the JSON part"
+        )
     return int(text)
 
 
-def decode_infer_request(body: bytes, header_length: int | None) -> V2InferRequest:
-    """Decode a v2 infer request body; `header_length` is Inference-Header-Content-Length."""
+def decode_infer_request(body: bytes, header_length: int | None, limits: InputLimits | None = None) -> V2InferRequest:
+    """Decode a v2 infer request body; `header_length` is Inference-Header-Content-Length.
+    With `limits`, every input's header is checked against them before any tensor data is read."""
     view = memoryview(body).cast("B")
     json_end = _json_length(header_length, len(view))
     # orjson reads bytes faster than a memoryview; with binary data only the JSON part is copied.
     text = body if isinstance(body, bytes) and json_end == len(body) else bytes(view[:json_end])
     request = _expect_object(_load_json(text, header_length), "the request body")
+    del text
     parameters = _optional_object(request, "parameters", "the request")
     binary_data_output = _optional_bool(parameters, "binary_data_output", "request parameters")
+    headers = _input_headers(request.get("inputs"), limits)
+    if limits is not None:
+        limits.check(headers)
     reader = _BinaryReader(view, json_end, header_length is not None)
-    inputs: dict[str, np.ndarray] = {}
-    datatypes: dict[str, str] = {}
-    for index, item in enumerate(_expect_list(request.get("inputs"), "the request's 'inputs'")):
-        name, datatype, array = _decode_input(item, index, reader)
-        if name in inputs:
-            raise V2DecodeError(f"input {name!r} is given twice; each input appears once")
-        inputs[name] = array
-        datatypes[name] = datatype.name
+    inputs = {header.name: _decode_data(header, reader) for header in headers}
     reader.expect_end()
     return V2InferRequest(
         id=_optional_str(request, "id", "the request"),
         parameters=parameters,
         inputs=inputs,
-        datatypes=datatypes,
+        datatypes={header.name: header.datatype.name for header in headers},
         requested_outputs=_decode_requested_outputs(request.get("outputs")),
         binary_data_output=bool(binary_data_output),
     )
+
+
+def _input_headers(value: Any, limits: InputLimits | None) -> list[_InputHeader]:
+    items = _expect_list(value, "the request's 'inputs'")
+    if limits is not None:
+        limits.check_count(len(items))
+    headers: list[_InputHeader] = []
+    names: set[str] = set()
+    for index, item in enumerate(items):
+        header = _input_header(item, index)
+        if header.name in names:
+            raise V2DecodeError(f"input {header.name!r} is given twice; each input appears once")
+        names.add(header.name)
+        headers.append(header)
+    return headers
 
 
 # ---- JSON structure -------------------------------------------------------------------------
@@ -224,7 +304,18 @@ def _decode_requested_outputs(value: Any) -> tuple[RequestedOutput, ...]:
 # ---- one input ------------------------------------------------------------------------------
 
 
-def _decode_input(item: Any, index: int, reader: _BinaryReader) -> tuple[str, Datatype, np.ndarray]:
+@dataclass(frozen=True, slots=True)
+class _InputHeader:
+    """One input as its JSON describes it, before its data is decoded."""
+
+    name: str
+    datatype: Datatype
+    shape: tuple[int, ...]
+    binary_size: int | None
+    data: Any
+
+
+def _input_header(item: Any, index: int) -> _InputHeader:
     spec = _expect_object(item, f"inputs[{index}]")
     name = spec.get("name")
     if not isinstance(name, str) or not name:
@@ -241,12 +332,37 @@ def _decode_input(item: Any, index: int, reader: _BinaryReader) -> tuple[str, Da
         raise V2DecodeError(f"{what} has neither 'data' nor parameters.binary_data_size")
     if binary_size is not None and (not _is_int(binary_size) or binary_size < 0):
         raise V2DecodeError(f"{what}: binary_data_size must be a non-negative integer")
+    return _InputHeader(name, datatype, shape, binary_size, spec.get("data"))
+
+
+def _decode_data(header: _InputHeader, reader: _BinaryReader) -> np.ndarray:
+    what = f"input {header.name!r}"
     try:
-        if binary_size is None:
-            return name, datatype, array_from_json(spec["data"], datatype, shape)
-        return name, datatype, array_from_binary(reader.take(binary_size, what), datatype, shape)
+        if header.binary_size is None:
+            return _array_from_json_rows(header.data, header.datatype, header.shape)
+        return array_from_binary(reader.take(header.binary_size, what), header.datatype, header.shape)
     except TensorDataError as exc:
         raise V2DecodeError(f"{what}: {exc}") from None
+
+
+def _array_from_json_rows(data: Any, datatype: Datatype, shape: tuple[int, ...]) -> np.ndarray:
+    """array_from_json in slices of rows, each holding the GIL briefly, so the event loop gets it
+    back between them while a large body decodes on the decode thread."""
+    count = math.prod(shape)
+    if datatype.is_bytes or not isinstance(data, list) or count <= _ELEMENTS_PER_SLICE:
+        return array_from_json(data, datatype, shape)
+    nested = bool(data) and isinstance(data[0], list)
+    if len(data) != (shape[0] if nested else count):
+        form = f"nested as {len(data)} rows" if nested else f"{len(data)} elements"
+        raise TensorDataError(f"shape {shape_text(shape)} has {count} elements but data has {form}")
+    row_size = count // shape[0]
+    step = max(1, _ELEMENTS_PER_SLICE // row_size)
+    array = np.empty(shape, datatype.numpy_dtype)
+    for start in range(0, shape[0], step):
+        stop = min(start + step, shape[0])
+        rows = data[start:stop] if nested else data[start * row_size : stop * row_size]
+        array[start:stop] = array_from_json(rows, datatype, (stop - start, *shape[1:]))
+    return array
 
 
 def _input_datatype(value: Any, what: str) -> Datatype:

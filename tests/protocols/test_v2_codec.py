@@ -17,6 +17,7 @@ from inferd.datatypes import (
     float32_from_bf16_bits,
 )
 from inferd.protocols.v2_codec import (
+    InputLimits,
     RequestedOutput,
     V2DecodeError,
     V2EncodeError,
@@ -897,3 +898,110 @@ else:
     @given(st.binary(max_size=200), st.none() | st.integers(-5, 250))
     def test_random_bodies_raise_only_decode_errors(body: bytes, header_length: int | None) -> None:
         check_decoded(body, header_length)
+
+
+# ---- limits: checked from the JSON header before any tensor data is decoded ----------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+TINY = InputLimits(4, [Spec("input", "FP32", (-1, 16))])
+HANDLER = InputLimits(4, None)
+
+
+def _binary_request(entry: dict[str, Any], tail: bytes) -> tuple[bytes, int]:
+    header = json.dumps({"inputs": [entry]}).encode()
+    return header + tail, len(header)
+
+
+def test_datatype_is_checked_before_bytes_are_split() -> None:
+    """The BYTES data is malformed too: the datatype error shows it was never read."""
+    entry = {"name": "input", "datatype": "BYTES", "shape": [1, 16], "parameters": {"binary_data_size": 3}}
+    with pytest.raises(V2DecodeError, match="datatype BYTES but the model takes FP32"):
+        decode_infer_request(*_binary_request(entry, b"\xff\xff\xff"), TINY)
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ([5, 16], "carries 5 items but the model takes at most 4"),
+        ([2, 15], r"shape \[2, 15\] does not match \[-1, 16\]"),
+        ([2], r"shape \[2\] does not match"),
+        ([0, 16], "at least one row"),
+        ([], "at least one row"),
+    ],
+)
+def test_shape_and_batch_are_checked_before_data(shape: list[int], message: str) -> None:
+    entry = {"name": "input", "datatype": "FP32", "shape": shape, "data": "not even a list"}
+    with pytest.raises(V2DecodeError, match=message):
+        decode_infer_request(orjson.dumps({"inputs": [entry]}), None, TINY)
+
+
+def test_names_are_checked_before_data() -> None:
+    entry = {"name": "x", "datatype": "FP32", "shape": [1, 16], "data": "not even a list"}
+    with pytest.raises(V2DecodeError, match=r"takes inputs \['input'\]; the request gave \['x'\]"):
+        decode_infer_request(orjson.dumps({"inputs": [entry]}), None, TINY)
+
+
+def test_the_count_of_inputs_is_checked_before_any_input() -> None:
+    entries = [{"nonsense": i} for i in range(1000)]
+    with pytest.raises(V2DecodeError, match="gives 1000 inputs; this model takes 1"):
+        decode_infer_request(orjson.dumps({"inputs": entries}), None, TINY)
+
+
+def test_handler_items_are_counted_before_bytes_are_split() -> None:
+    count = 100_000
+    entry = {"name": "text", "datatype": "BYTES", "shape": [count], "parameters": {"binary_data_size": 4 * count}}
+    with pytest.raises(V2DecodeError, match=f"carries {count} items but the model takes at most 4"):
+        decode_infer_request(*_binary_request(entry, b"\0" * 4 * count), HANDLER)
+    with pytest.raises(V2DecodeError, match="gives 2 inputs; this model takes 1"):
+        decode_infer_request(orjson.dumps({"inputs": [{**entry, "name": "a"}, {**entry, "name": "b"}]}), None, HANDLER)
+
+
+def test_a_request_within_limits_decodes() -> None:
+    entry = {"name": "input", "datatype": "FP32", "shape": [2, 16], "data": [0.5] * 32}
+    decoded = decode_infer_request(orjson.dumps({"inputs": [entry]}), None, TINY)
+    assert decoded.inputs["input"].shape == (2, 16)
+
+
+@pytest.mark.parametrize("nested", [True, False])
+@pytest.mark.parametrize("datatype", ["FP32", "INT64", "BF16", "BOOL"])
+def test_large_json_data_decodes_in_slices_as_it_would_whole(nested: bool, datatype: str) -> None:
+    rows, width = 700, 300  # 210,000 elements: several slices of rows
+    values = np.arange(rows * width).reshape(rows, width) % 7
+    data = (values > 3).tolist() if datatype == "BOOL" else values.tolist()
+    entry = {"name": "x", "datatype": datatype, "shape": [rows, width], "data": data if nested else sum(data, [])}
+    decoded = decode_infer_request(orjson.dumps({"inputs": [entry]}), None).inputs["x"]
+    expected = parse_json(datatype, data)
+    assert decoded.shape == (rows, width) and decoded.dtype == expected.dtype
+    assert np.array_equal(decoded, expected.reshape(rows, width))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ([0.5] * 100_000, "has 210000 elements but data has 100000 elements"),
+        ([[0.5] * 300] * 10, "has 210000 elements but data has nested as 10 rows"),
+    ],
+)
+def test_large_json_data_of_the_wrong_length_is_named_without_converting(data: list[Any], message: str) -> None:
+    entry = {"name": "x", "datatype": "FP32", "shape": [700, 300], "data": data}
+    with pytest.raises(V2DecodeError, match=message):
+        decode_infer_request(orjson.dumps({"inputs": [entry]}), None)
+
+
+def test_ragged_rows_in_a_later_slice_are_named() -> None:
+    data = [[0.5] * 300] * 699 + [[0.5] * 299]
+    entry = {"name": "x", "datatype": "FP32", "shape": [700, 300], "data": data}
+    with pytest.raises(V2DecodeError, match="input 'x'"):
+        decode_infer_request(orjson.dumps({"inputs": [entry]}), None)
+
+
+def test_header_length_of_thousands_of_digits_is_named() -> None:
+    with pytest.raises(V2DecodeError, match="has 5000 digits"):
+        parse_header_length("9" * 5000)
