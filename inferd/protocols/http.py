@@ -143,9 +143,8 @@ async def read_body(request: Request, limits: BodyLimits, held: Reservation | No
     except asyncio.TimeoutError:
         raise BodyTooSlow(f"the request body did not arrive within {limits.timeout_s:g} s") from None
     except ClientDisconnect:
-        log.info("%s: the client left after sending %d of %s body bytes (499)",
-                 request.url.path, body.size, declared if declared is not None else "?")  # fmt: skip
-        raise ClientGone("the client disconnected before sending its whole body") from None
+        of = "" if declared is None else f" of {declared}"
+        raise ClientGone(f"the client disconnected after sending {body.size}{of} body bytes") from None
 
 
 def content_length(value: str | None, limits: BodyLimits) -> int | None:
