@@ -116,7 +116,7 @@ class ModelConfig(_Section):
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     workers_per_device: int = Field(1, ge=1, le=256)
     max_batch_size: int = Field(1, ge=1, le=65536)
-    batch_timeout_ms: float = Field(0.0, ge=0, le=60_000)
+    batch_timeout_ms: float | None = Field(None, ge=0, le=60_000)  # a cap on the learned hold; 0 never holds
     cpu_affinity: tuple[int, ...] | None = None
     max_queue_size: int = Field(1024, ge=1)
     request_timeout_ms: float = Field(30_000.0, gt=0)
