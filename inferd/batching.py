@@ -67,6 +67,7 @@ class BatchPolicy:
     batch_timeout_s: float | None  # the longest a partial batch may hold; None: as long as it pays
     max_queue_size: int
     request_timeout_s: float
+    fixed_wait: bool = False  # the classic dynamic batcher: every partial batch waits batch_timeout_s
 
 
 @dataclass(eq=False)
@@ -187,6 +188,9 @@ class Batcher:
     def _hold_deadline(self, chosen: list[PendingRequest]) -> float:
         """When a held partial batch must leave: decided once per hold, so arrivals that do not
         fill the batch never push its departure back."""
+        if self.policy.fixed_wait and self.policy.batch_timeout_s is not None:
+            self._holding_since = self._holding_since or time.monotonic()
+            return chosen[0].arrived + self.policy.batch_timeout_s
         if self._holding_since is None:
             hold_s = self.window.hold_s(sum(r.items for r in chosen))
             if hold_s <= 0:

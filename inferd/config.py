@@ -117,6 +117,7 @@ class ModelConfig(_Section):
     workers_per_device: int = Field(1, ge=1, le=256)
     max_batch_size: int = Field(1, ge=1, le=65536)
     batch_timeout_ms: float | None = Field(None, ge=0, le=60_000)  # a cap on the learned hold; 0 never holds
+    batch_wait: Literal["adaptive", "fixed"] = "adaptive"  # fixed: every partial batch waits batch_timeout_ms
     cpu_affinity: tuple[int, ...] | None = None
     max_queue_size: int = Field(1024, ge=1)
     request_timeout_ms: float = Field(30_000.0, gt=0)
@@ -180,6 +181,8 @@ class ModelConfig(_Section):
             raise ValueError("give exactly one of 'path' (a model file) or 'handler' (a class)")
         if self.device == "cpu" and (self.gpus is not None or self.gpu_memory_fraction is not None):
             raise ValueError("'gpus' and 'gpu_memory_fraction' apply only to a CUDA device")
+        if self.batch_wait == "fixed" and self.batch_timeout_ms is None:
+            raise ValueError("batch_wait 'fixed' needs batch_timeout_ms: how long a partial batch waits")
         if self.gpus is not None and self.device != "cuda":
             raise ValueError("'gpus' goes with device 'cuda'; 'cuda:N' already names one GPU")
         return self

@@ -142,6 +142,7 @@ class Daemon:
             None if model.batch_timeout_ms is None else model.batch_timeout_ms / 1000,
             model.max_queue_size,
             model.request_timeout_ms / 1000,
+            fixed_wait=model.batch_wait == "fixed",
         )
         supervisor = Supervisor(specs)
         metrics = self.metrics.for_model(model.name)

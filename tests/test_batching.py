@@ -221,3 +221,13 @@ async def test_one_bad_request_fails_alone() -> None:
     assert results[0] == ["good"]
     assert isinstance(results[1], ModelFailed) and "bad item" in results[1].message
     await batcher.stop()
+
+
+async def test_a_fixed_wait_holds_every_partial_batch_for_the_timeout() -> None:
+    batcher, observer, _ = make([FakeWorker("w")], batch_timeout_s=0.1, fixed_wait=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await infer(batcher, "alone") == ["alone"]
+    assert loop.time() - started >= 0.09 and observer.batch_sizes == [1]
+    assert observer.batch_waits_s[0] >= 0.09
+    await batcher.stop()
