@@ -47,9 +47,11 @@ def write_config(
     port: int,
     *,
     max_batch_size: int,
-    batch_timeout_ms: float,
+    batch_timeout_ms: float | None,
     workers: int,
     cpus: list[int] | None,
+    batch_wait: str = "adaptive",
+    label: str = "",
 ) -> Path:
     """A one-model config beside the model file; JSON is YAML, so no pyyaml is needed here."""
     width = benchmodels.MODELS[model].in_features
@@ -59,16 +61,18 @@ def write_config(
         "device": "cpu",
         "workers_per_device": workers,
         "max_batch_size": max_batch_size,
-        "batch_timeout_ms": batch_timeout_ms,
+        "batch_wait": batch_wait,
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, width]}],
         "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, width]}],
     }
+    if batch_timeout_ms is not None:
+        entry["batch_timeout_ms"] = batch_timeout_ms
     if cpus:
         entry["cpu_affinity"] = ",".join(map(str, cpus))
     config = {
         "server": {"host": "127.0.0.1", "port": port, "log_level": "warning"},
         "models": [entry],
     }
-    path = model_path.parent / f"inferd-{model}.yaml"
+    path = model_path.parent / f"inferd-{model}{label}.yaml"
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path

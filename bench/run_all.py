@@ -307,7 +307,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--litserve-timeout-ms", type=float, default=5.0)
     add("--inferd-cmd", help="command that runs inferd (default: this python -m inferd)")
     add("--inferd-workers", type=int, default=1, help="workers_per_device")
-    add("--inferd-timeout-ms", type=float, default=0.0, help="batch_timeout_ms")
+    add("--inferd-timeout-ms", type=float, default=None, help="batch_timeout_ms (default: none set)")
     add(
         "--inferd-cpus",
         help="cpu_affinity for inferd's workers, e.g. 1 or 2-7 (default: the "

@@ -169,10 +169,13 @@ def inferd(
     command: list[str],
     protocols: list[str],
     batch_size: int,
-    timeout_ms: float,
+    timeout_ms: float | None,
     workers: int,
+    batch_wait: str = "adaptive",
+    label: str = "",
 ) -> list[Endpoint]:
-    """One inferd serving `model`, measured through each protocol in `protocols` (native, v2)."""
+    """One inferd serving `model`, measured through each protocol in `protocols` (native, v2).
+    `label` tells several inferds of one model apart (in the row's target and the server's key)."""
     port = procs.free_port()
     config = inferd_target.write_config(
         model,
@@ -182,20 +185,23 @@ def inferd(
         batch_timeout_ms=timeout_ms,
         workers=workers,
         cpus=where.inferd_cpus or where.server_cpus,
+        batch_wait=batch_wait,
+        label=label.replace(" ", "-"),
     )
     spec = ServerSpec(
-        f"inferd-{model}",
+        f"inferd-{model}{label.replace(' ', '-')}",
         procs.pinned([*command, "serve", str(config)], where.server_cpus),
         "/readyz",
         port,
         env=inferd_target.environment(),
         cwd=inferd_target.REPO_ROOT,
     )
-    note = f"batch {batch_size}, {timeout_ms:g} ms, {workers} worker(s)"
+    timeout = "no timeout" if timeout_ms is None else f"{batch_wait} {timeout_ms:g} ms"
+    note = f"batch {batch_size}, {timeout}, {workers} worker(s)"
     if where.inferd_cpus:
         note += f", CPUs {procs.format_cpus(where.inferd_cpus)}"
     routes = {
         "native": (f"/models/{model}/predict", native_body(model)),
         "v2": (f"/v2/models/{model}/infer", v2_body(model)),
     }
-    return [Endpoint(f"inferd {name}", model, spec, *routes[name], note) for name in protocols]
+    return [Endpoint(f"inferd {name}{label}", model, spec, *routes[name], note) for name in protocols]

@@ -4,7 +4,8 @@ Rules:
 - admission: at most `max_queue_size` requests wait; past that a request fails at once (429);
 - a batch forms only when a worker is idle: up to `max_batch_size` items from the head of the queue,
   only requests whose batch key (names, dtypes and non-batch shapes) matches the head's, in order;
-- a batch that is not full waits until its oldest request has waited `batch_timeout_s`;
+- a batch leaves at once, unless its model's learned `BatchWindow` says a short hold for company
+  pays (see batch_window.py); never past `batch_timeout_s` from its oldest request when that is set;
 - a request whose deadline passes is answered 504 at once; if still queued it is never computed;
 - a request whose wait is cancelled (its client left) leaves the queue and is never computed; if its
   batch is already running, the batch finishes and its answer for that request is dropped;
@@ -23,6 +24,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from inferd.batch_window import BatchWindow
 from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestError, RequestTimedOut
 from inferd.messages import Batch, BatchDone, Payload, RequestFailure
 
@@ -48,7 +50,9 @@ class WorkerPool(Protocol):
 
 
 class BatchObserver(Protocol):
-    def batch_dispatched(self, items: int, queue_waits_s: list[float]) -> None: ...
+    def batch_dispatched(self, items: int, worker_waits_s: list[float], batch_waits_s: list[float]) -> None:
+        """Each request's queue time split in two: waiting for a free worker, then (with one idle)
+        waiting for its batch to fill."""
 
     def batch_done(self, compute_s: float) -> None: ...
 
@@ -64,9 +68,10 @@ class ModelError(RequestError):
 @dataclass(frozen=True)
 class BatchPolicy:
     max_batch_size: int
-    batch_timeout_s: float
+    batch_timeout_s: float | None  # the longest a partial batch may hold; None: as long as it pays
     max_queue_size: int
     request_timeout_s: float
+    fixed_wait: bool = False  # the classic dynamic batcher: every partial batch waits batch_timeout_s
 
 
 @dataclass(eq=False)
@@ -100,6 +105,9 @@ class Batcher:
         self.inflight_requests = 0
         self._drained: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.window = BatchWindow(policy.max_batch_size, policy.batch_timeout_s)
+        self._holding_since: float | None = None  # a worker is idle and the head batch is held
+        self._hold_s = 0.0
 
     @property
     def queue_depth(self) -> int:
@@ -135,7 +143,9 @@ class Batcher:
                 headers={"Retry-After": "1"},
             )
         loop = asyncio.get_running_loop()
-        request = PendingRequest(payload, items, key, time.monotonic(), loop.create_future())
+        now = time.monotonic()
+        self.window.request_arrived(now)
+        request = PendingRequest(payload, items, key, now, loop.create_future())
         request.timer = loop.call_later(self.policy.request_timeout_s, self._expire, request)
         self._queue.append(request)
         self.inflight_requests += 1
@@ -183,11 +193,27 @@ class Batcher:
         if worker is None:
             return await self._sleep(None)
         chosen, full = self._take()
-        wait_s = chosen[0].arrived + self.policy.batch_timeout_s - time.monotonic()
-        if not full and wait_s > 0:
+        wait_s = 0.0 if full else self._hold_deadline(chosen) - time.monotonic()
+        if wait_s > 0:
             return await self._sleep(wait_s)
         self._remove(chosen)
         self._dispatch(worker, chosen)
+
+    def _hold_deadline(self, chosen: list[PendingRequest]) -> float:
+        """When a held partial batch must leave: decided once per hold, so arrivals that do not
+        fill the batch never push its departure back."""
+        if self.policy.fixed_wait and self.policy.batch_timeout_s is not None:
+            self._holding_since = self._holding_since or time.monotonic()
+            return chosen[0].arrived + self.policy.batch_timeout_s
+        if self._holding_since is None:
+            hold_s = self.window.hold_s(sum(r.items for r in chosen))
+            if hold_s <= 0:
+                return 0.0  # go now
+            self._holding_since, self._hold_s = time.monotonic(), hold_s
+        deadline = self._holding_since + self._hold_s
+        if self.policy.batch_timeout_s is not None:
+            deadline = min(deadline, chosen[0].arrived + self.policy.batch_timeout_s)
+        return deadline
 
     async def _sleep(self, timeout_s: float | None) -> None:
         loop = asyncio.get_running_loop()
@@ -225,7 +251,11 @@ class Batcher:
 
     def _dispatch(self, worker: Worker, chosen: list[PendingRequest]) -> None:
         now = time.monotonic()
-        self._observer.batch_dispatched(sum(r.items for r in chosen), [now - r.arrived for r in chosen])
+        held_from = now if self._holding_since is None else self._holding_since
+        self._holding_since = None
+        batch_waits_s = [now - max(r.arrived, held_from) for r in chosen]
+        worker_waits_s = [now - r.arrived - batch_wait_s for r, batch_wait_s in zip(chosen, batch_waits_s)]
+        self._observer.batch_dispatched(sum(r.items for r in chosen), worker_waits_s, batch_waits_s)
         for request in chosen:
             request.attempts += 1
         future = worker.submit(Batch(next(self._batch_ids), [r.payload for r in chosen]))
@@ -246,6 +276,7 @@ class Batcher:
         else:
             done = future.result()
             self._observer.batch_done(done.compute_s)
+            self.window.batch_done(sum(r.items for r in chosen), done.compute_s)
             for request, result in zip(chosen, done.results):
                 _deliver(self.model, request, result)
         self.wake()

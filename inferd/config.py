@@ -146,7 +146,8 @@ class ModelConfig(_Section):
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     workers_per_device: int = Field(1, ge=1, le=256)
     max_batch_size: int = Field(1, ge=1, le=65536)
-    batch_timeout_ms: float = Field(0.0, ge=0, le=60_000)
+    batch_timeout_ms: float | None = Field(None, ge=0, le=60_000)  # a cap on the learned hold; 0 never holds
+    batch_wait: Literal["adaptive", "fixed"] = "adaptive"  # fixed: every partial batch waits batch_timeout_ms
     cpu_affinity: tuple[int, ...] | None = None
     max_queue_size: int = Field(1024, ge=1)
     request_timeout_ms: float = Field(30_000.0, gt=0)
@@ -345,6 +346,8 @@ def _rule_problems(entry: Any, index: int) -> list[str]:
     if entry.get("gpus") is not None and device != "cuda":
         why = "this model's device is 'cpu'" if device == "cpu" else f"{device!r} already names one GPU"
         problems.append(f"{where}.gpus: goes with device 'cuda' ({why})")
+    if entry.get("batch_wait") == "fixed" and entry.get("batch_timeout_ms") is None:
+        problems.append(f"{where}.batch_wait: 'fixed' needs batch_timeout_ms, how long a partial batch waits")
     if entry.get("gpu_memory_fraction") is not None and device == "cpu":
         problems.append(f"{where}.gpu_memory_fraction: applies only to a CUDA device (this model's device is 'cpu')")
     return problems

@@ -143,7 +143,11 @@ class Daemon:
         own_slots = tuple(s for s in slots if s.model == model.name)
         specs = [WorkerSpec(slot, model, base_dir, level, log_format) for slot in own_slots]
         policy = BatchPolicy(
-            model.max_batch_size, model.batch_timeout_ms / 1000, model.max_queue_size, model.request_timeout_ms / 1000
+            model.max_batch_size,
+            None if model.batch_timeout_ms is None else model.batch_timeout_ms / 1000,
+            model.max_queue_size,
+            model.request_timeout_ms / 1000,
+            fixed_wait=model.batch_wait == "fixed",
         )
         metrics = self.metrics.for_model(model.name)
         supervisor = Supervisor(model, specs, metrics, self._oom_kills)

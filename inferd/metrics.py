@@ -56,6 +56,14 @@ class Metrics:
         self.queue_duration = self._histogram(
             "inferd_queue_duration_seconds", "Time from arrival to dispatch in a batch.", latency_buckets_s
         )
+        self.worker_wait = self._histogram(
+            "inferd_worker_wait_seconds", "Part of the queue time spent waiting for a free worker.", latency_buckets_s
+        )
+        self.batch_wait = self._histogram(
+            "inferd_batch_wait_seconds",
+            "Part of the queue time spent, with a worker idle, waiting for the batch to fill.",
+            latency_buckets_s,
+        )
         self.inference_duration = self._histogram(
             "inferd_inference_duration_seconds", "Compute time of each batch in its worker.", latency_buckets_s
         )
@@ -111,6 +119,8 @@ class ModelMetrics:
         self._model = model
         self._request_duration = metrics.request_duration.labels(model)
         self._queue_duration = metrics.queue_duration.labels(model)
+        self._worker_wait = metrics.worker_wait.labels(model)
+        self._batch_wait = metrics.batch_wait.labels(model)
         self._inference_duration = metrics.inference_duration.labels(model)
         self._batch_size = metrics.batch_size.labels(model)
         self._cancelled = metrics.requests_cancelled.labels(model)
@@ -119,10 +129,12 @@ class ModelMetrics:
         self._metrics.requests.labels(self._model, str(code)).inc()
         self._request_duration.observe(duration_s)
 
-    def batch_dispatched(self, items: int, queue_waits_s: list[float]) -> None:
+    def batch_dispatched(self, items: int, worker_waits_s: list[float], batch_waits_s: list[float]) -> None:
         self._batch_size.observe(items)
-        for wait_s in queue_waits_s:
-            self._queue_duration.observe(wait_s)
+        for worker_wait_s, batch_wait_s in zip(worker_waits_s, batch_waits_s):
+            self._queue_duration.observe(worker_wait_s + batch_wait_s)
+            self._worker_wait.observe(worker_wait_s)
+            self._batch_wait.observe(batch_wait_s)
 
     def batch_done(self, compute_s: float) -> None:
         self._inference_duration.observe(compute_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -58,9 +59,13 @@ class Observer:
     def __init__(self) -> None:
         self.batch_sizes: list[int] = []
         self.cancelled = 0
+        self.worker_waits_s: list[float] = []
+        self.batch_waits_s: list[float] = []
 
-    def batch_dispatched(self, items: int, queue_waits_s: list[float]) -> None:
+    def batch_dispatched(self, items: int, worker_waits_s: list[float], batch_waits_s: list[float]) -> None:
         self.batch_sizes.append(items)
+        self.worker_waits_s += worker_waits_s
+        self.batch_waits_s += batch_waits_s
 
     def batch_done(self, compute_s: float) -> None:
         pass
@@ -69,7 +74,7 @@ class Observer:
         self.cancelled += 1
 
 
-def make(workers: list[FakeWorker], **policy: float) -> tuple[Batcher, Observer, FakePool]:
+def make(workers: list[FakeWorker], **policy: float | None) -> tuple[Batcher, Observer, FakePool]:
     settings = {"max_batch_size": 4, "batch_timeout_s": 0.05, "max_queue_size": 100, "request_timeout_s": 5.0} | policy
     pool, observer = FakePool(workers), Observer()
     batcher = Batcher("m", BatchPolicy(**settings), pool, observer, lambda worker, reason: None)  # type: ignore[arg-type]
@@ -95,18 +100,60 @@ async def infer(batcher: Batcher, item: Any, key: Any = None) -> Any:
     return await batcher.infer([item], 1, key)
 
 
-async def test_a_full_batch_leaves_at_once_and_a_partial_one_after_the_timeout() -> None:
+async def test_a_full_batch_leaves_at_once() -> None:
     worker = FakeWorker("w", delay_s=0.01)
     batcher, observer, _ = make([worker], batch_timeout_s=10.0)
     results = await asyncio.wait_for(asyncio.gather(*(infer(batcher, n) for n in range(4))), 2.0)
     assert results == [[0], [1], [2], [3]] and observer.batch_sizes == [4]
     await batcher.stop()
 
-    batcher, observer, _ = make([FakeWorker("w")], batch_timeout_s=0.1)
+
+async def test_a_lone_request_with_an_idle_worker_leaves_at_once_whatever_the_timeout() -> None:
+    batcher, observer, _ = make([FakeWorker("w")], batch_timeout_s=10.0)
+    assert await asyncio.wait_for(infer(batcher, "alone"), 2.0) == ["alone"]
+    assert observer.batch_sizes == [1] and observer.batch_waits_s == [0.0]
+    await batcher.stop()
+
+
+async def test_requests_gather_while_the_worker_is_busy_and_leave_together() -> None:
+    worker = FakeWorker("w", delay_s=0.05)
+    batcher, observer, _ = make([worker], max_batch_size=8, batch_timeout_s=None)
+    first = asyncio.ensure_future(infer(batcher, "first"))
+    await asyncio.sleep(0.01)  # dispatched alone; the worker is now busy
+    later = [asyncio.ensure_future(infer(batcher, n)) for n in range(5)]
+    assert await asyncio.wait_for(asyncio.gather(first, *later), 2.0) == [["first"], *[[n] for n in range(5)]]
+    assert observer.batch_sizes == [1, 5]
+    assert min(observer.worker_waits_s[1:]) > 0 and observer.batch_waits_s == [0.0] * 6
+    await batcher.stop()
+
+
+def teach_a_flat_cost(batcher: Batcher, fixed_s: float, arrivals_per_s: float) -> None:
+    """Give the batcher's window the history of a model whose batches cost `fixed_s` whatever
+    their size, under a steady arrival rate: the case where holding a partial batch pays."""
+    for items in range(1, 17):
+        batcher.window.batch_done(items, fixed_s)
+    now = time.monotonic()  # the batcher's clock: the next real arrival continues the series
+    for n in range(50, 0, -1):
+        batcher.window.request_arrived(now - n / arrivals_per_s)
+
+
+async def test_a_partial_batch_is_held_when_its_model_has_learned_that_it_pays() -> None:
+    worker = FakeWorker("w")
+    batcher, observer, _ = make([worker], max_batch_size=8, batch_timeout_s=None)
+    teach_a_flat_cost(batcher, fixed_s=0.2, arrivals_per_s=20.0)  # hold: min(7 / 20, 0.1) = 0.1 s
     loop = asyncio.get_running_loop()
     started = loop.time()
-    assert await infer(batcher, "alone") == ["alone"]
-    assert loop.time() - started >= 0.09 and observer.batch_sizes == [1]
+    assert await asyncio.wait_for(infer(batcher, "x"), 2.0) == ["x"]
+    assert loop.time() - started >= 0.09
+    assert observer.batch_waits_s[0] >= 0.09 > observer.worker_waits_s[0]  # it waited for company, not a worker
+    await batcher.stop()
+
+
+async def test_batch_timeout_caps_a_learned_hold() -> None:
+    batcher, observer, _ = make([FakeWorker("w")], max_batch_size=8, batch_timeout_s=0.0)
+    teach_a_flat_cost(batcher, fixed_s=0.2, arrivals_per_s=20.0)
+    assert await asyncio.wait_for(infer(batcher, "x"), 2.0) == ["x"]
+    assert observer.batch_waits_s == [0.0]
     await batcher.stop()
 
 
@@ -197,4 +244,14 @@ async def test_a_cancelled_wait_leaves_the_queue_and_a_running_batch_finishes() 
     assert await kept == ["kept"]
     assert [batch.payloads for batch in worker.batches] == [[["running"]], [["kept"]]]
     assert batcher.inflight_requests == 0
+    await batcher.stop()
+
+
+async def test_a_fixed_wait_holds_every_partial_batch_for_the_timeout() -> None:
+    batcher, observer, _ = make([FakeWorker("w")], batch_timeout_s=0.1, fixed_wait=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await infer(batcher, "alone") == ["alone"]
+    assert loop.time() - started >= 0.09 and observer.batch_sizes == [1]
+    assert observer.batch_waits_s[0] >= 0.09
     await batcher.stop()

@@ -18,6 +18,8 @@ METRIC_NAMES = frozenset(
         "inferd_requests_total",
         "inferd_request_duration_seconds",
         "inferd_queue_duration_seconds",
+        "inferd_worker_wait_seconds",
+        "inferd_batch_wait_seconds",
         "inferd_inference_duration_seconds",
         "inferd_batch_size",
         "inferd_queue_depth",
@@ -90,6 +92,8 @@ def _add_request_metrics(registry: CollectorRegistry) -> None:
         for name, help_text in (
             ("inferd_request_duration_seconds", "Time from request received to answer sent"),
             ("inferd_queue_duration_seconds", "Time a request waited before its batch started"),
+            ("inferd_worker_wait_seconds", "Queue time waiting for a free worker"),
+            ("inferd_batch_wait_seconds", "Queue time waiting, with a worker idle, for the batch to fill"),
             ("inferd_inference_duration_seconds", "Compute time per batch in a worker"),
         )
     }
