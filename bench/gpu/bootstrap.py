@@ -48,9 +48,20 @@ def ensure_dependencies() -> str:
 def _install_wheels() -> None:
     wheels = sorted(str(path) for path in WHEELS.glob("*.whl"))
     command = [
-        sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-        "--no-cache-dir", "--upgrade", "--target", str(SITE), *wheels,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--no-cache-dir",
+        "--upgrade",
+        "--target",
+        str(SITE),
+        *wheels,
+    ]
     finished = subprocess.run(command, check=False, capture_output=True, text=True)
     if finished.returncode != 0:
         sys.exit(f"gpu_check: installing the wheels failed:\n{finished.stdout}{finished.stderr}")

@@ -52,9 +52,14 @@ class Normalised(nn.Module):
 
 def stand_in_network() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1000),
-    )  # fmt: skip
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 1000),
+    )
 
 
 def resnet50() -> tuple[nn.Module, str]:
@@ -85,9 +90,12 @@ def build_resnet(out: Path, image_size: int) -> dict[str, object]:
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     torch.export.save(program, str(out / "resnet50.pt2"))
     return {
-        "torchscript": str(out / "resnet50.pt"), "export": str(out / "resnet50.pt2"), "network": description,
-        "script_s": round(scripted_s, 1), "export_s": round(time.perf_counter() - started, 1),
-    }  # fmt: skip
+        "torchscript": str(out / "resnet50.pt"),
+        "export": str(out / "resnet50.pt2"),
+        "network": description,
+        "script_s": round(scripted_s, 1),
+        "export_s": round(time.perf_counter() - started, 1),
+    }
 
 
 def _version(package: str) -> str | None:

@@ -41,10 +41,12 @@ class MemoryProbe(Handler):
 
     def predict(self, items: list[Any]) -> list[dict[str, Any]]:
         reading = {
-            **_memory(self.device), "pid": os.getpid(), "device": str(self.device),
+            **_memory(self.device),
+            "pid": os.getpid(),
+            "device": str(self.device),
             "current_device": torch.cuda.current_device() if self.device.type == "cuda" else None,
             "held_on": str(self.held.device),
-        }  # fmt: skip
+        }
         return [reading for _ in items]
 
 
@@ -57,9 +59,11 @@ class CopyCounter(Handler):
         from inferd.runners import TensorRunner
 
         config = ModelConfig(
-            name="copies", path=Path(self.handler_args["model_path"]), device=device,
+            name="copies",
+            path=Path(self.handler_args["model_path"]),
+            device=device,
             inputs=(TensorSpec(name="input", datatype="FP32", shape=(-1, 16)),),
-        )  # fmt: skip
+        )
         self.runner = TensorRunner(config, device)
         self.count([np.zeros((1, 16), np.float32)])  # the profiler's first use is slow: not in a request
 
@@ -107,9 +111,15 @@ class MiniLMShaped(Handler):
         torch.manual_seed(0)
         self.device = torch.device(device)
         config = BertConfig(
-            vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-            intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu",
-        )  # fmt: skip
+            vocab_size=30522,
+            hidden_size=384,
+            num_hidden_layers=6,
+            num_attention_heads=12,
+            intermediate_size=1536,
+            max_position_embeddings=512,
+            type_vocab_size=2,
+            hidden_act="gelu",
+        )
         self.model = BertModel(config).to(self.device).eval()
         self.tokenizer = _tokenizer(self.handler_args.get("tokenizer_dir"))
 
@@ -184,9 +194,12 @@ def _image_network() -> tuple[torch.nn.Module, str]:
         import torchvision
     except ImportError:
         network = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 16, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-            torch.nn.Flatten(), torch.nn.Linear(16, 1000),
-        )  # fmt: skip
+            torch.nn.Conv2d(3, 16, 3, stride=2),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(16, 1000),
+        )
         return network, "stand-in conv net"
     return torchvision.models.efficientnet_b0(weights=None), "efficientnet_b0"
 

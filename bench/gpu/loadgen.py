@@ -34,7 +34,11 @@ class Tally:
 
 def _request_bytes(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
-    head = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}", f"Content-Length: {len(body)}"]
+    head = [
+        f"POST {parts.path or '/'} HTTP/1.1",
+        f"Host: {parts.hostname}:{parts.port}",
+        f"Content-Length: {len(body)}",
+    ]
     head += [f"{name}: {value}" for name, value in {"Content-Type": "application/json", **headers}.items()]
     return str(parts.hostname), int(parts.port or 80), ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
@@ -83,7 +87,9 @@ async def _connection(host: str, port: int, request: bytes, count_from: float, s
         writer.close()
 
 
-async def _drive(url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float, warmup_s: float) -> Tally:
+async def _drive(
+    url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float, warmup_s: float
+) -> Tally:
     host, port, request = _request_bytes(url, body, headers)
     tally = Tally()
     count_from = time.perf_counter() + warmup_s
@@ -125,31 +131,60 @@ def _main_one(args: argparse.Namespace) -> None:
     except ImportError:
         pass
     headers = dict(item.split(":", 1) for item in args.header)
-    tally = asyncio.run(_drive(args.url, Path(args.body_file).read_bytes(), headers, args.connections,
-                               args.seconds, args.warmup))  # fmt: skip
+    tally = asyncio.run(
+        _drive(args.url, Path(args.body_file).read_bytes(), headers, args.connections, args.seconds, args.warmup)
+    )
     sample = tally.latencies_s[:: max(1, len(tally.latencies_s) // 20000)]  # percentiles of a sample
-    print(json.dumps({"statuses": dict(tally.statuses), "errors": tally.errors, "seconds": args.seconds,
-                      "latencies_s": sample}))  # fmt: skip
+    figures = {"statuses": dict(tally.statuses), "errors": tally.errors, "seconds": args.seconds, "latencies_s": sample}
+    Path(args.out).write_text(json.dumps(figures))  # a file, not stdout: a full pipe must never block or cut it
 
 
 class Load:
     """Load running in the background from `processes` client processes; `result()` waits for it."""
 
-    def __init__(self, url: str, body: bytes, connections: int, seconds: float, *, warmup_s: float = 0.0,
-                 headers: dict[str, str] | None = None, processes: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        body: bytes,
+        connections: int,
+        seconds: float,
+        *,
+        warmup_s: float = 0.0,
+        headers: dict[str, str] | None = None,
+        processes: int = 1,
+    ) -> None:
         self.seconds = seconds
         with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as handle:
             handle.write(body)
         self._body_path = handle.name
         shares = [connections // processes + (1 if i < connections % processes else 0) for i in range(processes)]
         header_args = [arg for name, value in (headers or {}).items() for arg in ("--header", f"{name}:{value}")]
+        self._outputs = [f"{self._body_path}.{index}.json" for index in range(len(shares))]
         self._clients = [
             subprocess.Popen(
-                [sys.executable, __file__, "--url", url, "--body-file", self._body_path, "--connections", str(share),
-                 "--seconds", str(seconds), "--warmup", str(warmup_s), *header_args],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            for share in shares if share
+                [
+                    sys.executable,
+                    __file__,
+                    "--url",
+                    url,
+                    "--body-file",
+                    self._body_path,
+                    "--connections",
+                    str(share),
+                    "--seconds",
+                    str(seconds),
+                    "--warmup",
+                    str(warmup_s),
+                    "--out",
+                    output,
+                    *header_args,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for share, output in zip(shares, self._outputs)
+            if share
         ]
         self._deadline_s = warmup_s + seconds + 60
 
@@ -157,11 +192,11 @@ class Load:
         statuses: Counter[int] = Counter()
         errors, latencies = 0, []
         try:
-            for client in self._clients:
-                out, err = client.communicate(timeout=self._deadline_s)
+            for client, output in zip(self._clients, self._outputs):
+                _, err = client.communicate(timeout=self._deadline_s)
                 if client.returncode != 0:
                     raise RuntimeError(f"load client failed ({client.returncode}): {err[-500:]}")
-                figures = json.loads(out.strip().splitlines()[-1])
+                figures = json.loads(Path(output).read_text())
                 statuses.update({int(code): count for code, count in figures["statuses"].items()})
                 errors += figures["errors"]
                 latencies += figures["latencies_s"]
@@ -169,15 +204,23 @@ class Load:
             self.stop()
         latencies.sort()
         ok = sum(count for code, count in statuses.items() if 200 <= code < 300)
-        return LoadResult(sum(statuses.values()), ok, errors, {str(k): v for k, v in sorted(statuses.items())},
-                          self.seconds, _percentile_ms(latencies, 50), _percentile_ms(latencies, 99))  # fmt: skip
+        return LoadResult(
+            sum(statuses.values()),
+            ok,
+            errors,
+            {str(k): v for k, v in sorted(statuses.items())},
+            self.seconds,
+            _percentile_ms(latencies, 50),
+            _percentile_ms(latencies, 99),
+        )
 
     def stop(self) -> None:
         for client in self._clients:
             if client.poll() is None:
                 client.kill()
                 client.wait()
-        Path(self._body_path).unlink(missing_ok=True)
+        for path in [self._body_path, *self._outputs]:
+            Path(path).unlink(missing_ok=True)
 
 
 def run(url: str, body: bytes, connections: int, seconds: float, **options: object) -> LoadResult:
@@ -197,4 +240,5 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=0.0)
+    parser.add_argument("--out", required=True, help="where to write the JSON figures")
     _main_one(parser.parse_args())

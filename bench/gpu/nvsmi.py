@@ -26,8 +26,11 @@ def _query(*arguments: str) -> list[list[str]] | None:
     try:
         finished = subprocess.run(
             ["nvidia-smi", *arguments, "--format=csv,noheader,nounits"],
-            check=False, capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if finished.returncode != 0:

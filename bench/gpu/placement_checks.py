@@ -41,13 +41,26 @@ ROWS_6_7 = [
 def models(ctx: Context) -> list[dict[str, Any]]:
     tiny, where = ctx.files["tiny"], ctx.files["where"]
     return [
-        {"name": "tiny_cuda", "path": tiny, "device": ctx.device(plain=True), "workers_per_device": 2,
-         "max_batch_size": 32, "batch_timeout_ms": 1, "inputs": TENSOR16},
-        {"name": "where", "path": where, "device": ctx.device(plain=True), "inputs": TENSOR16},
+        {
+            "name": "tiny_cuda",
+            "path": tiny,
+            "device": ctx.device(plain=True),
+            "workers_per_device": 2,
+            "max_batch_size": 32,
+            "batch_timeout_ms": 1,
+            "inputs": TENSOR16,
+        },
+        {"name": "where", "path": where, "device": ctx.device(plain=True), "max_batch_size": 8, "inputs": TENSOR16},
         {"name": "probe", "handler": handler("MemoryProbe"), "device": ctx.device(), "handler_args": {"hold_mib": 96}},
-        {"name": "copies", "handler": handler("CopyCounter"), "device": ctx.device(), "max_batch_size": 16,
-         "batch_timeout_ms": 30, "handler_args": {"model_path": tiny}},
-    ]  # fmt: skip
+        {
+            "name": "copies",
+            "handler": handler("CopyCounter"),
+            "device": ctx.device(),
+            "max_batch_size": 16,
+            "batch_timeout_ms": 30,
+            "handler_args": {"model_path": tiny},
+        },
+    ]
 
 
 def server(ctx: Context) -> InferdServer:
@@ -70,7 +83,10 @@ def worker_kill_and_fork(ctx: Context) -> list[Row]:
         return ctx.skip_rows(ROWS_6_7)
     inferd = server(ctx)
     try:
-        return [guarded(spec, lambda c=c: c(ctx, inferd)) for spec, c in zip(ROWS_6_7, (killed_under_load, fork_after_serving))]
+        return [
+            guarded(spec, lambda c=c: c(ctx, inferd))
+            for spec, c in zip(ROWS_6_7, (killed_under_load, fork_after_serving))
+        ]
     finally:
         ctx.stop(SERVER)
 
@@ -97,7 +113,15 @@ def workers_on_gpu(ctx: Context, inferd: InferdServer) -> Row:
         ok = on_cuda0 == len(pids)
         note = "nvidia-smi lists no processes here: judged by the series alone" if apps == {} else "no nvidia-smi"
     if not ctx.cuda:
-        return Row(check, name, f"{len(pids)} workers ready on cpu", expected, verdict(len(pids) == 6), ctx.note())
+        wanted = sum(m.get("workers_per_device", 1) for m in models(ctx))
+        return Row(
+            check,
+            name,
+            f"{len(pids)}/{wanted} workers ready on cpu",
+            expected,
+            verdict(len(pids) == wanted),
+            ctx.note(),
+        )
     return Row(check, name, figure, expected, verdict(ok), note)
 
 
@@ -122,8 +146,10 @@ def copies_per_batch(ctx: Context, inferd: InferdServer) -> Row:
     d2h = sorted({f["d2h"] for f in figures})
     largest = max((f["payloads"] for f in figures), default=0)
     cuda_seen = any(f["cuda_events"] for f in figures)
-    figure = (f"{len(figures)} distinct batches of up to {largest} requests: H2D per batch {h2d}, D2H {d2h}, "
-              f"aten::to per batch {sorted({f['to_device_calls'] for f in figures})}; {failed} failed")  # fmt: skip
+    figure = (
+        f"{len(figures)} distinct batches of up to {largest} requests: H2D per batch {h2d}, D2H {d2h}, "
+        f"aten::to per batch {sorted({f['to_device_calls'] for f in figures})}; {failed} failed"
+    )
     if not ctx.cuda:
         return Row(check, name, figure, expected, verdict(failed == 0 and largest >= 2), ctx.note())
     note = "profiled in the worker around inferd.runners.TensorRunner.run_batch (torch.profiler, CUPTI)"
@@ -147,7 +173,9 @@ def sharing(ctx: Context, inferd: InferdServer) -> Row:
         return len(out[0]) == 16 if model == "tiny_cuda" else out == [[flag, flag]]
 
     good = sum(1 for model, answer in answers if right(model, answer))
-    devices = sorted({device for (model, _), (device, _) in _gpu_series(inferd).items() if model in ("tiny_cuda", "where")})
+    devices = sorted(
+        {device for (model, _), (device, _) in _gpu_series(inferd).items() if model in ("tiny_cuda", "where")}
+    )
     figure = f"{good}/{len(answers)} interleaved answers right (tiny_cuda x2 workers, where); devices {devices}"
     ok = good == len(answers) and (devices == ["cuda:0"] or not ctx.cuda)
     return Row(check, name, figure, expected, verdict(ok), ctx.note())
@@ -157,7 +185,9 @@ def memory_series(ctx: Context, inferd: InferdServer) -> Row:
     check, name, expected = ROWS_1_2[4]
     if not ctx.cuda:
         answer = inferd.predict("probe", ["read"])
-        return Row(check, name, f"probe HTTP {answer.status_code}", expected, verdict(answer.status_code == 200), ctx.note())
+        return Row(
+            check, name, f"probe HTTP {answer.status_code}", expected, verdict(answer.status_code == 200), ctx.note()
+        )
     for _ in range(3):  # a stats message read before the probe's own can arrive between the two reads
         worker = inferd.predict("probe", ["read"]).json()["outputs"][0]
         scraped = inferd.metrics()
@@ -166,9 +196,12 @@ def memory_series(ctx: Context, inferd: InferdServer) -> Row:
         reserved = sample(scraped, "inferd_gpu_memory_reserved_bytes", **labels)
         if allocated == worker["allocated"] and reserved == worker["reserved"]:
             break
-    figure = (f"worker read allocated {worker['allocated']:,} reserved {worker['reserved']:,} B; "
-              f"/metrics allocated {allocated:,.0f} reserved {reserved:,.0f} B" if allocated is not None and reserved is not None
-              else f"worker read {worker}; /metrics has no probe series")  # fmt: skip
+    figure = (
+        f"worker read allocated {worker['allocated']:,} reserved {worker['reserved']:,} B; "
+        f"/metrics allocated {allocated:,.0f} reserved {reserved:,.0f} B"
+        if allocated is not None and reserved is not None
+        else f"worker read {worker}; /metrics has no probe series"
+    )
     ok = allocated == worker["allocated"] and reserved == worker["reserved"]
     return Row(check, name, figure, expected, verdict(ok), "")
 
@@ -177,23 +210,40 @@ def device_memory(ctx: Context, inferd: InferdServer) -> Row:
     check, name, expected = ROWS_1_2[5]
     if not ctx.cuda:
         present = "inferd_gpu_memory_used_bytes" in inferd.metrics()
-        return Row(check, name, f"device series present: {present}", expected, verdict(not present), ctx.note("absent without a GPU"))
+        return Row(
+            check,
+            name,
+            f"device series present: {present}",
+            expected,
+            verdict(not present),
+            ctx.note("absent without a GPU"),
+        )
     before, scraped, after = nvsmi.devices(), inferd.metrics(), nvsmi.devices()
     used = sample(scraped, "inferd_gpu_memory_used_bytes", device="cuda:0")
     total = sample(scraped, "inferd_gpu_memory_total_bytes", device="cuda:0")
     if not before or not after or used is None or total is None:
-        return Row(check, name, f"/metrics used {used} total {total}; nvidia-smi {before}", expected, "FAIL",
-                   "a side is missing (no nvidia-smi, or no device series)")  # fmt: skip
+        return Row(
+            check,
+            name,
+            f"/metrics used {used} total {total}; nvidia-smi {before}",
+            expected,
+            "FAIL",
+            "a side is missing (no nvidia-smi, or no device series)",
+        )
     smi_used = [before[0].used_bytes, after[0].used_bytes]
     used_off = min(abs(used - u) / max(u, 1) for u in smi_used)
     total_off = abs(total - before[0].total_bytes) / before[0].total_bytes
-    figure = (f"used {used / 2**20:,.0f} MiB vs nvidia-smi {smi_used[0] / 2**20:,.0f} MiB ({100 * used_off:.2f}% off); "
-              f"total {total / 2**20:,.0f} vs {before[0].total_bytes / 2**20:,.0f} MiB ({100 * total_off:.2f}% off)")  # fmt: skip
+    figure = (
+        f"used {used / 2**20:,.0f} MiB vs nvidia-smi {smi_used[0] / 2**20:,.0f} MiB ({100 * used_off:.2f}% off); "
+        f"total {total / 2**20:,.0f} vs {before[0].total_bytes / 2**20:,.0f} MiB ({100 * total_off:.2f}% off)"
+    )
     return Row(check, name, figure, expected, verdict(used_off <= 0.01 and total_off <= 0.01), "")
 
 
 def _requests_total(inferd: InferdServer, model: str) -> float:
-    return sum(value for labels, value in inferd.metrics().get("inferd_requests_total", []) if labels.get("model") == model)
+    return sum(
+        value for labels, value in inferd.metrics().get("inferd_requests_total", []) if labels.get("model") == model
+    )
 
 
 def _replaced(inferd: InferdServer, model: str, slot: str, old_pid: int) -> bool:
@@ -219,8 +269,10 @@ def killed_under_load(ctx: Context, inferd: InferdServer) -> Row:
     finally:
         load.stop()
     restarts = sample(inferd.metrics(), "inferd_worker_restarts_total", model="tiny_cuda")
-    figure = (f"replaced in {replaced_s:.1f} s (restarts {restarts:.0f}); load {result.ok:,}/{result.requests + result.errors:,} "
-              f"answered 200, {result.failed} lost/failed {result.statuses}")  # fmt: skip
+    figure = (
+        f"replaced in {replaced_s:.1f} s (restarts {restarts:.0f}); load {result.ok:,}/{result.requests + result.errors:,} "
+        f"answered 200, {result.failed} lost/failed {result.statuses}"
+    )
     ok = result.failed == 0 and result.ok > 0
     if not ctx.cuda:
         return Row(check, name, figure, expected, verdict(ok), ctx.note())
@@ -241,8 +293,10 @@ def _memory_back(victim: int, held: int | None, devices_before: list[nvsmi.Devic
         return gone, f"victim gone from nvidia-smi: {gone}; no device readings"
     share = held or 256 * 2**20
     grown = after[0].used_bytes - devices_before[0].used_bytes
-    text = (f"victim held {share / 2**20:,.0f} MiB{'' if held else ' (assumed)'}, gone from nvidia-smi: {gone}; "
-            f"device used {devices_before[0].used_bytes / 2**20:,.0f} -> {after[0].used_bytes / 2**20:,.0f} MiB")  # fmt: skip
+    text = (
+        f"victim held {share / 2**20:,.0f} MiB{'' if held else ' (assumed)'}, gone from nvidia-smi: {gone}; "
+        f"device used {devices_before[0].used_bytes / 2**20:,.0f} -> {after[0].used_bytes / 2**20:,.0f} MiB"
+    )
     return gone and grown < share / 2, text
 
 
@@ -265,8 +319,10 @@ def fork_after_serving(ctx: Context, inferd: InferdServer) -> Row:
     except TimeoutError:
         reply = "no replacement became ready: " + _last_error(inferd.log())
     libcuda = _maps_libcuda(fork_pid)
-    figure = (f"forkserver pid {fork_pid}: in nvidia-smi's list {fork_pid in (apps or {})}, libcuda mapped {libcuda}; "
-              f"probe worker forked at uptime {forked_at:.0f} s: {reply}")  # fmt: skip
+    figure = (
+        f"forkserver pid {fork_pid}: in nvidia-smi's list {fork_pid in (apps or {})}, libcuda mapped {libcuda}; "
+        f"probe worker forked at uptime {forked_at:.0f} s: {reply}"
+    )
     if not ctx.cuda:
         return Row(check, name, figure, expected, verdict(fork_pid is not None and status == 200), ctx.note())
     clean = fork_pid is not None and fork_pid not in (apps or {})

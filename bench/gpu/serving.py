@@ -33,9 +33,13 @@ class InferdServer:
         server = {"host": "127.0.0.1", "port": self.port, "log_level": "info", "drain_timeout_s": 5}
         self.config_path.write_text(json.dumps({"server": server, "models": models}, indent=2) + "\n")
         self.process = procs.ServerProcess(
-            [sys.executable, "-m", "inferd", "serve", str(self.config_path)], self.url + "/readyz",
-            scratch / f"{name}.log", cwd=REPO_ROOT, ready_deadline_s=ready_deadline_s, stop_deadline_s=20,
-        )  # fmt: skip
+            [sys.executable, "-m", "inferd", "serve", str(self.config_path)],
+            self.url + "/readyz",
+            scratch / f"{name}.log",
+            cwd=REPO_ROOT,
+            ready_deadline_s=ready_deadline_s,
+            stop_deadline_s=20,
+        )
         self.started_at = 0.0
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
