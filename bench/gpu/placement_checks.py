@@ -108,7 +108,7 @@ def workers_on_gpu(ctx: Context, inferd: InferdServer) -> Row:
         listed = sum(1 for pid in pids.values() if pid in apps)
         figure += f"; {listed}/{len(pids)} pids in nvidia-smi's process list"
         ok = listed == len(pids) and on_cuda0 == len(pids)
-        note = ""
+        note = "" if listed else f"nvidia-smi lists pids {sorted(apps)[:8]}, none of inferd's: another pid namespace?"
     else:
         ok = on_cuda0 == len(pids)
         note = "nvidia-smi lists no processes here: judged by the series alone" if apps == {} else "no nvidia-smi"
@@ -142,6 +142,9 @@ def copies_per_batch(ctx: Context, inferd: InferdServer) -> Row:
     batches = {tuple(sorted(out.items())) for a in answers if a.status_code == 200 for out in a.json()["outputs"]}
     figures = [dict(batch) for batch in batches]
     failed = sum(1 for a in answers if a.status_code != 200)
+    problems = [f["problem"] for f in figures if "problem" in f]
+    if problems:
+        return Row(check, name, "the profiler did not run in the worker", expected, "FAIL", problems[0][-500:])
     h2d = sorted({f["h2d"] for f in figures})
     d2h = sorted({f["d2h"] for f in figures})
     largest = max((f["payloads"] for f in figures), default=0)

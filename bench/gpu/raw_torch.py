@@ -5,7 +5,7 @@
 Each file is loaded the plain way for its format (torch.jit.load; torch.export.load().module()),
 then called in a loop on a batch of uint8 images that starts in ordinary (pageable) host memory,
 as a server's batch does: copy to the device, run under inference_mode, copy the logits back.
-Prints one JSON line: images/s per file.
+Prints one JSON line: images/s per file (or the error that file raised).
 """
 
 from __future__ import annotations
@@ -50,10 +50,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.device.startswith("cuda"):
         torch.cuda.set_device(args.device)
-    figures = {
-        path: images_per_s(load(path, args.device), args.device, args.batch, args.image_size, args.seconds)
-        for path in args.files
-    }
+    figures: dict[str, float | str] = {}
+    for path in args.files:
+        try:
+            figures[path] = images_per_s(
+                load(path, args.device), args.device, args.batch, args.image_size, args.seconds
+            )
+        except Exception as problem:  # one file that fails must not hide the other's figure
+            figures[path] = f"{type(problem).__name__}: {str(problem)[-500:]}"
     print(json.dumps({"images_per_s": figures}))
 
 
