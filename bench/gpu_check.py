@@ -128,7 +128,10 @@ def main() -> int:
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="inferd-gpu-check-"))
     print(f"gpu_check: {packages}; scratch {scratch}", flush=True)
-    small = json.loads(subprocess.run(build(scratch, "small", 0), check=True, capture_output=True, text=True).stdout)
+    built = subprocess.run(build(scratch, "small", 0), check=False, capture_output=True, text=True)
+    if built.returncode != 0:
+        sys.exit(f"gpu_check: building the models failed (is torch importable?):\n{built.stderr[-2000:]}")
+    small = json.loads(built.stdout)
     machine = {**small["machine"], "nvidia_smi": nvsmi.describe()}
     ctx = Context(scratch, machine, small["files"], rehearse=args.rehearse and not machine["cuda_available"])
     mode = "gpu" if ctx.cuda else ("cpu rehearsal" if ctx.rehearse else "no gpu")

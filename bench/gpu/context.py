@@ -53,7 +53,11 @@ class Context:
         server = InferdServer(name, self.scratch, models)
         with self.lock:
             self.servers[name] = server
-        return server.start()
+        try:
+            return server.start()
+        except BaseException:  # a server that never got ready must not hold the GPU for the next check
+            self.stop(name)
+            raise
 
     def launch(self, name: str, models: list[dict[str, Any]]) -> InferdServer:
         server = InferdServer(name, self.scratch, models)

@@ -100,7 +100,10 @@ def _gpu_series(inferd: InferdServer) -> dict[tuple[str, str], tuple[str, float]
 def workers_on_gpu(ctx: Context, inferd: InferdServer) -> Row:
     check, name, expected = ROWS_1_2[0]
     pids = {(model, slot): pid for model in GPU_MODELS for slot, pid in inferd.worker_pids(model).items()}
-    wait_until(lambda: set(_gpu_series(inferd)) >= set(pids) or not ctx.cuda, 10, "a GPU series per worker")
+    try:
+        wait_until(lambda: set(_gpu_series(inferd)) >= set(pids) or not ctx.cuda, 10, "a GPU series per worker")
+    except TimeoutError:
+        pass  # the figure below counts the series that are missing
     series, apps = _gpu_series(inferd), nvsmi.processes()
     on_cuda0 = sum(1 for key in pids if series.get(key, ("",))[0] == "cuda:0")
     figure = f"{len(pids)} workers of {len(GPU_MODELS)} models; series on cuda:0 for {on_cuda0}/{len(pids)}"
@@ -150,7 +153,7 @@ def copies_per_batch(ctx: Context, inferd: InferdServer) -> Row:
     largest = max((f["payloads"] for f in figures), default=0)
     cuda_seen = any(f["cuda_events"] for f in figures)
     figure = (
-        f"{len(figures)} distinct batches of up to {largest} requests: H2D per batch {h2d}, D2H {d2h}, "
+        f"{len(figures)} kinds of batch, up to {largest} payloads each: H2D per batch {h2d}, D2H {d2h}, "
         f"aten::to per batch {sorted({f['to_device_calls'] for f in figures})}; {failed} failed"
     )
     if not ctx.cuda:
