@@ -308,12 +308,12 @@ def _memory_back(victim: int, held: int | None, devices_before: list[nvsmi.Devic
 
 def fork_after_serving(ctx: Context, inferd: InferdServer) -> Row:
     check, name, expected = ROWS_6_7[1]
-    while inferd.uptime_s < 30:  # serving all the while: the fork helper lives through requests
+    while inferd.serving_s < 30:  # serving all the while: the fork helper lives through requests
         inferd.predict("tiny_cuda", [ROW16])
     fork_pid = inferd.forkserver_pid()
     apps = nvsmi.processes()
     slot, victim = sorted(inferd.worker_pids("probe").items())[0]
-    forked_at = inferd.uptime_s
+    forked_at = inferd.serving_s
     os.kill(victim, signal.SIGKILL)
     status, allocated = 0, None
     try:
@@ -327,7 +327,7 @@ def fork_after_serving(ctx: Context, inferd: InferdServer) -> Row:
     libcuda = _maps_libcuda(fork_pid)
     figure = (
         f"forkserver pid {fork_pid}: in nvidia-smi's list {fork_pid in (apps or {})}, libcuda mapped {libcuda}; "
-        f"probe worker forked at uptime {forked_at:.0f} s: {reply}"
+        f"probe worker forked after {forked_at:.0f} s of serving: {reply}"
     )
     if not ctx.cuda:
         return Row(check, name, figure, expected, verdict(fork_pid is not None and status == 200), ctx.note())

@@ -41,6 +41,7 @@ class InferdServer:
             stop_deadline_s=20,
         )
         self.started_at = 0.0
+        self.ready_at = 0.0
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def start(self) -> InferdServer:
@@ -48,6 +49,7 @@ class InferdServer:
         self.started_at = time.monotonic()
         self.process.start()
         wait_until(self.all_workers_ready, 120, f"{self.name}: every worker ready")
+        self.ready_at = time.monotonic()
         return self
 
     def launch(self) -> InferdServer:
@@ -65,6 +67,11 @@ class InferdServer:
     @property
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_at
+
+    @property
+    def serving_s(self) -> float:
+        """Time since every worker was first ready."""
+        return time.monotonic() - self.ready_at if self.ready_at else 0.0
 
     @property
     def pid(self) -> int:
