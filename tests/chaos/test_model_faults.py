@@ -18,6 +18,7 @@ models:
     handler: {HANDLERS}:Faulty
     max_batch_size: 8
     batch_timeout_ms: 300
+    batch_wait: fixed  # the five concurrent requests below must share one batch
     request_timeout_ms: 1500
 """
 
