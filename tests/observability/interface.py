@@ -34,6 +34,23 @@ METRIC_NAMES = frozenset(
         "inferd_gpu_memory_used_bytes",
         "inferd_gpu_memory_total_bytes",
         "inferd_build_info",
+        "inferd_requests_cancelled_total",
+        "inferd_worker_exits_total",
+        "inferd_worker_memory_replacements_total",
+        "inferd_connections",
+        "inferd_connections_closed_total",
+        "inferd_request_bytes_held",
+        "inferd_request_bytes_held_limit",
+        "inferd_model_request_bytes_held",
+    }
+)
+
+# Exported once the event they count has happened (a counter whose labels only an event gives).
+EVENT_METRIC_NAMES = frozenset(
+    {
+        "inferd_worker_exits_total",
+        "inferd_worker_memory_replacements_total",
+        "inferd_connections_closed_total",
     }
 )
 
@@ -78,6 +95,7 @@ def standin_registry() -> CollectorRegistry:
     _add_request_metrics(registry)
     _add_worker_metrics(registry)
     _add_gpu_metrics(registry)
+    _add_front_metrics(registry)
     info = Gauge(
         "inferd_build_info", "Build information", ["version", "torch", "python"], registry=registry
     )
@@ -166,3 +184,30 @@ def _add_gpu_metrics(registry: CollectorRegistry) -> None:
     reserved.labels("minilm", "0", "0").set(2 * GIB)
     used.labels("0").set(3 * GIB)
     total.labels("0").set(80 * GIB)
+
+
+def _add_front_metrics(registry: CollectorRegistry) -> None:
+    """Connections, memory admission, cancellations and unasked worker exits."""
+    cancelled = Counter("inferd_requests_cancelled", "Queued requests dropped", ["model"], registry=registry)
+    exits = Counter("inferd_worker_exits", "Unasked worker exits", ["model", "cause"], registry=registry)
+    replaced = Counter(
+        "inferd_worker_memory_replacements", "Workers replaced for memory", ["model"], registry=registry
+    )
+    connections = Gauge("inferd_connections", "Open connections", ["listener"], registry=registry)
+    closed = Counter(
+        "inferd_connections_closed", "Connections closed", ["listener", "reason"], registry=registry
+    )
+    held = Gauge("inferd_request_bytes_held", "Request bytes held", registry=registry)
+    limit = Gauge("inferd_request_bytes_held_limit", "Their budget", registry=registry)
+    by_model = Gauge(
+        "inferd_model_request_bytes_held", "Request bytes held per model", ["model"], registry=registry
+    )
+    for model in ("tiny", "minilm"):
+        cancelled.labels(model).inc(3)
+        exits.labels(model, "SIGKILL").inc(1)
+        replaced.labels(model).inc(1)
+        by_model.labels(model).set(8 * 1024**2)
+    connections.labels("api").set(12)
+    closed.labels("api", "header_timeout").inc(4)
+    held.set(16 * 1024**2)
+    limit.set(GIB)
