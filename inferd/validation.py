@@ -38,12 +38,16 @@ def validate(path: str | Path, machine: bool = True, load: bool = False, timeout
 
 
 def _machine_problems(check: ConfigCheck, host: Host, load: bool, timeout_s: float) -> list[str]:
-    found = {
-        index: model_file_problems([(index, model)]) + placement_problems([(index, model)], host)
-        for index, model in check.models
-    }
-    clean = [(index, model) for index, model in check.models if not found[index]]
-    for probe in _probes(check, clean, host, load):
+    file_found = {index: model_file_problems([(index, model)]) for index, model in check.models}
+    placed_found = {index: placement_problems([(index, model)], host) for index, model in check.models}
+    found = {index: file_found[index] + placed_found[index] for index, _ in check.models}
+    # A model that cannot be placed cannot be loaded as a worker would, but its handler class can
+    # still be resolved: a CPU set's problem must not hide the handler's.
+    present = [(index, model) for index, model in check.models if not file_found[index]]
+    loadable = [(index, model) for index, model in present if not placed_found[index]] if load else []
+    resolvable = [(index, model) for index, model in present if (index, model) not in loadable]
+    probes = _probes(check, loadable, host, load=True) + _probes(check, resolvable, host, load=False)
+    for probe in probes:
         found[probe.index] += run_probe(probe, timeout_s)
     return [problem for index, _ in check.models for problem in found[index]]
 

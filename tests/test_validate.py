@@ -214,3 +214,17 @@ def test_serve_on_a_bad_config_reports_every_problem_and_exits_2(tmp_path: Path)
         "models[1].gpus: goes with device 'cuda' (this model's device is 'cpu')",
         "models[1].name: 'a' is already the name of models[0]; choose another",
     ]
+
+
+def test_a_cpu_set_problem_does_not_hide_the_handlers(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        """
+        models:
+          - {name: noclass, handler: "{HANDLERS}:Nope", cpu_affinity: "4000"}
+        """,
+    )
+    for flags in ([], ["--load"]):
+        found = problems_of(run_inferd("validate", *flags, str(config), cwd=tmp_path), config)
+        assert found[0].startswith("models[0].cpu_affinity: CPU 4000 does not exist"), found
+        assert len(found) == 2 and found[1].startswith("models[0].handler: ") and "Nope" in found[1], found
