@@ -112,6 +112,7 @@ class TensorSpec(_Section):
     datatype: Datatype = "FP32"
     shape: tuple[int, ...] = (-1,)
     label_filename: Path | None = None  # an output's class names, one a line (Triton's classification)
+    format: Literal["FORMAT_NCHW", "FORMAT_NHWC"] | None = None  # an image input's layout, for Triton's clients
 
     @field_validator("shape")
     @classmethod

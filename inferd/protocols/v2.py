@@ -141,6 +141,7 @@ async def _config(model: ServedModel) -> Response:
             max_queue_delay_us=int((settings.batch_timeout_ms or 0) * 1000) if settings.max_batch_size > 1 else None,
             instance_count=settings.workers_per_device,
             instance_kind="KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
+            formats={spec.name: spec.format for spec in settings.inputs or () if spec.format},
         )
     )
 

@@ -574,25 +574,34 @@ def model_config(
     max_queue_delay_us: int | None = None,
     instance_count: int | None = None,
     instance_kind: str = "KIND_CPU",
+    formats: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """`GET /v2/models/{name}/config`, in the JSON form of Triton's ModelConfig.
 
     With max_batch_size > 0 the first declared dim is the batch dim and `dims` leaves it out, as
     Triton does; perf_analyzer then sends batches of `-b` rows. `dynamic_batching` appears only when
-    `max_queue_delay_us` is given, and `instance_group` only with `instance_count`.
+    `max_queue_delay_us` is given, and `instance_group` only with `instance_count`; an input's
+    `format` (FORMAT_NCHW, FORMAT_NHWC) only where `formats` names it.
     """
     config: dict[str, Any] = {
         "name": name,
         "platform": platform,
         "backend": backend,
         "max_batch_size": max_batch_size,
-        "input": [_tensor_config(spec, max_batch_size) for spec in inputs],
+        "input": [_input_config(spec, max_batch_size, formats or {}) for spec in inputs],
         "output": [_tensor_config(spec, max_batch_size) for spec in outputs],
     }
     if max_queue_delay_us is not None:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": max_queue_delay_us}
     if instance_count is not None:
         config["instance_group"] = [{"name": name, "kind": instance_kind, "count": instance_count}]
+    return config
+
+
+def _input_config(spec: TensorSpecLike, max_batch_size: int, formats: Mapping[str, str]) -> dict[str, Any]:
+    config = _tensor_config(spec, max_batch_size)
+    if spec.name in formats:
+        config["format"] = formats[spec.name]
     return config
 
 

@@ -68,7 +68,7 @@ models:
     path: "{MODELS}/classifier.pt"
     max_batch_size: 16
     inputs:
-      - {name: image, datatype: FP32, shape: [-1, 3, 32, 32]}
+      - {name: image, datatype: FP32, shape: [-1, 3, 32, 32], format: FORMAT_NCHW}
     outputs:
       - {name: logits, datatype: FP32, shape: [-1, 10], label_filename: labels.txt}
   - name: counted
