@@ -64,6 +64,13 @@ models:
       - {name: INPUT0, datatype: BYTES, shape: [-1]}
     outputs:
       - {name: OUTPUT0, datatype: BYTES, shape: [-1]}
+  - name: simple_identity
+    handler: "{HANDLERS}:Identity"
+    max_batch_size: 8
+    inputs:
+      - {name: INPUT0, datatype: BYTES, shape: [-1, 16]}
+    outputs:
+      - {name: OUTPUT0, datatype: BYTES, shape: [-1, 16]}
   - name: classifier
     path: "{MODELS}/classifier.pt"
     max_batch_size: 16
