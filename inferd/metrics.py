@@ -42,6 +42,7 @@ def _batch_buckets(largest: int) -> tuple[float, ...]:
 class Metrics:
     def __init__(self, latency_buckets_s: tuple[float, ...], largest_batch: int) -> None:
         self.registry = CollectorRegistry()
+        self._tallies: dict[str, InferenceTally] = {}
         self.requests = Counter(
             "inferd_requests", "Requests answered, by HTTP status code.", ["model", "code"], registry=self.registry
         )
@@ -88,7 +89,8 @@ class Metrics:
         return Histogram(name, documentation, ["model"], buckets=buckets, registry=self.registry)
 
     def for_model(self, model: str) -> ModelMetrics:
-        return ModelMetrics(self, model)
+        # A reload's new generation keeps the model's tally, as the labelled series go on counting.
+        return ModelMetrics(self, model, self._tallies.setdefault(model, InferenceTally()))
 
     def watch(self, models: Callable[[], Mapping[str, ServedModel]]) -> StateCollector:
         collector = StateCollector(models)
@@ -142,10 +144,10 @@ class InferenceTally:
 class ModelMetrics:
     """One model's event metrics, with its label bound once (the batcher's observer)."""
 
-    def __init__(self, metrics: Metrics, model: str) -> None:
+    def __init__(self, metrics: Metrics, model: str, tally: InferenceTally | None = None) -> None:
         self._metrics = metrics
         self._model = model
-        self.tally = InferenceTally()
+        self.tally = tally or InferenceTally()
         self._request_duration = metrics.request_duration.labels(model)
         self._queue_duration = metrics.queue_duration.labels(model)
         self._worker_wait = metrics.worker_wait.labels(model)

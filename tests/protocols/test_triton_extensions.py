@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.chaos.logs import assert_clean_log
 from tests.conftest import RunningServer, start_server
+from tests.test_validate import problems_of, run_inferd, write_config
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -78,6 +80,13 @@ models:
       - {name: image, datatype: FP32, shape: [-1, 3, 32, 32], format: FORMAT_NCHW}
     outputs:
       - {name: logits, datatype: FP32, shape: [-1, 10], label_filename: labels.txt}
+  - name: two_outputs_one_given
+    handler: "{HANDLERS}:Identity"
+    inputs:
+      - {name: INPUT0, datatype: BYTES, shape: [-1]}
+    outputs:
+      - {name: OUTPUT0, datatype: BYTES, shape: [-1]}
+      - {name: OUTPUT1, datatype: BYTES, shape: [-1]}
   - name: counted
     path: "{MODELS}/tiny.pt"
     max_batch_size: 32
@@ -95,6 +104,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, example_models: Path) -> It
     running = start_server(folder, CONFIG)
     yield running
     assert running.stop() == 0, running.log()
+    assert_clean_log(running.log())
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +218,14 @@ def test_a_single_input_handler_takes_bytes_as_before(client: httpclient.Inferen
     assert result.as_numpy("OUTPUT0").tolist() == [b"one", b"two"]
 
 
+def test_a_handler_that_leaves_out_a_declared_output_is_the_servers_fault(
+    client: httpclient.InferenceServerClient,
+) -> None:
+    with pytest.raises(InferenceServerException, match="each output must be a dict of them") as broken:
+        client.infer("two_outputs_one_given", [tensor("INPUT0", np.array([b"x"], dtype=np.object_), "BYTES", True)])
+    assert broken.value.status() == "500"
+
+
 # ---- parameters ------------------------------------------------------------------------------
 
 
@@ -269,6 +287,23 @@ def test_classification_answers_the_top_classes_with_labels(
         assert [int(index) for _, index, _ in parsed] == list(np.argsort(-row)[:5])
         assert [label for _, index, label in parsed] == [LABELS[int(index)] for _, index, _ in parsed]
         np.testing.assert_allclose([float(score) for score, _, _ in parsed], np.sort(row)[::-1][:5], atol=1e-6)
+
+
+def test_validate_names_a_missing_label_file(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        """
+        models:
+          - name: classifier
+            path: "{MODELS}/classifier.pt"
+            outputs:
+              - {name: logits, shape: [-1, 10], label_filename: missing.txt}
+        """,
+    )
+    found = problems_of(run_inferd("validate", str(config), cwd=tmp_path), config)
+    assert found == [
+        f"models[0].outputs[0].label_filename: {tmp_path}/missing.txt: no such file (one class name a line)"
+    ]
 
 
 # ---- statistics ------------------------------------------------------------------------------
