@@ -3,7 +3,9 @@
 Every model has one version, "1". Tensor inputs are checked against the model's declared (or
 discovered) names, datatypes and shapes before they are queued; binary tensors stay numpy views of
 the request body until the worker. Handler models take one BYTES (or numeric) input whose
-elements are their items, and answer with one output tensor built from their encoded outputs.
+elements are their items, or the named inputs they declare, and answer with their declared outputs
+built from their encoded outputs (v2_items.py). Triton's statistics and classification extensions
+are v2_stats.py and v2_classification.py; unknown models answer in Triton's wording.
 """
 
 from __future__ import annotations

@@ -119,8 +119,8 @@ class V2InferRequest:
 @dataclass(frozen=True, slots=True)
 class InputLimits:
     """What a model takes, checked against each input's name, datatype and shape before any of
-    its data is decoded. `inputs` None: a handler model, which takes one input of any name and
-    datatype whose elements along the batch dim are its items."""
+    its data is decoded. `inputs` None: a handler model with one input, which takes one input of
+    any name and datatype whose elements along the batch dim are its items."""
 
     max_batch_size: int
     inputs: Sequence[TensorSpecLike] | None
