@@ -54,7 +54,7 @@ class BatchObserver(Protocol):
         """Each request's queue time split in two: waiting for a free worker, then (with one idle)
         waiting for its batch to fill."""
 
-    def batch_done(self, compute_s: float) -> None: ...
+    def batch_done(self, compute_s: float, items: int = 1, requests: int = 1) -> None: ...
 
     def request_cancelled(self) -> None: ...
 
@@ -275,8 +275,9 @@ class Batcher:
             self._retry_or_fail(chosen, error)
         else:
             done = future.result()
-            self._observer.batch_done(done.compute_s)
-            self.window.batch_done(sum(r.items for r in chosen), done.compute_s)
+            items = sum(r.items for r in chosen)
+            self._observer.batch_done(done.compute_s, items=items, requests=len(chosen))
+            self.window.batch_done(items, done.compute_s)
             for request, result in zip(chosen, done.results):
                 _deliver(self.model, request, result)
         self.wake()

@@ -111,6 +111,8 @@ class TensorSpec(_Section):
     name: str
     datatype: Datatype = "FP32"
     shape: tuple[int, ...] = (-1,)
+    label_filename: Path | None = None  # an output's class names, one a line (Triton's classification)
+    format: Literal["FORMAT_NCHW", "FORMAT_NHWC"] | None = None  # an image input's layout, for Triton's clients
 
     @field_validator("shape")
     @classmethod
@@ -390,9 +392,20 @@ def _route_clash(route: str, first: tuple[int, bool], later: tuple[int, bool]) -
 
 
 def _resolve_path(model: ModelConfig, base_dir: Path | None) -> ModelConfig:
-    if base_dir is None or model.path is None or model.path.is_absolute():
+    if base_dir is None:
+        return model
+    if model.outputs and any(spec.label_filename for spec in model.outputs):
+        outputs = tuple(_resolve_labels(spec, base_dir) for spec in model.outputs)
+        model = model.model_copy(update={"outputs": outputs})
+    if model.path is None or model.path.is_absolute():
         return model
     return model.model_copy(update={"path": base_dir / model.path})
+
+
+def _resolve_labels(spec: TensorSpec, base_dir: Path) -> TensorSpec:
+    if spec.label_filename is None or spec.label_filename.is_absolute():
+        return spec
+    return spec.model_copy(update={"label_filename": base_dir / spec.label_filename})
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

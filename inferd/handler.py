@@ -12,6 +12,12 @@ worker process, in this order:
 A request's `inputs` is a list of items (or one bare item); the batcher groups items of several
 requests into one `predict` call and gives each request back exactly its own outputs.
 
+A handler that declares several `inputs` in the YAML gets each item as a dict of them (input name
+-> that item's value: a number, a string, or nested lists for a tensor of more dimensions, BYTES
+as str where they are UTF-8); one that declares several `outputs` returns (after `encode`) a dict
+of them per item. A `predict(self, items, parameters)` also gets, per item, the request's
+`inferd.messages.Parameters` (its own and each requested output's parameters).
+
 This module imports torch only inside functions, so the main process can use `detect_format`.
 """
 
@@ -81,6 +87,10 @@ def model_file_problems(models: Iterable[tuple[int, ModelConfig]]) -> list[str]:
                 detect_format(model.path)
             except StartupError as error:
                 problems.append(f"models[{index}].path: {error}")
+        for output, spec in enumerate(model.outputs or ()):
+            if spec.label_filename is not None and not spec.label_filename.is_file():
+                where = f"models[{index}].outputs[{output}].label_filename"
+                problems.append(f"{where}: {spec.label_filename}: no such file (one class name a line)")
     return problems
 
 

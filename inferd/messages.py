@@ -2,7 +2,8 @@
 numpy arrays; an error crosses as (type name, message), never as a pickled exception.
 
 A request's payload is a dict of named numpy arrays (tensor models) or a list of raw items
-(handler models); its outputs come back in the same shape.
+(handler models), or `Items` when a handler request carries parameters; its outputs come back as a
+dict of arrays or a list of encoded outputs, one per item.
 """
 
 from __future__ import annotations
@@ -12,7 +13,28 @@ from typing import Any
 
 import numpy as np
 
-Payload = dict[str, np.ndarray] | list[Any]
+
+@dataclass(frozen=True)
+class Parameters:
+    """What a request asked besides its inputs, for a handler's `predict`: the request's own
+    parameters (v2 request-level or native `parameters`) and each requested output's."""
+
+    request: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Items:
+    """A handler request's items with its parameters (a bare list of items when it gave none)."""
+
+    values: list[Any]
+    parameters: Parameters
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+Payload = dict[str, np.ndarray] | list[Any] | Items
 
 
 @dataclass(frozen=True)

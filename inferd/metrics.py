@@ -8,6 +8,7 @@ the supervisor's bookkeeping, psutil and NVML: a scrape never waits on a worker.
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -41,6 +42,7 @@ def _batch_buckets(largest: int) -> tuple[float, ...]:
 class Metrics:
     def __init__(self, latency_buckets_s: tuple[float, ...], largest_batch: int) -> None:
         self.registry = CollectorRegistry()
+        self._tallies: dict[str, InferenceTally] = {}
         self.requests = Counter(
             "inferd_requests", "Requests answered, by HTTP status code.", ["model", "code"], registry=self.registry
         )
@@ -87,7 +89,8 @@ class Metrics:
         return Histogram(name, documentation, ["model"], buckets=buckets, registry=self.registry)
 
     def for_model(self, model: str) -> ModelMetrics:
-        return ModelMetrics(self, model)
+        # A reload's new generation keeps the model's tally, as the labelled series go on counting.
+        return ModelMetrics(self, model, self._tallies.setdefault(model, InferenceTally()))
 
     def watch(self, models: Callable[[], Mapping[str, ServedModel]]) -> StateCollector:
         collector = StateCollector(models)
@@ -111,12 +114,40 @@ def _torch_version() -> str:
         return "unknown"
 
 
+@dataclass
+class Duration:
+    """How many times something happened and how long it took in all."""
+
+    count: int = 0
+    total_s: float = 0.0
+
+    def add(self, duration_s: float, times: int = 1) -> None:
+        self.count += times
+        self.total_s += duration_s * times
+
+
+@dataclass
+class InferenceTally:
+    """One model's running totals, recorded at the same events as its histograms, for the v2
+    statistics extension (Triton's per-model figures): per request, and per batch size."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute: Duration = field(default_factory=Duration)  # one per request, its batch's compute time
+    by_batch_size: dict[int, Duration] = field(default_factory=dict)  # one per batch
+    inference_count: int = 0  # items computed
+    execution_count: int = 0  # batches computed
+    last_inference_ms: int = 0  # wall clock (ms since the epoch) of the last answered request
+
+
 class ModelMetrics:
     """One model's event metrics, with its label bound once (the batcher's observer)."""
 
-    def __init__(self, metrics: Metrics, model: str) -> None:
+    def __init__(self, metrics: Metrics, model: str, tally: InferenceTally | None = None) -> None:
         self._metrics = metrics
         self._model = model
+        self.tally = tally or InferenceTally()
         self._request_duration = metrics.request_duration.labels(model)
         self._queue_duration = metrics.queue_duration.labels(model)
         self._worker_wait = metrics.worker_wait.labels(model)
@@ -128,6 +159,8 @@ class ModelMetrics:
     def request_done(self, code: int, duration_s: float) -> None:
         self._metrics.requests.labels(self._model, str(code)).inc()
         self._request_duration.observe(duration_s)
+        (self.tally.success if code == 200 else self.tally.fail).add(duration_s)
+        self.tally.last_inference_ms = int(time.time() * 1000)
 
     def batch_dispatched(self, items: int, worker_waits_s: list[float], batch_waits_s: list[float]) -> None:
         self._batch_size.observe(items)
@@ -135,9 +168,15 @@ class ModelMetrics:
             self._queue_duration.observe(worker_wait_s + batch_wait_s)
             self._worker_wait.observe(worker_wait_s)
             self._batch_wait.observe(batch_wait_s)
+            self.tally.queue.add(worker_wait_s + batch_wait_s)
 
-    def batch_done(self, compute_s: float) -> None:
+    def batch_done(self, compute_s: float, items: int = 1, requests: int = 1) -> None:
         self._inference_duration.observe(compute_s)
+        tally = self.tally
+        tally.compute.add(compute_s, requests)
+        tally.by_batch_size.setdefault(items, Duration()).add(compute_s)
+        tally.inference_count += items
+        tally.execution_count += 1
 
     def request_cancelled(self) -> None:
         self._cancelled.inc()

@@ -7,6 +7,7 @@ Imported only in worker processes: it imports torch.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import time
@@ -21,7 +22,7 @@ import torch
 from inferd.config import ModelConfig, TensorSpec
 from inferd.datatypes import datatype_of_array, datatype_of_torch, numpy_dtype
 from inferd.handler import Handler, load_handler_class, load_model_file
-from inferd.messages import Payload, RequestFailure, TensorInfo
+from inferd.messages import Items, Parameters, Payload, RequestFailure, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class TensorRunner(Runner):
         self.outputs = _infos(model.outputs) or discovered_out
 
     def _run(self, payloads: list[Payload]) -> Sequence[Payload]:
-        counts = [len(next(iter(p.values()))) for p in payloads]  # type: ignore[union-attr]
+        counts = [len(next(iter(p.values()))) for p in payloads]  # type: ignore[union-attr,operator]
         tensors = [self._batch_tensor(spec, payloads) for spec in self.inputs]
         with torch.inference_mode():
             produced = self.module(*tensors)
@@ -136,7 +137,7 @@ class TensorRunner(Runner):
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(payloads))]
 
     def _batch_tensor(self, spec: TensorInfo, payloads: list[Payload]) -> torch.Tensor:
-        parts = [p[spec.name] for p in payloads]  # type: ignore[call-overload]
+        parts = [p[spec.name] for p in payloads]  # type: ignore[call-overload,index]
         array = np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])  # one copy: writable
         tensor = torch.from_numpy(array)
         if spec.datatype == "BF16":
@@ -204,7 +205,8 @@ def _info(name: str, value: Any) -> TensorInfo | None:
 
 
 class HandlerRunner(Runner):
-    """A user's Handler: decode each item, predict the batch, encode each output."""
+    """A user's Handler: decode each item, predict the batch, encode each output. A `predict`
+    with a `parameters` argument gets each item's request parameters beside the items."""
 
     def __init__(self, model: ModelConfig, device: str, base_dir: Path) -> None:
         assert model.handler is not None
@@ -213,24 +215,46 @@ class HandlerRunner(Runner):
         self.handler.setup(device)
         self.inputs = _infos(model.inputs)
         self.outputs = _infos(model.outputs)
+        self.takes_parameters = "parameters" in inspect.signature(self.handler.predict).parameters
+        # Several declared outputs: each encoded output is a dict of them, checked here.
+        self.output_names = [spec.name for spec in self.outputs] if len(self.outputs) > 1 else None
 
     def _run(self, payloads: list[Payload]) -> Sequence[Payload]:
-        items = [self.handler.decode(item) for payload in payloads for item in payload]
-        outputs = list(self.handler.predict(items))
+        requests = [_values_and_parameters(payload) for payload in payloads]
+        items = [self.handler.decode(item) for values, _ in requests for item in values]
+        if self.takes_parameters:
+            parameters = [given for values, given in requests for _ in values]
+            outputs = list(self.handler.predict(items, parameters=parameters))  # type: ignore[call-arg]
+        else:
+            outputs = list(self.handler.predict(items))
         if len(outputs) != len(items):
             raise ModelBroken(f"predict returned {len(outputs)} outputs for {len(items)} items")
-        encoded = [self.handler.encode(output) for output in outputs]
+        encoded = [self._checked(self.handler.encode(output)) for output in outputs]
         results, start = [], 0
-        for payload in payloads:
-            results.append(encoded[start : start + len(payload)])
-            start += len(payload)
+        for values, _ in requests:
+            results.append(encoded[start : start + len(values)])
+            start += len(values)
         return results
+
+    def _checked(self, encoded: Any) -> Any:
+        names = self.output_names
+        if names is not None and not (isinstance(encoded, dict) and set(names) <= set(encoded)):
+            given = sorted(encoded) if isinstance(encoded, dict) else type(encoded).__name__
+            raise ModelBroken(f"the handler declares outputs {names}: each output must be a dict of them, got {given}")
+        return encoded
 
     def warmup_payload(self, sample: Any) -> Payload:
         return list(sample.inputs) if isinstance(sample.inputs, list) else [sample.inputs]
 
     def default_warmup(self) -> list[Payload]:
         return []
+
+
+def _values_and_parameters(payload: Payload) -> tuple[list[Any], Parameters]:
+    if isinstance(payload, Items):
+        return payload.values, payload.parameters
+    assert isinstance(payload, list)
+    return payload, Parameters()
 
 
 def build_runner(model: ModelConfig, device: str, base_dir: Path) -> TensorRunner | HandlerRunner:

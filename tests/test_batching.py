@@ -67,7 +67,7 @@ class Observer:
         self.worker_waits_s += worker_waits_s
         self.batch_waits_s += batch_waits_s
 
-    def batch_done(self, compute_s: float) -> None:
+    def batch_done(self, compute_s: float, items: int = 1, requests: int = 1) -> None:
         pass
 
     def request_cancelled(self) -> None:

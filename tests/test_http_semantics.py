@@ -91,9 +91,9 @@ def test_unknown_paths_and_models_get_404_naming_what_exists(server: RunningServ
     missing = server.post("/models/nope/predict", {"inputs": [[1.0]]})
     assert missing.status_code == 404 and missing.json()["error"] == "no model named 'nope'; models: ['faulty', 'tiny']"
     v2_missing = server.get("/v2/models/nope/ready")
-    assert v2_missing.status_code == 404 and "no model named 'nope'" in v2_missing.json()["error"]
+    assert v2_missing.status_code == 404 and v2_missing.json()["error"].startswith("Request for unknown model: 'nope' is not found")
     version = server.get("/v2/models/tiny/versions/7")
-    assert version.status_code == 404 and "has no version '7'" in version.json()["error"]
+    assert version.status_code == 404 and "version 7 is not found" in version.json()["error"]
     for answer in (nothing, missing, v2_missing, version):
         assert answer.json()["request_id"] == answer.headers["x-request-id"]
 

@@ -2,7 +2,11 @@
 
 Tensor models take `{"inputs": <nested list>}` (one input) or `{"inputs": {"<name>": <nested list>}}`,
 with the batch dimension first (one request may carry several rows). Handler models take a list of
-items (or one bare item) and answer with one encoded output per item (or the bare output).
+items (or one bare item) and answer with one encoded output per item (or the bare output). A
+handler with several declared inputs takes them as columns, `{"inputs": {"a": [...], "b": [...]}}`
+(one element per item, the same count in each), or as rows, `{"inputs": [{"a": ..., "b": ...}]}`;
+with several declared outputs it answers in the same form. An optional `"parameters"` object
+reaches a handler's `predict`; tensor models ignore it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from starlette.requests import Request
 from inferd.admission import Reservation, payload_bytes
 from inferd.datatypes import bf16_bits_from_float32, float32_from_bf16_bits, numpy_dtype
 from inferd.errors import BadRequest
-from inferd.messages import Payload, TensorInfo
+from inferd.messages import Items, Parameters, Payload, TensorInfo
 from inferd.protocols.http import body_limits, parse_json, read_decoded
 
 if TYPE_CHECKING:
@@ -38,6 +42,7 @@ class DecodedRequest:
     items: int
     key: Hashable  # requests with different keys never share a batch
     bare_item: bool = False  # a handler request that sent one item, not a list
+    columns: bool = False  # a handler request that sent its named inputs as columns
 
 
 async def read_request(request: Request, daemon: Daemon, model: ServedModel, held: Reservation) -> DecodedRequest:
@@ -55,7 +60,7 @@ def decode_body(body: bytes, inputs: tuple[TensorInfo, ...], is_handler: bool, m
 
 def held_bytes(decoded: DecodedRequest, body: bytes) -> int:
     """What a decoded request holds: its arrays, or, for items, about what their text took."""
-    if isinstance(decoded.payload, list):
+    if not isinstance(decoded.payload, dict):
         return len(body)
     return payload_bytes(decoded.payload.values(), body)
 
@@ -65,9 +70,42 @@ def decode(
 ) -> DecodedRequest:
     if not isinstance(document, dict) or "inputs" not in document:
         raise BadRequest('the body must be a JSON object with an "inputs" field')
-    if is_handler:
-        return decode_items(document["inputs"], max_batch_size)
-    return decode_tensors(document["inputs"], inputs, max_batch_size)
+    if not is_handler:
+        return decode_tensors(document["inputs"], inputs, max_batch_size)
+    raw = document["inputs"]
+    names = [spec.name for spec in inputs]
+    columns = len(names) > 1 and isinstance(raw, dict)
+    decoded = decode_items(_rows(raw, names) if columns else raw, max_batch_size)
+    if len(names) > 1:
+        _check_named_items(decoded.payload, names)
+    return _with_parameters(decoded, document.get("parameters"), columns)
+
+
+def _rows(columns: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    """{"a": [a0, a1], "b": [b0, b1]} as [{"a": a0, "b": b0}, {"a": a1, "b": b1}]."""
+    if set(columns) != set(names):
+        raise BadRequest(f"this model takes inputs {names}; the request gave {sorted(columns)[:_SHOWN_NAMES]}")
+    counts = {len(value) if isinstance(value, list) else -1 for value in columns.values()}
+    if -1 in counts or len(counts) > 1:
+        raise BadRequest(f"inputs {names}: give each a list with one element per item, all of the same length")
+    return [dict(zip(names, values)) for values in zip(*(columns[name] for name in names))]
+
+
+def _check_named_items(items: Any, names: list[str]) -> None:
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != set(names):
+            given = sorted(item)[:_SHOWN_NAMES] if isinstance(item, dict) else type(item).__name__
+            raise BadRequest(f"item {index}: this model takes inputs {names} (an object of them), got {given}")
+
+
+def _with_parameters(decoded: DecodedRequest, parameters: Any, columns: bool) -> DecodedRequest:
+    if parameters is not None and not isinstance(parameters, dict):
+        raise BadRequest('"parameters" must be a JSON object')
+    payload = decoded.payload
+    if parameters:
+        assert isinstance(payload, list)
+        payload = Items(payload, Parameters(request=parameters))
+    return DecodedRequest(payload, decoded.items, decoded.key, decoded.bare_item, columns)
 
 
 def decode_items(raw: Any, max_batch_size: int | None = None) -> DecodedRequest:
@@ -171,7 +209,10 @@ def check_shape(spec: TensorInfo, shape: tuple[int, ...]) -> None:
 
 def encode(result: Payload, outputs: tuple[TensorInfo, ...], request: DecodedRequest) -> dict[str, Any]:
     if isinstance(result, list):  # a handler's encoded outputs, one per item
+        if request.columns and len(outputs) > 1:
+            return {"outputs": {spec.name: [item[spec.name] for item in result] for spec in outputs}}
         return {"outputs": result[0] if request.bare_item else result}
+    assert isinstance(result, dict)
     datatypes = {spec.name: spec.datatype for spec in outputs}
     arrays = {name: _json_ready(array, datatypes.get(name)) for name, array in result.items()}
     if len(arrays) == 1:

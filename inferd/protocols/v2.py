@@ -3,7 +3,9 @@
 Every model has one version, "1". Tensor inputs are checked against the model's declared (or
 discovered) names, datatypes and shapes before they are queued; binary tensors stay numpy views of
 the request body until the worker. Handler models take one BYTES (or numeric) input whose
-elements are their items, and answer with one output tensor built from their encoded outputs.
+elements are their items, or the named inputs they declare, and answer with their declared outputs
+built from their encoded outputs (v2_items.py). Triton's statistics and classification extensions
+are v2_stats.py and v2_classification.py; unknown models answer in Triton's wording.
 """
 
 from __future__ import annotations
@@ -12,20 +14,19 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
 from inferd import __version__
 from inferd.admission import Reservation, payload_bytes
 from inferd.daemon import Daemon, ServedModel
-from inferd.datatypes import datatype_of_array
-from inferd.errors import BadRequest, ModelNotFound, ModelUnavailable
+from inferd.errors import BadRequest, ModelNotFound
 from inferd.messages import Payload
 from inferd.protocols import native
 from inferd.protocols.disconnect import unless_client_leaves
 from inferd.protocols.http import Call, Endpoint, body_limits, json_response, read_decoded
 from inferd.protocols.routing import Match, Resolver, Route
+from inferd.protocols.v2_classification import classify, read_labels
 from inferd.protocols.v2_codec import (
     InputLimits,
     V2DecodeError,
@@ -37,9 +38,11 @@ from inferd.protocols.v2_codec import (
     model_metadata,
     parse_header_length,
 )
+from inferd.protocols.v2_items import handler_payload, handler_tensors
+from inferd.protocols.v2_stats import statistics
 
 VERSION = "1"
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "classification"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _MODEL_PREFIX = "/v2/models/{name}"
 T = TypeVar("T")
@@ -72,12 +75,16 @@ def resolver(daemon: Daemon) -> Resolver:
         "ready": Route(f"{_MODEL_PREFIX}/ready", {"GET": lambda call: _model_ready(_find(daemon, call))}),
         "config": Route(f"{_MODEL_PREFIX}/config", {"GET": lambda call: _config(_find(daemon, call))}),
         "infer": Route(f"{_MODEL_PREFIX}/infer", {"POST": infer_endpoint(daemon)}, inference=True),
+        "stats": Route(f"{_MODEL_PREFIX}/stats", {"GET": lambda call: _stats(daemon, [_find(daemon, call)])}),
     }
+    every_model = Route("/v2/models/stats", {"GET": lambda call: _stats(daemon, list(daemon.models.values()))})
 
     def resolve(path: str) -> Match | None:
         parts = path.split("/")
         if len(parts) < 4 or parts[:3] != ["", "v2", "models"] or not parts[3]:
             return None
+        if len(parts) == 4 and parts[3] == "stats":
+            return Match(every_model)
         params = {"name": parts[3]}
         rest = parts[4:]
         if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
@@ -97,10 +104,22 @@ def resolver(daemon: Daemon) -> Resolver:
 def _find(daemon: Daemon, call: Call) -> ServedModel:
     if call.model is not None:
         return call.model
+    # Triton's wording: its clients (and scripts written against Triton) look for this prefix.
     name, version = call.params["name"], call.params.get("version")
     if name in daemon.models and version is not None:
-        raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: [{VERSION!r}]")
-    raise ModelNotFound(f"no model named {name!r}; models: {sorted(daemon.models)}")
+        raise ModelNotFound(
+            f"Request for unknown model: {name!r} version {version} is not found; versions: [{VERSION}]"
+        )
+    raise ModelNotFound(f"Request for unknown model: {name!r} is not found; models: {sorted(daemon.models)}")
+
+
+def _labels(model: ServedModel, output: str) -> tuple[str, ...]:
+    spec = next((spec for spec in model.config.outputs or () if spec.name == output), None)
+    return () if spec is None or spec.label_filename is None else read_labels(spec.label_filename)
+
+
+async def _stats(daemon: Daemon, models: list[ServedModel]) -> Response:
+    return json_response(statistics((model.name, VERSION, model.metrics.tally) for model in models))
 
 
 async def _metadata(model: ServedModel) -> Response:
@@ -124,6 +143,7 @@ async def _config(model: ServedModel) -> Response:
             max_queue_delay_us=int((settings.batch_timeout_ms or 0) * 1000) if settings.max_batch_size > 1 else None,
             instance_count=settings.workers_per_device,
             instance_kind="KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
+            formats={spec.name: spec.format for spec in settings.inputs or () if spec.format},
         )
     )
 
@@ -150,7 +170,7 @@ async def _read_infer_request(
     """The body, read within its limits and `held`'s budget; every input's name, datatype and shape
     checked against the model before its data is decoded (off the loop when the body is large)."""
     max_batch_size, inputs = model.config.max_batch_size, model.inputs
-    input_limits = InputLimits(max_batch_size, None if model.is_handler else inputs)
+    input_limits = InputLimits(max_batch_size, None if model.is_handler and not _named_inputs(model) else inputs)
     limits = body_limits(daemon.config.server, model.name, max_batch_size, () if model.is_handler else inputs)
     decode = functools.partial(_parse, decode_infer_request, header_length=header_length, limits=input_limits)
     return await read_decoded(request, limits, held, daemon.admission, decode, _held_bytes)
@@ -176,7 +196,8 @@ def _check(check: Callable[[Any], None], argument: Any) -> None:
 
 def _to_payload(model: ServedModel, request: V2InferRequest) -> tuple[Payload, int, Any]:
     if model.is_handler:
-        return _handler_items(request)
+        payload, items = handler_payload(request, _named_inputs(model))
+        return payload, items, None
     expected = {spec.name: spec for spec in model.inputs}
     if set(request.inputs) != set(expected):
         raise BadRequest(
@@ -194,32 +215,26 @@ def _to_payload(model: ServedModel, request: V2InferRequest) -> tuple[Payload, i
     return dict(request.inputs), rows.pop(), key
 
 
-def _handler_items(request: V2InferRequest) -> tuple[Payload, int, Any]:
-    if len(request.inputs) != 1:
-        raise BadRequest(f"a handler model takes one input tensor of items; the request gave {len(request.inputs)}")
-    array = next(iter(request.inputs.values()))
-    if array.ndim == 0 or len(array) == 0:
-        raise BadRequest("the input needs a batch dimension with at least one item")
-    items = [_item(element) for element in array]
-    return items, len(items), None
-
-
-def _item(element: Any) -> Any:
-    if isinstance(element, bytes):
-        try:
-            return element.decode("utf-8")
-        except UnicodeDecodeError:
-            return element
-    if isinstance(element, np.ndarray):
-        return element.tolist()
-    return element.item() if isinstance(element, np.generic) else element
+def _named_inputs(model: ServedModel) -> list[str] | None:
+    """A handler's declared inputs when it takes several (each item a dict of them), else None."""
+    names = [spec.name for spec in model.config.inputs or ()]
+    return names if len(names) > 1 else None
 
 
 def _respond(model: ServedModel, request: V2InferRequest, result: Payload) -> Response:
-    outputs = _handler_outputs(model, result) if isinstance(result, list) else result
+    if isinstance(result, list):
+        outputs = handler_tensors(model.name, result, model.outputs)
+    else:
+        assert isinstance(result, dict)
+        outputs = result
     _check(request.check_requested_outputs, list(outputs))
     selected, binary = request.select_outputs(outputs)
     datatypes = {spec.name: spec.datatype for spec in model.outputs}
+    for wanted in request.requested_outputs:
+        if wanted.classification is not None:
+            labels = _labels(model, wanted.name)
+            selected[wanted.name] = classify(wanted.name, selected[wanted.name], wanted.classification, labels)
+            datatypes[wanted.name] = "BYTES"
     try:
         body, header_length = encode_infer_response(model.name, VERSION, request.id, selected, binary, datatypes)
     except V2EncodeError as error:
@@ -227,15 +242,3 @@ def _respond(model: ServedModel, request: V2InferRequest, result: Payload) -> Re
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
-
-
-def _handler_outputs(model: ServedModel, encoded: list[Any]) -> dict[str, np.ndarray]:
-    name = model.outputs[0].name if model.outputs else "output"
-    try:
-        array = np.asarray(encoded)
-        if array.dtype.kind == "U":
-            array = np.array([value.encode() for value in array.ravel()], dtype=object).reshape(array.shape)
-        datatype_of_array(array)
-    except (ValueError, KeyError) as error:
-        raise ModelUnavailable(f"model {model.name!r}: its outputs do not form one tensor ({error})") from None
-    return {name: array}

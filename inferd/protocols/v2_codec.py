@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,7 +47,17 @@ from inferd.datatypes import (
 _MAX_SHAPE_SPAN = 2**53
 _MAX_LENGTH_DIGITS = 19  # a longer length is refused unconverted: int() raises past 4,300 digits
 _ELEMENTS_PER_SLICE = 64 * 1024  # about 0.5 ms of conversion from a JSON list
-_UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_offset", "classification")
+_UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_offset")
+# Request parameters the server itself reads; what is left reaches a handler model.
+_SERVER_PARAMETERS = frozenset(
+    {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"}
+)
+# Triton reserves these request parameters for itself (server/src/common.h) and refuses them.
+_RESERVED_PARAMETERS = frozenset({"headers"})
+_RESERVED_PREFIX = "triton_"
+_SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+# Output parameters the server itself reads.
+_OUTPUT_SERVER_PARAMETERS = frozenset({"binary_data", "classification"})
 
 
 class V2DecodeError(ValueError):
@@ -62,6 +72,8 @@ class V2EncodeError(ValueError):
 class RequestedOutput:
     name: str
     binary_data: bool | None  # None: not said; the request's binary_data_output decides
+    classification: int | None = None  # top K as "score:index[:label]" strings, Triton's extension
+    parameters: dict[str, Any] = field(default_factory=dict)  # the rest, for a handler model
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,16 @@ class V2InferRequest:
     datatypes: dict[str, str]  # v2 datatype of each input; BF16 arrives as uint16 bits
     requested_outputs: tuple[RequestedOutput, ...]  # empty: every output, as the protocol says
     binary_data_output: bool
+
+    @property
+    def model_parameters(self) -> dict[str, Any]:
+        """The request's parameters that are for the model, not for the server."""
+        return {key: value for key, value in self.parameters.items() if key not in _SERVER_PARAMETERS}
+
+    @property
+    def output_parameters(self) -> dict[str, dict[str, Any]]:
+        """Each requested output's own parameters that are for the model."""
+        return {wanted.name: wanted.parameters for wanted in self.requested_outputs if wanted.parameters}
 
     def check_requested_outputs(self, output_names: Collection[str]) -> None:
         """Refuse the request, before any computing, if it asks for an output the model lacks."""
@@ -97,8 +119,8 @@ class V2InferRequest:
 @dataclass(frozen=True, slots=True)
 class InputLimits:
     """What a model takes, checked against each input's name, datatype and shape before any of
-    its data is decoded. `inputs` None: a handler model, which takes one input of any name and
-    datatype whose elements along the batch dim are its items."""
+    its data is decoded. `inputs` None: a handler model with one input, which takes one input of
+    any name and datatype whose elements along the batch dim are its items."""
 
     max_batch_size: int
     inputs: Sequence[TensorSpecLike] | None
@@ -178,6 +200,7 @@ def decode_infer_request(body: bytes, header_length: int | None, limits: InputLi
     request = _expect_object(_load_json(text, header_length), "the request body")
     del text
     parameters = _optional_object(request, "parameters", "the request")
+    _reject_reserved(parameters)
     binary_data_output = _optional_bool(parameters, "binary_data_output", "request parameters")
     headers = _input_headers(request.get("inputs"), limits)
     if limits is not None:
@@ -283,6 +306,25 @@ def _reject_unsupported(parameters: dict[str, Any], what: str) -> None:
             raise V2DecodeError(f"{what}: parameter {key!r} is not supported by this server")
 
 
+def _reject_reserved(parameters: dict[str, Any]) -> None:
+    for key in parameters:
+        if key in _RESERVED_PARAMETERS or key.startswith(_RESERVED_PREFIX):
+            raise V2DecodeError(f'Parameter "{key}" is a reserved parameter and cannot be specified.')
+    for key in _SEQUENCE_PARAMETERS:
+        if parameters.get(key) not in (None, 0, False, ""):
+            raise V2DecodeError(
+                f"request parameter {key!r}: this server has no sequence batcher; "
+                "send each request on its own, without sequence parameters"
+            )
+
+
+def _classification(parameters: dict[str, Any], what: str) -> int | None:
+    count = parameters.get("classification")
+    if count is not None and (not _is_int(count) or count < 1):
+        raise V2DecodeError(f"{what}: classification must be a positive integer (how many top classes), got {count!r}")
+    return count
+
+
 def _decode_requested_outputs(value: Any) -> tuple[RequestedOutput, ...]:
     if value is None:
         return ()
@@ -297,7 +339,9 @@ def _decode_requested_outputs(value: Any) -> tuple[RequestedOutput, ...]:
         _reject_unsupported(parameters, what)
         if any(earlier.name == name for earlier in requested):
             raise V2DecodeError(f"{what} is requested twice; name each output once")
-        requested.append(RequestedOutput(name, _optional_bool(parameters, "binary_data", what)))
+        binary_data = _optional_bool(parameters, "binary_data", what)
+        rest = {key: parameters[key] for key in parameters if key not in _OUTPUT_SERVER_PARAMETERS}
+        requested.append(RequestedOutput(name, binary_data, _classification(parameters, what), rest))
     return tuple(requested)
 
 
@@ -530,25 +574,34 @@ def model_config(
     max_queue_delay_us: int | None = None,
     instance_count: int | None = None,
     instance_kind: str = "KIND_CPU",
+    formats: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """`GET /v2/models/{name}/config`, in the JSON form of Triton's ModelConfig.
 
     With max_batch_size > 0 the first declared dim is the batch dim and `dims` leaves it out, as
     Triton does; perf_analyzer then sends batches of `-b` rows. `dynamic_batching` appears only when
-    `max_queue_delay_us` is given, and `instance_group` only with `instance_count`.
+    `max_queue_delay_us` is given, and `instance_group` only with `instance_count`; an input's
+    `format` (FORMAT_NCHW, FORMAT_NHWC) only where `formats` names it.
     """
     config: dict[str, Any] = {
         "name": name,
         "platform": platform,
         "backend": backend,
         "max_batch_size": max_batch_size,
-        "input": [_tensor_config(spec, max_batch_size) for spec in inputs],
+        "input": [_input_config(spec, max_batch_size, formats or {}) for spec in inputs],
         "output": [_tensor_config(spec, max_batch_size) for spec in outputs],
     }
     if max_queue_delay_us is not None:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": max_queue_delay_us}
     if instance_count is not None:
         config["instance_group"] = [{"name": name, "kind": instance_kind, "count": instance_count}]
+    return config
+
+
+def _input_config(spec: TensorSpecLike, max_batch_size: int, formats: Mapping[str, str]) -> dict[str, Any]:
+    config = _tensor_config(spec, max_batch_size)
+    if spec.name in formats:
+        config["format"] = formats[spec.name]
     return config
 
 

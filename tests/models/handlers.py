@@ -93,3 +93,41 @@ class HogOnItem(Handler):
         if "hog" in items:
             self.hog = [b"\x01" * 2**20 for _ in range(int(self.handler_args["hog_mb"]))]
         return [{"item": item, "pid": os.getpid()} for item in items]
+
+
+class TritonSimple(Handler):
+    """Triton's `simple` model: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, row by row.
+    Integers as strings in, strings out, as Triton's `simple_string` does."""
+
+    def predict(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self._one(item["INPUT0"], item["INPUT1"]) for item in items]
+
+    def _one(self, left: list[Any], right: list[Any]) -> dict[str, Any]:
+        as_text = isinstance(left[0], str)
+        sums = [int(a) + int(b) for a, b in zip(left, right)]
+        differences = [int(a) - int(b) for a, b in zip(left, right)]
+        if as_text:
+            return {"OUTPUT0": [str(v) for v in sums], "OUTPUT1": [str(v) for v in differences]}
+        return {"OUTPUT0": sums, "OUTPUT1": differences}
+
+
+class Describe(Handler):
+    """Answers each item (a dict of its named inputs) with a JSON text of what it received."""
+
+    def predict(self, items: list[Any], parameters: list[Any]) -> list[str]:
+        import json
+
+        return [
+            json.dumps(
+                {"item": item, "request": given.request, "outputs": given.outputs, "batch_size": len(items)},
+                sort_keys=True,
+            )
+            for item, given in zip(items, parameters)
+        ]
+
+
+class Identity(Handler):
+    """Answers each item with itself (Triton's identity models)."""
+
+    def predict(self, items: list[Any]) -> list[Any]:
+        return items

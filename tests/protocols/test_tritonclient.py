@@ -59,7 +59,7 @@ def test_server_is_live_and_ready(client: httpclient.InferenceServerClient) -> N
 def test_server_metadata_names_inferd_and_its_extensions(client: httpclient.InferenceServerClient) -> None:
     metadata = client.get_server_metadata()
     assert metadata["name"] == "inferd"
-    assert {"binary_tensor_data", "model_configuration"} <= set(metadata["extensions"])
+    assert {"binary_tensor_data", "model_configuration", "statistics", "classification"} <= set(metadata["extensions"])
 
 
 def test_model_metadata_gives_names_datatypes_and_shapes(client: httpclient.InferenceServerClient) -> None:
@@ -127,12 +127,12 @@ def test_bytes_input_reaches_a_handler_model(
 
 def test_errors_reach_the_client_with_their_message(client: httpclient.InferenceServerClient) -> None:
     rows = np.zeros((1, 16), np.float32)
-    with pytest.raises(InferenceServerException, match="no model named 'nope'") as unknown:
+    with pytest.raises(InferenceServerException, match="Request for unknown model: 'nope' is not found") as unknown:
         client.infer("nope", [tensor("input", rows, "FP32", True)])
     assert unknown.value.status() == "404"
-    with pytest.raises(InferenceServerException, match="no model named 'nope'"):
+    with pytest.raises(InferenceServerException, match="Request for unknown model: 'nope' is not found"):
         client.get_model_metadata("nope")
-    with pytest.raises(InferenceServerException, match="has no version '2'"):
+    with pytest.raises(InferenceServerException, match="Request for unknown model: 'tiny' version 2 is not found"):
         client.get_model_config("tiny", model_version="2")
     assert not client.is_model_ready("nope")
     with pytest.raises(InferenceServerException, match=r"shape \[1, 8\] does not match \[-1, 16\]"):

@@ -266,6 +266,20 @@ def test_request_fields() -> None:
     assert request.requested_outputs == (RequestedOutput("a", None), RequestedOutput("b", False))
 
 
+def test_parameters_for_the_model_leave_out_the_servers_own() -> None:
+    request = decode_json(
+        one_input("FP32", [1], [1.0]),
+        parameters={"binary_data_output": True, "priority": 2, "temperature": 0.5, "sequence_id": 0},
+        outputs=[
+            {"name": "a", "parameters": {"binary_data": True, "classification": 3}},
+            {"name": "b", "parameters": {"top_k": 4, "binary_data": False}},
+        ],
+    )
+    assert request.model_parameters == {"temperature": 0.5}
+    assert request.output_parameters == {"b": {"top_k": 4}}
+    assert request.requested_outputs[0] == RequestedOutput("a", True, 3)
+
+
 def test_request_defaults() -> None:
     request = decode_json(one_input("FP32", [1], [1.0]))
     assert request.id is None and request.parameters == {}
@@ -363,9 +377,24 @@ JSON_ERRORS = [
         id="binary-data-string",
     ),
     pytest.param(
-        {"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 3}}]},
-        "requested output 'y': parameter 'classification' is not supported",
-        id="classification",
+        {"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 0}}]},
+        "requested output 'y': classification must be a positive integer",
+        id="classification-zero",
+    ),
+    pytest.param(
+        {"inputs": [], "parameters": {"headers": {"a": "b"}}},
+        'Parameter "headers" is a reserved parameter and cannot be specified.',
+        id="reserved-headers",
+    ),
+    pytest.param(
+        {"inputs": [], "parameters": {"triton_enable_empty_final_response": True}},
+        'Parameter "triton_enable_empty_final_response" is a reserved parameter',
+        id="reserved-prefix",
+    ),
+    pytest.param(
+        {"inputs": [], "parameters": {"sequence_id": 7}},
+        "request parameter 'sequence_id': this server has no sequence batcher",
+        id="sequence-id",
     ),
     pytest.param(
         {"inputs": [], "outputs": [{"name": "y"}, {"name": "y"}]},
