@@ -42,7 +42,7 @@ def _machine_problems(check: ConfigCheck, host: Host, load: bool, timeout_s: flo
         index: model_file_problems([(index, model)]) + placement_problems([(index, model)], host)
         for index, model in check.models
     }
-    clean = [(index, model) for index, model in check.models if not found[index]]
+    clean = [(index, model) for index, model in check.models if not found[index] and model.pipeline is None]
     for probe in _probes(check, clean, host, load):
         found[probe.index] += run_probe(probe, timeout_s)
     return [problem for index, _ in check.models for problem in found[index]]
