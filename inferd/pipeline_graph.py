@@ -49,7 +49,9 @@ def _problems_of(
     steps: tuple[PipelineStep, ...], where: str, named: dict[str, ModelConfig], written: set[Any]
 ) -> list[str]:
     problems = _id_problems(steps, where) + _model_problems(steps, where, named, written)
-    problems += _link_problems(steps, where)
+    if problems or any(step.model not in named for step in steps):
+        return problems  # links between steps mean little until every step is one model
+    problems = _link_problems(steps, where)
     if problems:
         return problems
     try:
