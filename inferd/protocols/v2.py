@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -204,6 +205,19 @@ def _handler_items(request: V2InferRequest) -> tuple[Payload, int, Any]:
     return items, len(items), None
 
 
+def _json_elements(encoded: list[Any]) -> np.ndarray | None:
+    """Outputs that are JSON structures (e.g. a list of labels with scores), as one BYTES element
+    of JSON text each; None where they form a numeric or text tensor."""
+    if not any(isinstance(value, (dict, list)) for value in encoded):
+        return None
+    try:
+        if np.asarray(encoded).dtype.kind in "biufU":
+            return None
+    except ValueError:
+        pass  # ragged: not a tensor
+    return np.array([orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY) for value in encoded], dtype=object)
+
+
 def _item(element: Any) -> Any:
     if isinstance(element, bytes):
         try:
@@ -231,6 +245,9 @@ def _respond(model: ServedModel, request: V2InferRequest, result: Payload) -> Re
 
 def _handler_outputs(model: ServedModel, encoded: list[Any]) -> dict[str, np.ndarray]:
     name = model.outputs[0].name if model.outputs else "output"
+    structured = _json_elements(encoded)
+    if structured is not None:
+        return {name: structured}
     try:
         array = np.asarray(encoded)
         if array.dtype.kind == "U":
