@@ -82,3 +82,26 @@ class TopClasses(Handler):
             [{"label": self.names[index], "probability": float(row[index])} for index in top]
             for row, top in zip(probabilities, best)
         ]
+
+
+class ClassifyInOne(Handler):
+    """Decode, network and top-k in one handler: the single-process baseline bench/pipeline.py
+    compares the pipeline with. `handler_args`: `network` (a TorchScript file), `k`."""
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.decoder, self.top = DecodeImage(), TopClasses(k=self.handler_args.get("k", 5))
+        self.decoder.setup(device)
+        self.top.setup(device)
+        self.network = torch.jit.load(self.handler_args["network"], map_location=self.device).eval()
+
+    def decode(self, item: Any) -> np.ndarray:
+        return self.decoder.decode(item)
+
+    def predict(self, items: list[np.ndarray]) -> list[list[dict[str, Any]]]:
+        with self.torch.inference_mode():
+            logits = self.network(self.torch.from_numpy(np.stack(items)).to(self.device)).cpu().numpy()
+        return self.top.predict(list(logits))
