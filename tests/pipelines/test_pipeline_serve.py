@@ -87,6 +87,9 @@ def test_v2_takes_the_bytes_as_a_bytes_input(chain_server: RunningServer) -> Non
     assert answer.json()["outputs"][0]["data"] == [12.0]
     metadata = chain_server.get("/v2/models/chain").json()
     assert metadata["platform"] == "ensemble"
+    assert chain_server.get("/v2/models/chain/config").status_code == 200
+    assert chain_server.get("/v2/models/chain/ready").status_code == 200
+    assert "/models/chain/predict" in chain_server.get("/openapi.json").json()["paths"]
 
 
 def test_a_step_failure_names_the_step(chain_server: RunningServer) -> None:
@@ -185,3 +188,22 @@ def _sample(metrics: str, name: str, default: float | None = None) -> float:
         return default
     assert line is not None, f"no sample {name}"
     return float(line.split()[-1])
+
+
+def test_a_client_that_leaves_cancels_the_steps_still_queued(serve: Serve) -> None:
+    server = serve(f"""
+models:
+  - {{name: parse, handler: {STEPS}:Parse}}
+  - {{name: slow, handler: {STEPS}:Scale, handler_args: {{delay_s: 1.5}}}}
+  - {{name: chain, pipeline: [parse, slow]}}
+""")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(server.post, "/models/chain/predict", {"inputs": "1"})
+        wait_until(lambda: server.models()["slow"]["workers"][0]["busy"], 30, "the first request to hold the slow step")
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(server.url + "/models/chain/predict", json={"inputs": "2"}, timeout=0.5)
+        cancelled = 'inferd_requests_cancelled_total{model="slow"}'
+        wait_until(lambda: _sample(server.get("/metrics").text, cancelled, 0.0) == 1.0, 30, "the step to be cancelled")
+        assert first.result().status_code == 200
+    assert _sample(server.get("/metrics").text, 'inferd_batch_size_count{model="slow"}') == 1.0  # never computed
+    assert_clean_log(server.log())
