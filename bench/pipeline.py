@@ -4,6 +4,7 @@ overhead per step at c=1 (its mean request time less its steps' mean compute, ov
 
     pip install -e ".[examples]" && python models/build_examples.py
     python bench/pipeline.py [--duration 5] [--cpus 0-3] [--device cuda] [--photo PATH]
+    python bench/pipeline.py --overhead     # only the cost of a step: echo steps, tiny items, c=1
 
 The pipeline splits the cores: the first half decodes (one worker per core), the rest run the
 network with the top-5 beside it. The single handler runs one worker per core, each doing all three
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -150,13 +152,95 @@ def print_overhead(before: str, after: str) -> None:
     print(f"           c=1 request {request_s * 1000:.2f} ms; compute: {steps}; overhead per step {overhead_ms:.3f} ms")
 
 
+ECHO = """
+from inferd import Handler
+
+
+class Echo(Handler):
+    def predict(self, items):
+        return items
+"""
+
+
+class _Echo:
+    """A batcher that answers at once: what is left is the executor's own cost."""
+
+    async def infer(self, payload: object, items: int, key: object) -> object:
+        await asyncio.sleep(0)
+        return payload
+
+
+async def _executor_cost(steps: list[str], requests: int = 20_000) -> tuple[float, float]:
+    from types import SimpleNamespace
+
+    from inferd.config import ModelConfig
+    from inferd.pipeline import PipelineExecutor
+
+    stub = SimpleNamespace(is_handler=True, inputs=(), batcher=_Echo())
+    executor = PipelineExecutor(ModelConfig(name="p", pipeline=steps), lambda name: stub)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    for _ in range(requests):
+        await executor.infer(["x"], 1, None)
+    piped_s = (time.perf_counter() - started) / requests
+    started = time.perf_counter()
+    for _ in range(requests):
+        for _ in steps:
+            await stub.batcher.infer(["x"], 1, None)
+    return piped_s, (time.perf_counter() - started) / requests
+
+
+def executor_cost() -> None:
+    """The executor alone, in this process, over batchers that answer at once."""
+    for steps in (["a"], ["a", "b", "c"]):
+        piped_s, direct_s = asyncio.run(_executor_cost(steps))
+        per_step_us = (piped_s - direct_s) / len(steps) * 1e6
+        print(f"executor alone, {len(steps)} step(s): {per_step_us:.1f} us per step per request")
+
+
+def overhead(folder: Path, rounds: int = 5, requests: int = 200) -> None:
+    """Median c=1 latency of one echo model, of pipelines of 1 and 3 echo steps: the executor's
+    own cost is (pipeline of 1 - direct), each further step's (pipeline of 3 - pipeline of 1) / 2."""
+    import httpx
+
+    (folder / "echo.py").write_text(ECHO)
+    steps = "".join(f"  - {{name: e{i}, handler: {folder}/echo.py:Echo}}\n" for i in range(3))
+    port = free_port()
+    path = folder / "overhead.yaml"
+    path.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}, log_level: warning}}\nmodels:\n{steps}"
+        "  - {name: one, pipeline: [e0]}\n  - {name: three, pipeline: [e0, e1, e2]}\n"
+    )
+    argv = [sys.executable, "-m", "inferd", "serve", str(path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    latencies_s: dict[str, list[float]] = {"e0": [], "one": [], "three": []}
+    server = ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / "overhead.log", env=env, cwd=REPO)
+    with server, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        for _ in range(rounds):  # interleaved, so that a noisy moment hits every row alike
+            for name, samples in latencies_s.items():
+                for _ in range(requests):
+                    started = time.perf_counter()
+                    client.post(f"/models/{name}/predict", json={"inputs": "x"}).raise_for_status()
+                    samples.append(time.perf_counter() - started)
+    direct, one, three = (statistics.median(latencies_s[name]) * 1000 for name in ("e0", "one", "three"))
+    print(f"c=1 median: one echo model {direct:.3f} ms, pipeline of 1 step {one:.3f} ms, of 3 steps {three:.3f} ms")
+    print(
+        f"executor's own cost {one - direct:.3f} ms; each further step {(three - one) / 2:.3f} ms (a hop to a worker)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per point")
     parser.add_argument("--cpus", default=format_cpu_list(sorted(os.sched_getaffinity(0))))
     parser.add_argument("--device", default="cpu", help="where the network runs: cpu or cuda")
     parser.add_argument("--photo", type=Path, default=None, help="a PNG (default: scikit-image's chelsea.png)")
+    parser.add_argument("--overhead", action="store_true", help="measure only the cost of a step")
     args = parser.parse_args()
+    if args.overhead:
+        executor_cost()
+        with tempfile.TemporaryDirectory() as folder:
+            overhead(Path(folder))
+        return
     if not (MODELS / "efficientnet_lite0.pt").exists():
         sys.exit(
             "models/efficientnet_lite0.pt is missing: pip install -e '.[examples]'; python models/build_examples.py"
