@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inferd.cpuset import parse_cpu_list
 from inferd.errors import ConfigError
+from inferd.pipeline_graph import PIPELINE_INPUT, pipeline_entry_problems, pipeline_problems
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -137,6 +138,22 @@ class WarmupSample(_Section):
         return self
 
 
+class PipelineStep(_Section):
+    """One step of a pipeline: the model it submits to, its id among the steps (default: the
+    model's name) and the steps whose outputs it takes (default: the step before it; "input" is
+    the request itself). Several steps after one fan out; a step after several joins their outputs
+    by name."""
+
+    model: str
+    id: str | None = None
+    after: tuple[str, ...] | None = None
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+
 class ModelConfig(_Section):
     name: str
     route: str | None = None
@@ -161,6 +178,29 @@ class ModelConfig(_Section):
     warmup: tuple[WarmupSample, ...] = ()
     warmup_runs: int = Field(1, ge=1, le=1000)
     max_worker_memory_mb: int | None = Field(None, ge=1)  # MiB of RSS; past it a worker is replaced
+    # Models of this config run in turn (or as a small graph) on one request; see inferd/pipeline.py.
+    pipeline: tuple[PipelineStep, ...] | None = None
+
+    @field_validator("pipeline", mode="before")
+    @classmethod
+    def _steps_from_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"model": step} if isinstance(step, str) else step for step in value]
+        return value
+
+    @field_validator("pipeline")
+    @classmethod
+    def _steps_linked(cls, steps: tuple[PipelineStep, ...] | None) -> tuple[PipelineStep, ...] | None:
+        """Every step with its id and `after` written out: a chain unless the YAML says otherwise."""
+        if steps is None:
+            return None
+        if not steps:
+            raise ValueError("a pipeline lists at least one step, e.g. [decode, network, top5]")
+        linked: list[PipelineStep] = []
+        for step in steps:
+            after = step.after if step.after is not None else (str(linked[-1].id) if linked else PIPELINE_INPUT,)
+            linked.append(PipelineStep(model=step.model, id=step.id or step.model, after=after))
+        return tuple(linked)
 
     @field_validator("name")
     @classmethod
@@ -245,7 +285,7 @@ class ConfigCheck:
 # Which section a key belongs to, by the nearest named parent in its YAML path.
 _SECTIONS: dict[str | None, type[BaseModel]] = {
     None: Config, "server": ServerConfig, "auth": AuthConfig, "models": ModelConfig,
-    "inputs": TensorSpec, "outputs": TensorSpec, "warmup": WarmupSample,
+    "inputs": TensorSpec, "outputs": TensorSpec, "warmup": WarmupSample, "pipeline": PipelineStep,
 }  # fmt: skip
 
 
@@ -284,6 +324,7 @@ def check_config_text(text: str, source: str = "<config>", base_dir: Path | None
     shell, problems = _check_top_level(document, source)
     entries, list_problems = _model_entries(document)
     models = [(i, _resolve_path(m, base_dir)) for i, m in _check_models(entries, problems)]
+    problems += pipeline_problems(entries, dict(models))
     problems = by_entry(problems + list_problems + _uniqueness_problems(entries))
     config = None
     if shell is not None and not problems:
@@ -340,8 +381,12 @@ def _rule_problems(entry: Any, index: int) -> list[str]:
         return []
     where = f"models[{index}]"
     problems = []
+    if entry.get("pipeline") is not None:
+        return pipeline_entry_problems(entry, where)
     if (entry.get("path") is None) == (entry.get("handler") is None):
-        problems.append(f"{where}: give exactly one of 'path' (a model file) or 'handler' (a class)")
+        problems.append(
+            f"{where}: give exactly one of 'path' (a model file), 'handler' (a class) or 'pipeline' (models in turn)"
+        )
     device = entry.get("device", "cpu")
     if not (isinstance(device, str) and _DEVICE.match(device)):
         return problems  # the device's own check names it

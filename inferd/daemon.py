@@ -23,6 +23,7 @@ from inferd.errors import StartupError
 from inferd.handler import TORCHSCRIPT, detect_format
 from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
+from inferd.pipeline import PipelineExecutor, PipelineSteps
 from inferd.placement import WorkerSlot
 from inferd.supervisor import Supervisor
 from inferd.worker import WorkerSpec
@@ -40,8 +41,8 @@ class ServedModel:
 
     config: ModelConfig
     slots: tuple[WorkerSlot, ...]
-    supervisor: Supervisor
-    batcher: Batcher
+    supervisor: Supervisor | PipelineSteps
+    batcher: Batcher | PipelineExecutor
     metrics: ModelMetrics
 
     @property
@@ -49,16 +50,27 @@ class ServedModel:
         return self.config.name
 
     @property
-    def workers(self) -> Supervisor:
+    def workers(self) -> Supervisor | PipelineSteps:
         return self.supervisor
 
     @property
     def is_handler(self) -> bool:
-        return self.config.handler is not None
+        """Whether requests carry items (a handler's, or a pipeline's whose first step is a handler)."""
+        entry = self._pipeline_model("entry_step")
+        return entry.is_handler if entry is not None else self.config.handler is not None
+
+    def _pipeline_model(self, which: str) -> ServedModel | None:
+        """A pipeline's first ("entry_step") or answering ("last_step") step's model."""
+        if isinstance(self.batcher, PipelineExecutor):
+            return self.batcher.model_of(getattr(self.batcher, which))
+        return None
 
     @property
     def inputs(self) -> tuple[TensorInfo, ...]:
         """Declared in the YAML, else as the first ready worker found them in the model file."""
+        entry = self._pipeline_model("entry_step")
+        if entry is not None:
+            return entry.inputs
         info = self.workers.info
         if info and info.inputs:
             return info.inputs
@@ -68,6 +80,8 @@ class ServedModel:
     @functools.cached_property
     def platform(self) -> str:
         """The model's kind, as v2 metadata names it."""
+        if self.config.pipeline is not None:
+            return "ensemble"  # Triton's name for a pipeline of models
         if self.config.path is None:
             return "python"
         try:
@@ -77,6 +91,9 @@ class ServedModel:
 
     @property
     def outputs(self) -> tuple[TensorInfo, ...]:
+        last = self._pipeline_model("last_step")
+        if last is not None:
+            return last.outputs
         info = self.workers.info
         if info and info.outputs:
             return info.outputs
@@ -95,6 +112,7 @@ class ServedModel:
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,
+            **({"pipeline": [s.model_dump() for s in self.config.pipeline]} if self.config.pipeline else {}),
             "route": self.config.url_path,
             "state": self.workers.state,
             "reason": self.workers.unavailable_reason,
@@ -138,6 +156,8 @@ class Daemon:
         self._index_routes()
 
     def _build(self, model: ModelConfig, slots: list[WorkerSlot]) -> ServedModel:
+        if model.pipeline is not None:
+            return self._build_pipeline(model)
         base_dir = Path(self.config.source).resolve().parent
         level, log_format = self.config.server.log_level, self.config.server.log_format
         own_slots = tuple(s for s in slots if s.model == model.name)
@@ -155,6 +175,11 @@ class Daemon:
         supervisor.on_change = batcher.wake
         supervisor.on_stats = self.state.record_gpu
         return ServedModel(model, own_slots, supervisor, batcher, metrics)
+
+    def _build_pipeline(self, model: ModelConfig) -> ServedModel:
+        """A pipeline looks its steps up per request, so a reloaded step is used at once."""
+        executor = PipelineExecutor(model, lambda name: self.models.get(name))
+        return ServedModel(model, (), PipelineSteps(executor), executor, self.metrics.for_model(model.name))
 
     def route(self, path: str) -> ServedModel | None:
         """The model whose native route is `path`."""

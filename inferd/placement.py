@@ -91,6 +91,8 @@ def plan(config: Config, host: Host) -> list[WorkerSlot]:
     if problems:
         raise ConfigError(config.source, problems)
     _warn_about_shared_sets(config)
+    # A pipeline has no workers of its own: its steps' models do the work.
+    config = config.model_copy(update={"models": tuple(m for m in config.models if m.pipeline is None)})
     devices = {m.name: _devices(m, host) for m in config.models}
     slots = _explicit_slots(config, devices) + _automatic_slots(config, devices, host)
     order = {m.name: i for i, m in enumerate(config.models)}

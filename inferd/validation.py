@@ -43,7 +43,7 @@ def _machine_problems(check: ConfigCheck, host: Host, load: bool, timeout_s: flo
     found = {index: file_found[index] + placed_found[index] for index, _ in check.models}
     # A model that cannot be placed cannot be loaded as a worker would, but its handler class can
     # still be resolved: a CPU set's problem must not hide the handler's.
-    present = [(index, model) for index, model in check.models if not file_found[index]]
+    present = [(index, model) for index, model in check.models if not file_found[index] and model.pipeline is None]
     loadable = [(index, model) for index, model in present if not placed_found[index]] if load else []
     resolvable = [(index, model) for index, model in present if (index, model) not in loadable]
     probes = _probes(check, loadable, host, load=True) + _probes(check, resolvable, host, load=False)

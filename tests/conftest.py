@@ -144,6 +144,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
 @pytest.fixture(scope="session")
 def example_models() -> Path:
     """The example model files, built once if missing."""
-    if not (EXAMPLE_MODELS / "tiny.pt").exists() or not (EXAMPLE_MODELS / "classifier.pt2").exists():
+    wanted = ("tiny.pt", "classifier.pt2", "efficientnet_lite0.pt")
+    if not all((EXAMPLE_MODELS / name).exists() for name in wanted):
         subprocess.run([sys.executable, str(EXAMPLE_MODELS / "build_examples.py")], check=True)
     return EXAMPLE_MODELS

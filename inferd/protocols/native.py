@@ -1,5 +1,9 @@
 """inferd's own JSON protocol: POST {"inputs": ...} to a model's route, get {"outputs": ...}.
 
+A body of any other Content-Type than JSON (image/jpeg, image/png, application/octet-stream, ...)
+is one raw item: its bytes go as they came to a handler model (or a pipeline whose first step is
+one), e.g. `curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' .../models/classify/predict`.
+
 Tensor models take `{"inputs": <nested list>}` (one input) or `{"inputs": {"<name>": <nested list>}}`,
 with the batch dimension first (one request may carry several rows). Handler models take a list of
 items (or one bare item) and answer with one encoded output per item (or the bare output). A
@@ -22,9 +26,9 @@ from starlette.requests import Request
 
 from inferd.admission import Reservation, payload_bytes
 from inferd.datatypes import bf16_bits_from_float32, float32_from_bf16_bits, numpy_dtype
-from inferd.errors import BadRequest
+from inferd.errors import BadRequest, RequestError
 from inferd.messages import Items, Parameters, Payload, TensorInfo
-from inferd.protocols.http import body_limits, parse_json, read_decoded
+from inferd.protocols.http import body_limits, parse_json, read_body, read_decoded
 
 if TYPE_CHECKING:
     from inferd.daemon import Daemon, ServedModel
@@ -34,6 +38,14 @@ if TYPE_CHECKING:
 MAX_ITEM_DEPTH = 128
 _ELEMENTS_PER_SLICE = 64 * 1024  # about 0.5 ms of np.asarray on a list of floats
 _SHOWN_NAMES = 8
+
+
+# Bodies read as JSON: curl's -d sends form-urlencoded, and clients that set nothing mean JSON.
+_JSON_LIKE_TYPES = frozenset({"", "application/json", "application/x-www-form-urlencoded", "text/plain"})
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,28 @@ async def read_request(request: Request, daemon: Daemon, model: ServedModel, hel
     limits = body_limits(daemon.config.server, model.name, max_batch_size, () if model.is_handler else inputs)
     decode = functools.partial(decode_body, inputs=inputs, is_handler=model.is_handler, max_batch_size=max_batch_size)
     return await read_decoded(request, limits, held, daemon.admission, decode, held_bytes)
+
+
+def is_raw(content_type: str | None) -> bool:
+    """Whether a body of this Content-Type is one raw item rather than inferd's JSON."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type not in _JSON_LIKE_TYPES and not media_type.endswith("+json")
+
+
+async def read_raw(request: Request, daemon: Daemon, model: ServedModel, held: Reservation) -> DecodedRequest:
+    """The body's bytes as the request's one item, held within the memory budget as they arrive."""
+    media_type = request.headers.get("content-type", "")
+    if not model.is_handler:
+        raise UnsupportedMediaType(
+            f"model {model.name!r} takes tensors as JSON (Content-Type: application/json); "
+            f"a raw {media_type} body goes only to a handler model or a pipeline that starts with one"
+        )
+    limits = body_limits(daemon.config.server, model.name, model.config.max_batch_size, ())
+    body = await read_body(request, limits, held)
+    if not body:
+        raise BadRequest(f"the {media_type} body is empty; send the item's bytes (e.g. curl --data-binary @file)")
+    held.resize(len(body))
+    return DecodedRequest([body], 1, None, bare_item=True)
 
 
 def decode_body(body: bytes, inputs: tuple[TensorInfo, ...], is_handler: bool, max_batch_size: int) -> DecodedRequest:

@@ -1,5 +1,5 @@
 """The native route: POST a model's own path (`route`, or /models/<name>/predict) with inferd's JSON
-(inferd.protocols.native is its codec). Paths are looked up in the daemon per request, so a reload
+(inferd.protocols.native is its codec), or with a raw body (an image, say) of any other Content-Type. Paths are looked up in the daemon per request, so a reload
 that adds or removes a model changes them at once."""
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ def _predict(daemon: Daemon) -> Endpoint:
         model = call.model
         assert model is not None  # the resolver matched it
         with daemon.admission.hold(model.name, model.config.request_bytes_fraction) as held:
-            decoded = await native.read_request(call.request, daemon, model, held)
+            if native.is_raw(call.request.headers.get("content-type")):
+                decoded = await native.read_raw(call.request, daemon, model, held)
+            else:
+                decoded = await native.read_request(call.request, daemon, model, held)
             infer = model.batcher.infer(decoded.payload, decoded.items, decoded.key)
             result = await unless_client_leaves(call.request.receive, infer)
             return json_response(native.encode(result, model.outputs, decoded))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from inferd.datatypes import datatype_of_array
 from inferd.errors import BadRequest, ModelUnavailable
@@ -76,6 +77,9 @@ def handler_tensors(model: str, encoded: list[Any], outputs: Sequence[TensorInfo
 
 
 def _stacked(model: str, name: str, values: list[Any]) -> np.ndarray:
+    structured = _json_elements(values)
+    if structured is not None:
+        return structured
     try:
         array = np.asarray(values)
         if array.dtype.kind in "US":
@@ -92,3 +96,16 @@ def _bytes(value: Any) -> bytes:
     if isinstance(value, (bytes, str)):
         return value.encode() if isinstance(value, str) else value
     raise TypeError(f"a BYTES element must be str or bytes, got {type(value).__name__}")
+
+
+def _json_elements(values: list[Any]) -> np.ndarray | None:
+    """Outputs that are JSON structures (e.g. a list of labels with scores), as one BYTES element
+    of JSON text each; None where they form a numeric or text tensor."""
+    if not any(isinstance(value, (dict, list)) for value in values):
+        return None
+    try:
+        if np.asarray(values).dtype.kind in "biufU":
+            return None
+    except ValueError:
+        pass  # ragged: not a tensor
+    return np.array([orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY) for value in values], dtype=object)

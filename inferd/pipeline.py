@@ -1,0 +1,258 @@
+"""A pipeline's executor: one request through several served models of the same config.
+
+Each step is submitted to its own model's batcher, exactly as a route would submit it, so items of
+different requests batch together at every step, every step retries a lost worker's batch once,
+and every step keeps its own metrics. Invariants:
+- data between steps stays numpy arrays or Python items (never JSON); a hop from items to a tensor
+  stacks them once, a hop from a tensor to items takes views of its rows;
+- steps whose inputs are ready run at once (a fan-out runs its branches side by side); the first
+  step to fail cancels the others and answers the request with its own status and the step's name;
+- the pipeline's `request_timeout_ms` bounds the whole request, and a client that leaves cancels
+  every step still queued (a step's batch already running finishes, its answer dropped);
+- steps are looked up per request, so a reload that replaces a step's model changes it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from inferd.datatypes import numpy_dtype
+from inferd.errors import ModelUnavailable, RequestError, RequestTimedOut
+from inferd.messages import Items, Payload, TensorInfo
+from inferd.pipeline_graph import PIPELINE_INPUT, run_order
+
+if TYPE_CHECKING:
+    from inferd.config import ModelConfig, PipelineStep
+    from inferd.daemon import ServedModel
+
+Lookup = Callable[[str], "ServedModel | None"]
+
+
+class StepOutputsDoNotFit(RequestError):
+    """A step's outputs cannot become the next step's inputs (e.g. items of different shapes)."""
+
+    status = 500
+
+
+class PipelineExecutor:
+    """What a pipeline's route submits to, in place of a batcher."""
+
+    def __init__(self, config: ModelConfig, lookup: Lookup) -> None:
+        assert config.pipeline is not None
+        self.name = config.name
+        self.steps = run_order(config.pipeline)
+        self.entry_step = next(s for s in config.pipeline if PIPELINE_INPUT in (s.after or ()))
+        self.last_step = config.pipeline[-1]
+        self.timeout_s = config.request_timeout_ms / 1000
+        self.is_chain = all(
+            step.after == ((str(before.id),) if before else (PIPELINE_INPUT,))
+            for before, step in zip((None, *config.pipeline), config.pipeline)
+        )
+        self._lookup = lookup
+        self.inflight_requests = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return 0  # a pipeline queues nothing itself: its steps' queues hold its requests
+
+    def start(self) -> None:
+        """Nothing to start: the steps' models start themselves."""
+
+    async def drain(self, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass  # the steps' own drains bound what is left
+
+    async def stop(self) -> None:
+        """Nothing to stop: requests in flight end with their steps."""
+
+    def model_of(self, step: PipelineStep) -> ServedModel | None:
+        return self._lookup(step.model)
+
+    async def infer(self, payload: Payload, items: int, key: Hashable) -> Payload:
+        """The last step's outputs for one request, or the RequestError of the step that failed."""
+        self.inflight_requests += 1
+        self._idle.clear()
+        try:
+            if sys.version_info >= (3, 11):  # a deadline on this task, without wait_for's extra task
+                async with asyncio.timeout(self.timeout_s):
+                    return await self._run(payload)
+            return await asyncio.wait_for(self._run(payload), self.timeout_s)
+        except asyncio.TimeoutError:
+            timeout_ms = self.timeout_s * 1000
+            raise RequestTimedOut(
+                f"pipeline {self.name!r} did not answer within {timeout_ms:g} ms (request_timeout_ms)"
+            ) from None
+        finally:
+            self.inflight_requests -= 1
+            if not self.inflight_requests:
+                self._idle.set()
+
+    async def _run(self, payload: Payload) -> Payload:
+        if self.is_chain:  # each step in turn on this task: no task per step to make and wait on
+            for step in self.steps:
+                payload = await self._submit(step, [payload])
+            return payload
+        return await self._run_graph(payload)
+
+    async def _run_graph(self, payload: Payload) -> Payload:
+        request: asyncio.Future[Payload] = asyncio.get_running_loop().create_future()
+        request.set_result(payload)
+        done: dict[str, asyncio.Future[Payload]] = {PIPELINE_INPUT: request}
+        tasks = []
+        for step in self.steps:  # in run order: every source is already in `done`
+            task = asyncio.ensure_future(self._step(step, [done[name] for name in step.after or ()]))
+            done[str(step.id)] = task
+            tasks.append(task)
+        try:
+            finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            errors = [error for task in finished if not task.cancelled() and (error := task.exception())]
+            if errors:
+                raise errors[0]
+            return done[str(self.last_step.id)].result()
+        finally:  # a failed step, a deadline or a client gone: no other step goes on
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _step(self, step: PipelineStep, sources: list[asyncio.Future[Payload]]) -> Payload:
+        return await self._submit(step, [await source for source in sources])
+
+    async def _submit(self, step: PipelineStep, given: list[Payload]) -> Payload:
+        model = self.model_of(step)
+        if model is None:
+            raise ModelUnavailable(f"pipeline {self.name!r}: step {step.id!r}: model {step.model!r} is not served")
+        try:
+            data, items, key = step_input(given, model.is_handler, model.inputs, [str(s) for s in step.after or ()])
+        except (ValueError, TypeError) as error:
+            raise StepOutputsDoNotFit(
+                f"pipeline {self.name!r}: step {step.id!r} cannot take its inputs: {error}"
+            ) from None
+        try:
+            return await model.batcher.infer(data, items, key)
+        except RequestError as error:
+            raise _named(error, f"pipeline {self.name!r}: step {step.id!r}: ") from None
+
+
+def _named(error: RequestError, prefix: str) -> RequestError:
+    named = type(error)(prefix + error.message, error.headers, error.fields, error.detail)
+    named.status = error.status
+    return named
+
+
+def step_input(
+    given: list[Payload], to_handler: bool, inputs: tuple[TensorInfo, ...], names: list[str]
+) -> tuple[Payload, int, Hashable]:
+    """What one step submits: the outputs it takes (joined by name when several), as items for a
+    handler or as named arrays for a tensor model, with the row count and batch key."""
+    if to_handler:
+        items = _as_items(given, names)
+        return items, len(items), None
+    arrays = _as_arrays(given, inputs)
+    rows = {len(array) for array in arrays.values()}
+    if len(rows) != 1:
+        raise ValueError(f"the outputs it takes have different row counts {sorted(rows)}")
+    key = tuple((name, array.dtype.str, array.shape[1:]) for name, array in arrays.items())
+    return arrays, rows.pop(), key
+
+
+def _as_items(given: list[Payload], names: list[str]) -> list[Any]:
+    columns = [_items_of(payload) for payload in given]
+    if len(columns) == 1:
+        return columns[0]
+    if len({len(column) for column in columns}) != 1:
+        raise ValueError(f"the steps it joins gave different item counts {[len(c) for c in columns]}")
+    return [_join(list(parts), names) for parts in zip(*columns)]
+
+
+def _items_of(payload: Payload) -> list[Any]:
+    if isinstance(payload, Items):  # a request's items with parameters: the steps take the items
+        return payload.values
+    return payload if isinstance(payload, list) else _rows_of(payload)
+
+
+def _rows_of(arrays: dict[str, np.ndarray]) -> list[Any]:
+    """A tensor's rows as items: views, not copies; several outputs give one mapping per row."""
+    if len(arrays) == 1:
+        return list(next(iter(arrays.values())))
+    rows = len(next(iter(arrays.values())))
+    return [{name: array[row] for name, array in arrays.items()} for row in range(rows)]
+
+
+def _join(parts: list[Any], names: list[str]) -> dict[str, Any]:
+    """One item of several steps' outputs: mappings merged by name, other values under the step's id."""
+    joined: dict[str, Any] = {}
+    for part, name in zip(parts, names):
+        joined.update(part if isinstance(part, dict) else {name: part})
+    return joined
+
+
+def _as_arrays(given: list[Payload], inputs: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
+    merged: dict[str, np.ndarray] = {}
+    for payload in given:
+        merged.update(payload if isinstance(payload, dict) else _stack(_items_of(payload)))
+    if len(inputs) == 1 and len(merged) == 1:
+        merged = {inputs[0].name: next(iter(merged.values()))}  # one to one: by position, whatever the name
+    missing = [spec.name for spec in inputs if spec.name not in merged]
+    if missing:
+        raise ValueError(f"the model takes inputs {missing}, which no step before it gives (given: {sorted(merged)})")
+    return {spec.name: _cast(merged[spec.name], spec.datatype) for spec in inputs}
+
+
+def _stack(items: list[Any]) -> dict[str, np.ndarray]:
+    """Items (arrays, or mappings of arrays) stacked into a batch: the one copy of this hop."""
+    if items and all(isinstance(item, dict) for item in items):
+        return {name: np.stack([item[name] for item in items]) for name in items[0]}
+    return {"output": np.stack([np.asarray(item) for item in items])}
+
+
+def _cast(array: np.ndarray, datatype: str) -> np.ndarray:
+    if datatype in ("BYTES", "BF16"):
+        return array
+    wanted = numpy_dtype(datatype)
+    return array if array.dtype == wanted else array.astype(wanted)
+
+
+class PipelineSteps:
+    """A pipeline's stand-in for a supervisor: ready while every step's model has a ready worker."""
+
+    def __init__(self, executor: PipelineExecutor) -> None:
+        self._executor = executor
+        self.handles: dict[str, Any] = {}  # no workers of its own
+        self.restarts_total = 0
+        self.info = None
+
+    def _models(self) -> list[ServedModel | None]:
+        return [self._executor.model_of(step) for step in self._executor.steps]
+
+    @property
+    def ready_count(self) -> int:
+        models = self._models()
+        return min((m.workers.ready_count if m is not None else 0) for m in models)
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        for step, model in zip(self._executor.steps, self._models()):
+            if model is None:
+                return f"step {step.id!r}: model {step.model!r} is not served"
+            if not model.workers.ready_count:
+                return f"step {step.id!r}: {model.workers.unavailable_reason or 'no ready worker yet'}"
+        return None
+
+    @property
+    def state(self) -> str:
+        return "ready" if self.ready_count else "unavailable"
+
+    async def start(self) -> None:
+        """Nothing to start: the steps' models start themselves."""
+
+    async def stop(self, timeout_s: float) -> None:
+        """Nothing to stop."""
