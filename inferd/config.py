@@ -71,6 +71,7 @@ class ServerConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     metrics_port: int | None = Field(None, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535)  # KServe v2 gRPC (Triton's service); off unless set
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"
     max_request_bytes: int = Field(16 * 1024 * 1024, gt=0)

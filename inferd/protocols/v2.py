@@ -113,18 +113,21 @@ async def _model_ready(model: ServedModel) -> Response:
 
 
 async def _config(model: ServedModel) -> Response:
+    return json_response(config_document(model))
+
+
+def config_document(model: ServedModel) -> dict[str, Any]:
+    """The model's configuration in the JSON form of Triton's ModelConfig."""
     settings = model.config
-    return json_response(
-        model_config(
-            model.name,
-            settings.max_batch_size,
-            model.inputs,
-            model.outputs,
-            platform=model.platform,
-            max_queue_delay_us=int((settings.batch_timeout_ms or 0) * 1000) if settings.max_batch_size > 1 else None,
-            instance_count=settings.workers_per_device,
-            instance_kind="KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
-        )
+    return model_config(
+        model.name,
+        settings.max_batch_size,
+        model.inputs,
+        model.outputs,
+        platform=model.platform,
+        max_queue_delay_us=int((settings.batch_timeout_ms or 0) * 1000) if settings.max_batch_size > 1 else None,
+        instance_count=settings.workers_per_device,
+        instance_kind="KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
     )
 
 
@@ -137,7 +140,7 @@ def infer_endpoint(daemon: Daemon) -> Endpoint:
             decoded = await _read_infer_request(request, daemon, model, held, header_length)
             if model.outputs:
                 _check(decoded.check_requested_outputs, [o.name for o in model.outputs])
-            payload, items, key = _to_payload(model, decoded)
+            payload, items, key = to_payload(model, decoded)
             result = await unless_client_leaves(request.receive, model.batcher.infer(payload, items, key))
             return _respond(model, decoded, result)
 
@@ -174,7 +177,7 @@ def _check(check: Callable[[Any], None], argument: Any) -> None:
         raise BadRequest(str(error)) from None
 
 
-def _to_payload(model: ServedModel, request: V2InferRequest) -> tuple[Payload, int, Any]:
+def to_payload(model: ServedModel, request: V2InferRequest) -> tuple[Payload, int, Any]:
     if model.is_handler:
         return _handler_items(request)
     expected = {spec.name: spec for spec in model.inputs}
@@ -216,7 +219,7 @@ def _item(element: Any) -> Any:
 
 
 def _respond(model: ServedModel, request: V2InferRequest, result: Payload) -> Response:
-    outputs = _handler_outputs(model, result) if isinstance(result, list) else result
+    outputs = handler_outputs(model, result) if isinstance(result, list) else result
     _check(request.check_requested_outputs, list(outputs))
     selected, binary = request.select_outputs(outputs)
     datatypes = {spec.name: spec.datatype for spec in model.outputs}
@@ -229,7 +232,7 @@ def _respond(model: ServedModel, request: V2InferRequest, result: Payload) -> Re
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
 
 
-def _handler_outputs(model: ServedModel, encoded: list[Any]) -> dict[str, np.ndarray]:
+def handler_outputs(model: ServedModel, encoded: list[Any]) -> dict[str, np.ndarray]:
     name = model.outputs[0].name if model.outputs else "output"
     try:
         array = np.asarray(encoded)
