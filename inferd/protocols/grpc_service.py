@@ -53,7 +53,6 @@ STATUS_CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-EXTENSIONS = [*v2.EXTENSIONS, "system_shared_memory"]
 
 
 def status_code(error: RequestError) -> grpc.StatusCode:
@@ -134,7 +133,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
         async def metadata() -> pb.ServerMetadataResponse:
-            return pb.ServerMetadataResponse(name="inferd", version=__version__, extensions=EXTENSIONS)
+            return pb.ServerMetadataResponse(name="inferd", version=__version__, extensions=v2.EXTENSIONS)
 
         return await self._guarded("ServerMetadata", context, metadata)
 

@@ -86,7 +86,10 @@ class SharedMemory:
     def read(self, ref: RegionRef, what: str) -> bytes:
         """A copy of the bytes `ref` names."""
         start = self._window(ref, what)
-        return self._regions[ref.name].mapping[start : start + ref.byte_size]
+        try:
+            return self._regions[ref.name].mapping[start : start + ref.byte_size]
+        except (ValueError, KeyError):  # unregistered by another request meanwhile (decoding runs off the loop)
+            raise BadRequest(f"{what}: shared-memory region {ref.name!r} was unregistered while in use") from None
 
     def write(self, ref: RegionRef, data: bytes | memoryview, what: str) -> None:
         size = memoryview(data).nbytes
@@ -96,7 +99,10 @@ class SharedMemory:
                 "shared_memory_byte_size (and region)"
             )
         start = self._window(ref, what)
-        self._regions[ref.name].mapping[start : start + size] = data
+        try:
+            self._regions[ref.name].mapping[start : start + size] = data
+        except (ValueError, KeyError):
+            raise BadRequest(f"{what}: shared-memory region {ref.name!r} was unregistered while in use") from None
 
     def close(self) -> None:
         self.unregister()

@@ -22,7 +22,7 @@ from inferd.daemon import Daemon, ServedModel
 from inferd.datatypes import datatype_of_array
 from inferd.errors import BadRequest, ModelNotFound, ModelUnavailable
 from inferd.messages import Payload
-from inferd.protocols import native
+from inferd.protocols import native, shm_routes
 from inferd.protocols.disconnect import unless_client_leaves
 from inferd.protocols.http import Call, Endpoint, body_limits, json_response, read_decoded
 from inferd.protocols.routing import Match, Resolver, Route
@@ -39,7 +39,7 @@ from inferd.protocols.v2_codec import (
 )
 
 VERSION = "1"
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "system_shared_memory"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _MODEL_PREFIX = "/v2/models/{name}"
 T = TypeVar("T")
@@ -74,7 +74,11 @@ def resolver(daemon: Daemon) -> Resolver:
         "infer": Route(f"{_MODEL_PREFIX}/infer", {"POST": infer_endpoint(daemon)}, inference=True),
     }
 
+    shared_memory = shm_routes.resolver(daemon)
+
     def resolve(path: str) -> Match | None:
+        if path.startswith(shm_routes.PREFIX):
+            return shared_memory(path)
         parts = path.split("/")
         if len(parts) < 4 or parts[:3] != ["", "v2", "models"] or not parts[3]:
             return None
@@ -142,7 +146,7 @@ def infer_endpoint(daemon: Daemon) -> Endpoint:
                 _check(decoded.check_requested_outputs, [o.name for o in model.outputs])
             payload, items, key = to_payload(model, decoded)
             result = await unless_client_leaves(request.receive, model.batcher.infer(payload, items, key))
-            return _respond(model, decoded, result)
+            return _respond(model, decoded, result, daemon)
 
     return infer
 
@@ -155,7 +159,9 @@ async def _read_infer_request(
     max_batch_size, inputs = model.config.max_batch_size, model.inputs
     input_limits = InputLimits(max_batch_size, None if model.is_handler else inputs)
     limits = body_limits(daemon.config.server, model.name, max_batch_size, () if model.is_handler else inputs)
-    decode = functools.partial(_parse, decode_infer_request, header_length=header_length, limits=input_limits)
+    decode = functools.partial(
+        _parse, decode_infer_request, header_length=header_length, limits=input_limits, regions=daemon.shared_memory
+    )
     return await read_decoded(request, limits, held, daemon.admission, decode, _held_bytes)
 
 
@@ -218,13 +224,16 @@ def _item(element: Any) -> Any:
     return element.item() if isinstance(element, np.generic) else element
 
 
-def _respond(model: ServedModel, request: V2InferRequest, result: Payload) -> Response:
+def _respond(model: ServedModel, request: V2InferRequest, result: Payload, daemon: Daemon) -> Response:
     outputs = handler_outputs(model, result) if isinstance(result, list) else result
     _check(request.check_requested_outputs, list(outputs))
     selected, binary = request.select_outputs(outputs)
     datatypes = {spec.name: spec.datatype for spec in model.outputs}
     try:
-        body, header_length = encode_infer_response(model.name, VERSION, request.id, selected, binary, datatypes)
+        targets = {wanted.name: wanted.region for wanted in request.requested_outputs if wanted.region is not None}
+        body, header_length = encode_infer_response(
+            model.name, VERSION, request.id, selected, binary, datatypes, targets, daemon.shared_memory
+        )
     except V2EncodeError as error:
         raise BadRequest(str(error)) from None
     if header_length is None:

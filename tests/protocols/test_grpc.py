@@ -266,7 +266,7 @@ def test_a_stream_answers_each_request_in_order(client: grpcclient.InferenceServ
 
 def test_api_keys_come_from_metadata(serve: Callable[..., RunningServer], example_models: Path) -> None:
     grpc_port = free_port()
-    running = serve(
+    serve(
         f"""
 server: {{host: 127.0.0.1, grpc_port: {grpc_port}, auth: {{api_keys_env: TEST_GRPC_KEYS}}}}
 models:
