@@ -305,3 +305,47 @@ models:
         assert running.process.wait(60) == 4
     assert f"127.0.0.1:{port} (server.grpc_port): port {port} is already in use" in running.log()
     assert "started worker" not in running.log()
+
+
+SLOW_SUM = """
+import time
+from inferd import Handler
+
+class SlowSum(Handler):
+    def predict(self, items):
+        time.sleep(float(self.handler_args.get("delay_s", 0)))
+        return [[float(sum(item))] for item in items]
+"""
+
+
+def test_sigterm_drains_calls_in_flight_and_big_messages_are_refused(
+    serve: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    import threading
+
+    (tmp_path / "slow_sum.py").write_text(SLOW_SUM)
+    grpc_port = free_port()
+    running = serve(
+        f"""
+server: {{host: 127.0.0.1, grpc_port: {grpc_port}, drain_timeout_s: 20, max_request_bytes: 65536}}
+models:
+  - name: slow_sum
+    handler: {tmp_path}/slow_sum.py:SlowSum
+    handler_args: {{delay_s: 2}}
+    inputs: [{{name: input, datatype: FP32, shape: [-1, -1]}}]
+    outputs: [{{name: sum, datatype: FP32, shape: [-1, 1]}}]
+"""
+    )
+    triton = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    big = refused(lambda: triton.infer("slow_sum", [tensor("input", np.ones((1, 32768), np.float32), "FP32")]))
+    assert big.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    answers: list[object] = []
+    rows = np.ones((1, 4), np.float32)
+    call = threading.Thread(target=lambda: answers.append(triton.infer("slow_sum", [tensor("input", rows, "FP32")])))
+    call.start()
+    wait_until(lambda: any(w["busy"] for w in running.models()["slow_sum"]["workers"]), 30, "the call to be computing")
+    assert running.stop() == 0, running.log()
+    call.join(30)
+    assert answers and answers[0].as_numpy("sum").tolist() == [[4.0]]  # type: ignore[attr-defined]
+    assert_clean_log(running.log())
+    triton.close()
