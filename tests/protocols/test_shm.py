@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -230,3 +231,17 @@ models:
         running.process.kill() if running.process.poll() is None else None
         shm.destroy_shared_memory_region(handle)
     assert not os.path.exists("/dev/shm" + key)
+
+
+def test_http_register_and_status_refusals_are_json_400s(server: RunningServer) -> None:
+    register = f"{server.url}/v2/systemsharedmemory/region/r1/register"
+    for body in (b"[]", b'{"byte_size": 8}', b'{"key": "/x", "byte_size": "8"}', b"not json"):
+        answer = httpx.post(register, content=body, headers={"Content-Type": "application/json"})
+        assert answer.status_code == 400 and "error" in answer.json(), (body, answer.text)
+    missing = httpx.post(register, json={"key": "/inferd-test-absent", "byte_size": 8})
+    assert missing.status_code == 400 and "cannot open" in missing.json()["error"]
+    status = httpx.get(f"{server.url}/v2/systemsharedmemory/region/r1/status")
+    assert status.status_code == 400 and "no shared-memory region named 'r1'" in status.json()["error"]
+    wrong_method = httpx.get(register)
+    assert wrong_method.status_code == 405
+    assert httpx.post(f"{server.url}/v2/systemsharedmemory/region/r1/unregister").status_code == 200
