@@ -40,6 +40,15 @@ torch.jit.script(Identity()).save({path!r})
 """
 
 
+UPPER = """
+from inferd import Handler
+
+class Upper(Handler):
+    def predict(self, items):
+        return [item.upper() for item in items]
+"""
+
+
 def build_identity_model(path: Path) -> None:
     """A TorchScript model answering each of its inputs (one per numeric datatype) unchanged."""
     import subprocess
@@ -74,6 +83,10 @@ models:
 {tensors}
     outputs:
 {outputs}
+  - name: upper
+    handler: {models_dir}/upper.py:Upper
+    max_batch_size: 8
+    outputs: [{{name: upper, datatype: BYTES, shape: [-1]}}]
   - name: slow
     handler: {HANDLERS}:Echo
     handler_args: {{delay_s: 3}}
@@ -85,6 +98,7 @@ models:
 def server(tmp_path_factory: pytest.TempPathFactory, example_models: Path) -> Iterator[RunningServer]:
     models_dir = tmp_path_factory.mktemp("grpc-models")
     build_identity_model(models_dir / "identity.pt")
+    (models_dir / "upper.py").write_text(UPPER)
     grpc_port = free_port()
     running = start_server(tmp_path_factory.mktemp("grpc"), config_text(models_dir, grpc_port))
     running.grpc_url = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
@@ -147,6 +161,18 @@ def test_every_numeric_datatype_round_trips_raw(client: grpcclient.InferenceServ
     for name, array in arrays.items():
         answered = result.as_numpy(f"out_{name.lower()}")
         assert answered.dtype == array.dtype and np.array_equal(answered, array), name
+
+
+def test_bytes_travel_raw_and_typed(server: RunningServer, client: grpcclient.InferenceServerClient) -> None:
+    words = np.array([b"alpha", "b\u00e9ta".encode(), b""], dtype=object)
+    result = client.infer("upper", [tensor("input", words, "BYTES")])
+    assert result.get_output("upper").datatype == "BYTES"
+    assert result.as_numpy("upper").tolist() == [b"ALPHA", "B\u00c9TA".encode(), b""]
+    request = service_pb2.ModelInferRequest(model_name="upper")
+    request.inputs.add(name="input", datatype="BYTES", shape=[2]).contents.bytes_contents.extend([b"x", b"yz"])
+    with grpc.insecure_channel(server.grpc_url) as channel:  # type: ignore[attr-defined]
+        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert answer.raw_output_contents[0] == b"\x01\x00\x00\x00X\x02\x00\x00\x00YZ"  # 4-byte lengths, as Triton
 
 
 def typed_request(arrays: dict[str, np.ndarray]) -> service_pb2.ModelInferRequest:
