@@ -71,15 +71,13 @@ def decode_infer_request(
             f"raw_input_contents has {len(raw)} entries but {raw_needed} inputs are not in shared memory; "
             "give one entry per such input, in input order, or none and use contents"
         )
-    inputs: dict[str, np.ndarray] = {}
-    datatypes: dict[str, str] = {}
+    headers = _headers(message.inputs)  # every name, datatype and shape checked before any data is read
     raw_entries = iter(raw)
-    for tensor in message.inputs:
-        if tensor.name in inputs or not tensor.name:
-            raise BadRequest(f"input {tensor.name!r} is unnamed or given twice; name each input once")
-        datatype, shape = _header(tensor)
-        inputs[tensor.name] = _decode_input(tensor, datatype, shape, raw_entries if raw else None, regions)
-        datatypes[tensor.name] = datatype.name
+    inputs = {
+        tensor.name: _decode_input(tensor, *headers[tensor.name], raw_entries if raw else None, regions)
+        for tensor in message.inputs
+    }
+    datatypes = {name: datatype.name for name, (datatype, _) in headers.items()}
     requested, targets = _requested_outputs(message.outputs)
     request = V2InferRequest(
         id=message.id or None,
@@ -90,6 +88,15 @@ def decode_infer_request(
         binary_data_output=True,
     )
     return request, targets
+
+
+def _headers(tensors: Any) -> dict[str, tuple[Datatype, tuple[int, ...]]]:
+    headers: dict[str, tuple[Datatype, tuple[int, ...]]] = {}
+    for tensor in tensors:
+        if tensor.name in headers or not tensor.name:
+            raise BadRequest(f"input {tensor.name!r} is unnamed or given twice; name each input once")
+        headers[tensor.name] = _header(tensor)
+    return headers
 
 
 def _header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[Datatype, tuple[int, ...]]:
@@ -137,9 +144,13 @@ def _from_contents(
         raise BadRequest(f"{what}: shape {list(shape)} has {count} elements but contents.{field} has {len(values)}")
     if datatype.is_bytes:
         return np.array(list(values), dtype=object).reshape(shape)
-    array = np.array(values, dtype=datatype.numpy_dtype)
-    if not datatype.name.startswith("FP") and datatype.name != "BOOL" and not np.array_equal(array, values):
-        raise BadRequest(f"{what}: contents.{field} holds values out of {datatype.name}'s range")
+    out_of_range = BadRequest(f"{what}: contents.{field} holds values out of {datatype.name}'s range")
+    try:
+        array = np.array(list(values), dtype=datatype.numpy_dtype)
+    except OverflowError:  # numpy refuses a Python int its dtype cannot hold
+        raise out_of_range from None
+    if not datatype.name.startswith("FP") and datatype.name != "BOOL" and not np.array_equal(array, list(values)):
+        raise out_of_range
     return array.reshape(shape)
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -72,6 +74,12 @@ async def _abort(context: Context, rpc: str, error: RequestError) -> None:
     await context.abort(code, error.message)
 
 
+def _one_line(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{type(error).__name__}: {error} (at {where})"
+
+
 def _unimplemented(rpc: str, instead: str) -> Callable[..., Awaitable[Any]]:
     async def refuse(self: InferenceService, request: Any, context: Context) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"inferd does not serve {rpc}; {instead}")
@@ -92,6 +100,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except RequestError as error:
             await _abort(context, rpc, error)
             raise  # abort raised already; this satisfies the type checker
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as error:  # a bug of ours: INTERNAL with a reason, one log line, keep serving
+            log.error("grpc %s: internal error: %s", rpc, _one_line(error))
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+            raise
 
     def _authorize(self, context: Context, health: bool) -> None:
         if not self._access.api_keys or (health and self._open_health):
