@@ -193,6 +193,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 log.info("grpc ModelStreamInfer: %s: %s", status_code(error).name, error.message)
                 yield pb.ModelStreamInferResponse(error_message=error.message)
                 continue
+            except Exception as error:  # a bug of ours: answered, logged in one line, and the stream goes on
+                log.error("grpc ModelStreamInfer: internal error: %s", _one_line(error))
+                yield pb.ModelStreamInferResponse(error_message="internal server error; see the server log")
+                continue
             yield pb.ModelStreamInferResponse(infer_response=response)
 
     async def _counted(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
