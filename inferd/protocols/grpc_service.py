@@ -24,6 +24,7 @@ from google.protobuf import json_format
 from grpc.aio import ServicerContext as Context
 
 from inferd import __version__
+from inferd.admission import payload_bytes
 from inferd.auth import Access, matches, presented_key
 from inferd.daemon import Daemon, ServedModel
 from inferd.errors import BadRequest, ClientGone, ModelNotFound, RequestError, RequestTimedOut, Unauthorized
@@ -220,8 +221,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         regions = self._daemon.shared_memory
         with self._daemon.admission.hold(model.name, model.config.request_bytes_fraction) as held:
-            held.grow(message.ByteSize())
+            # The message is in memory already (grpcio parsed it); what the decoded inputs hold is
+            # counted, as ByteSize() would serialize the whole message again to tell.
             request, targets = grpc_codec.decode_infer_request(message, regions)
+            held.grow(payload_bytes(request.inputs.values(), b""))
             if model.outputs:
                 _check(request.check_requested_outputs, [o.name for o in model.outputs])
             payload, items, key = v2.to_payload(model, request)
