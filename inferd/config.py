@@ -98,6 +98,13 @@ class ServerConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _grpc_port_is_its_own(self) -> ServerConfig:
+        if self.grpc_port and self.grpc_port in (self.port, self.metrics_port):
+            other = "port" if self.grpc_port == self.port else "metrics_port"
+            raise ValueError(f"grpc_port ({self.grpc_port}) must differ from {other}: gRPC needs a port of its own")
+        return self
+
     @field_validator("histogram_buckets_s")
     @classmethod
     def _buckets_increase(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:

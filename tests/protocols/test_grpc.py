@@ -375,3 +375,17 @@ models:
     assert answers and answers[0].as_numpy("sum").tolist() == [[4.0]]  # type: ignore[attr-defined]
     assert_clean_log(running.log())
     triton.close()
+
+
+def test_grpc_port_needs_a_port_of_its_own(tmp_path: Path) -> None:
+    from inferd.config import load_config
+    from inferd.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"server: {{port: 8080, grpc_port: 8080}}\nmodels:\n  - {{name: tiny, path: {EXAMPLE_MODELS}/tiny.pt}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"server: grpc_port \(8080\) must differ from port"):
+        load_config(path)
+    path.write_text(f"server: {{grpc_port: 8001}}\nmodels:\n  - {{name: tiny, path: {EXAMPLE_MODELS}/tiny.pt}}\n")
+    assert load_config(path).server.grpc_port == 8001
