@@ -106,8 +106,9 @@ def _serve(args: argparse.Namespace) -> int:
     host = Host.detect()
     slots = plan(config, host)
     sockets = _listen(config.server)
+    grpc_reservation = _reserve_grpc_port(config.server, sockets)
     _log_plan(host, slots)
-    return _run_event_loop(_run(config, slots, args.config, sockets))
+    return _run_event_loop(_run(config, slots, args.config, sockets, grpc_reservation))
 
 
 def _listen(settings: ServerConfig) -> list[socket.socket]:
@@ -117,6 +118,20 @@ def _listen(settings: ServerConfig) -> list[socket.socket]:
     if settings.metrics_port is not None:
         addresses.append(Address(settings.host, settings.metrics_port, "server.metrics_port"))
     return listen_all(addresses, BACKLOG)
+
+
+def _reserve_grpc_port(settings: ServerConfig, sockets: list[socket.socket]) -> socket.socket | None:
+    """The gRPC port, held from now until the gRPC server binds it (inferd.protocols.grpc_server)."""
+    if settings.grpc_port is None:
+        return None
+    from inferd.protocols.grpc_server import reserve
+
+    try:
+        return reserve(Address(settings.host, settings.grpc_port, "server.grpc_port"))
+    except ListenError:
+        for sock in sockets:
+            sock.close()
+        raise
 
 
 def _run_event_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -147,7 +162,13 @@ def _log_plan(host: Host, slots: list[WorkerSlot]) -> None:
         log.info("plan: %s", slot.describe())
 
 
-async def _run(config: Config, slots: list[WorkerSlot], config_path: str, sockets: list[socket.socket]) -> int:
+async def _run(
+    config: Config,
+    slots: list[WorkerSlot],
+    config_path: str,
+    sockets: list[socket.socket],
+    grpc_reservation: socket.socket | None,
+) -> int:
     from inferd.app import SecondaryServer, Server, build_app, metrics_app
     from inferd.connections import ConnectionLimits, Listener
     from inferd.daemon import Daemon
@@ -166,7 +187,15 @@ async def _run(config: Config, slots: list[WorkerSlot], config_path: str, socket
 
     server: Server
     app = build_app(daemon, lambda error: server.fail_startup(error), reload, metrics_route=not separate_metrics)
-    server = Server(_uvicorn_config(app, settings, listeners[0], settings.drain_timeout_s, "on"))
+    uvicorn_config = _uvicorn_config(app, settings, listeners[0], settings.drain_timeout_s, "on")
+    if grpc_reservation is None:
+        server = Server(uvicorn_config)
+    else:
+        from inferd.protocols.grpc_server import GrpcFront, ServerBesideGrpc
+
+        grpc_front = GrpcFront(daemon, app.access, grpc_reservation)
+        server = ServerBesideGrpc(uvicorn_config, grpc_front)
+        await grpc_front.start()
     server.on_reload = lambda: _reload_in_background(reload)
     if not separate_metrics:
         await server.serve(sockets=sockets)

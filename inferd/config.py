@@ -72,6 +72,7 @@ class ServerConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     metrics_port: int | None = Field(None, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535)  # KServe v2 gRPC (Triton's service); off unless set
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"
     max_request_bytes: int = Field(16 * 1024 * 1024, gt=0)
@@ -96,6 +97,13 @@ class ServerConfig(_Section):
                 f"max_request_bytes_held ({self.max_request_bytes_held}) must be at least max_request_bytes "
                 f"({self.max_request_bytes}), or the largest allowed body could never be admitted"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _grpc_port_is_its_own(self) -> ServerConfig:
+        if self.grpc_port and self.grpc_port in (self.port, self.metrics_port):
+            other = "port" if self.grpc_port == self.port else "metrics_port"
+            raise ValueError(f"grpc_port ({self.grpc_port}) must differ from {other}: gRPC needs a port of its own")
         return self
 
     @field_validator("histogram_buckets_s")

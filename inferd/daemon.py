@@ -25,6 +25,7 @@ from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
 from inferd.pipeline import PipelineExecutor, PipelineSteps
 from inferd.placement import WorkerSlot
+from inferd.protocols.shm import SharedMemory
 from inferd.supervisor import Supervisor
 from inferd.worker import WorkerSpec
 
@@ -149,6 +150,7 @@ class Daemon:
         self.state = self.metrics.watch(lambda: self.models)
         self._oom_kills = OomKills.of_this_process()  # one for all models: they share the cgroup
         self.admission = Admission(config.server.max_request_bytes_held)
+        self.shared_memory = SharedMemory()  # regions clients registered (v2 REST and gRPC)
         self.metrics.watch_request_bytes(self.admission, lambda: self.models)
         self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in config.models}
         self._reload_lock = asyncio.Lock()
@@ -203,6 +205,7 @@ class Daemon:
 
     async def stop(self) -> None:
         await asyncio.gather(*(m.retire(0.0) for m in self.models.values()))
+        self.shared_memory.close()
 
     async def reload(self, config: Config, slots: list[WorkerSlot]) -> ReloadResult:
         async with self._reload_lock:

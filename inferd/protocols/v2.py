@@ -22,7 +22,7 @@ from inferd.admission import Reservation, payload_bytes
 from inferd.daemon import Daemon, ServedModel
 from inferd.errors import BadRequest, ModelNotFound
 from inferd.messages import Payload
-from inferd.protocols import native
+from inferd.protocols import native, shm_routes
 from inferd.protocols.disconnect import unless_client_leaves
 from inferd.protocols.http import Call, Endpoint, body_limits, json_response, read_decoded
 from inferd.protocols.routing import Match, Resolver, Route
@@ -42,7 +42,7 @@ from inferd.protocols.v2_items import handler_payload, handler_tensors
 from inferd.protocols.v2_stats import statistics
 
 VERSION = "1"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "classification"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "classification", "system_shared_memory"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _MODEL_PREFIX = "/v2/models/{name}"
 T = TypeVar("T")
@@ -79,7 +79,11 @@ def resolver(daemon: Daemon) -> Resolver:
     }
     every_model = Route("/v2/models/stats", {"GET": lambda call: _stats(daemon, list(daemon.models.values()))})
 
+    shared_memory = shm_routes.resolver(daemon)
+
     def resolve(path: str) -> Match | None:
+        if path.startswith(shm_routes.PREFIX):
+            return shared_memory(path)
         parts = path.split("/")
         if len(parts) < 4 or parts[:3] != ["", "v2", "models"] or not parts[3]:
             return None
@@ -132,19 +136,22 @@ async def _model_ready(model: ServedModel) -> Response:
 
 
 async def _config(model: ServedModel) -> Response:
+    return json_response(config_document(model))
+
+
+def config_document(model: ServedModel) -> dict[str, Any]:
+    """The model's configuration in the JSON form of Triton's ModelConfig."""
     settings = model.config
-    return json_response(
-        model_config(
-            model.name,
-            settings.max_batch_size,
-            model.inputs,
-            model.outputs,
-            platform=model.platform,
-            max_queue_delay_us=int((settings.batch_timeout_ms or 0) * 1000) if settings.max_batch_size > 1 else None,
-            instance_count=settings.workers_per_device,
-            instance_kind="KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
-            formats={spec.name: spec.format for spec in settings.inputs or () if spec.format},
-        )
+    return model_config(
+        model.name,
+        settings.max_batch_size,
+        model.inputs,
+        model.outputs,
+        platform=model.platform,
+        max_queue_delay_us=int((settings.batch_timeout_ms or 0) * 1000) if settings.max_batch_size > 1 else None,
+        instance_count=settings.workers_per_device,
+        instance_kind="KIND_CPU" if settings.device == "cpu" else "KIND_GPU",
+        formats={spec.name: spec.format for spec in settings.inputs or () if spec.format},
     )
 
 
@@ -157,9 +164,9 @@ def infer_endpoint(daemon: Daemon) -> Endpoint:
             decoded = await _read_infer_request(request, daemon, model, held, header_length)
             if model.outputs:
                 _check(decoded.check_requested_outputs, [o.name for o in model.outputs])
-            payload, items, key = _to_payload(model, decoded)
+            payload, items, key = to_payload(model, decoded)
             result = await unless_client_leaves(request.receive, model.batcher.infer(payload, items, key))
-            return _respond(model, decoded, result)
+            return _respond(model, decoded, result, daemon)
 
     return infer
 
@@ -172,7 +179,9 @@ async def _read_infer_request(
     max_batch_size, inputs = model.config.max_batch_size, model.inputs
     input_limits = InputLimits(max_batch_size, None if model.is_handler and not _named_inputs(model) else inputs)
     limits = body_limits(daemon.config.server, model.name, max_batch_size, () if model.is_handler else inputs)
-    decode = functools.partial(_parse, decode_infer_request, header_length=header_length, limits=input_limits)
+    decode = functools.partial(
+        _parse, decode_infer_request, header_length=header_length, limits=input_limits, regions=daemon.shared_memory
+    )
     return await read_decoded(request, limits, held, daemon.admission, decode, _held_bytes)
 
 
@@ -194,7 +203,7 @@ def _check(check: Callable[[Any], None], argument: Any) -> None:
         raise BadRequest(str(error)) from None
 
 
-def _to_payload(model: ServedModel, request: V2InferRequest) -> tuple[Payload, int, Any]:
+def to_payload(model: ServedModel, request: V2InferRequest) -> tuple[Payload, int, Any]:
     if model.is_handler:
         payload, items = handler_payload(request, _named_inputs(model))
         return payload, items, None
@@ -221,9 +230,9 @@ def _named_inputs(model: ServedModel) -> list[str] | None:
     return names if len(names) > 1 else None
 
 
-def _respond(model: ServedModel, request: V2InferRequest, result: Payload) -> Response:
+def _respond(model: ServedModel, request: V2InferRequest, result: Payload, daemon: Daemon) -> Response:
     if isinstance(result, list):
-        outputs = handler_tensors(model.name, result, model.outputs)
+        outputs = handler_outputs(model, result)
     else:
         assert isinstance(result, dict)
         outputs = result
@@ -236,9 +245,17 @@ def _respond(model: ServedModel, request: V2InferRequest, result: Payload) -> Re
             selected[wanted.name] = classify(wanted.name, selected[wanted.name], wanted.classification, labels)
             datatypes[wanted.name] = "BYTES"
     try:
-        body, header_length = encode_infer_response(model.name, VERSION, request.id, selected, binary, datatypes)
+        targets = {wanted.name: wanted.region for wanted in request.requested_outputs if wanted.region is not None}
+        body, header_length = encode_infer_response(
+            model.name, VERSION, request.id, selected, binary, datatypes, targets, daemon.shared_memory
+        )
     except V2EncodeError as error:
         raise BadRequest(str(error)) from None
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+def handler_outputs(model: ServedModel, encoded: list[Any]) -> dict[str, Any]:
+    """A handler's encoded outputs as one tensor per declared output (gRPC answers with them too)."""
+    return handler_tensors(model.name, encoded, model.outputs)

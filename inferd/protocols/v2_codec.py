@@ -23,7 +23,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import numpy as np
 import orjson
@@ -42,6 +42,7 @@ from inferd.datatypes import (
     json_type_name,
     shape_text,
 )
+from inferd.protocols.shm import RegionRef, SharedMemory
 
 # Bound on the product of a shape's non-zero dims: numpy refuses a shape past int64 even when empty.
 _MAX_SHAPE_SPAN = 2**53
@@ -57,7 +58,10 @@ _RESERVED_PARAMETERS = frozenset({"headers"})
 _RESERVED_PREFIX = "triton_"
 _SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
 # Output parameters the server itself reads.
-_OUTPUT_SERVER_PARAMETERS = frozenset({"binary_data", "classification"})
+_OUTPUT_SERVER_PARAMETERS = frozenset(
+    {"binary_data", "classification", "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}
+)
+_SHM_PARAMETERS = ("shared_memory_region", "shared_memory_offset")  # served where regions are given
 
 
 class V2DecodeError(ValueError):
@@ -74,6 +78,7 @@ class RequestedOutput:
     binary_data: bool | None  # None: not said; the request's binary_data_output decides
     classification: int | None = None  # top K as "score:index[:label]" strings, Triton's extension
     parameters: dict[str, Any] = field(default_factory=dict)  # the rest, for a handler model
+    region: RegionRef | None = None  # where the output is to be written instead, if anywhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +195,12 @@ def parse_header_length(value: str | None) -> int | None:
     return int(text)
 
 
-def decode_infer_request(body: bytes, header_length: int | None, limits: InputLimits | None = None) -> V2InferRequest:
+def decode_infer_request(
+    body: bytes, header_length: int | None, limits: InputLimits | None = None, regions: SharedMemory | None = None
+) -> V2InferRequest:
     """Decode a v2 infer request body; `header_length` is Inference-Header-Content-Length.
-    With `limits`, every input's header is checked against them before any tensor data is read."""
+    With `limits`, every input's header is checked against them before any tensor data is read.
+    With `regions`, inputs and outputs may name shared-memory regions (else that is refused)."""
     view = memoryview(body).cast("B")
     json_end = _json_length(header_length, len(view))
     # orjson reads bytes faster than a memoryview; with binary data only the JSON part is copied.
@@ -202,30 +210,30 @@ def decode_infer_request(body: bytes, header_length: int | None, limits: InputLi
     parameters = _optional_object(request, "parameters", "the request")
     _reject_reserved(parameters)
     binary_data_output = _optional_bool(parameters, "binary_data_output", "request parameters")
-    headers = _input_headers(request.get("inputs"), limits)
+    headers = _input_headers(request.get("inputs"), limits, regions is not None)
     if limits is not None:
         limits.check(headers)
     reader = _BinaryReader(view, json_end, header_length is not None)
-    inputs = {header.name: _decode_data(header, reader) for header in headers}
+    inputs = {header.name: _decode_data(header, reader, regions) for header in headers}
     reader.expect_end()
     return V2InferRequest(
         id=_optional_str(request, "id", "the request"),
         parameters=parameters,
         inputs=inputs,
         datatypes={header.name: header.datatype.name for header in headers},
-        requested_outputs=_decode_requested_outputs(request.get("outputs")),
+        requested_outputs=_decode_requested_outputs(request.get("outputs"), regions is not None),
         binary_data_output=bool(binary_data_output),
     )
 
 
-def _input_headers(value: Any, limits: InputLimits | None) -> list[_InputHeader]:
+def _input_headers(value: Any, limits: InputLimits | None, shm: bool) -> list[_InputHeader]:
     items = _expect_list(value, "the request's 'inputs'")
     if limits is not None:
         limits.check_count(len(items))
     headers: list[_InputHeader] = []
     names: set[str] = set()
     for index, item in enumerate(items):
-        header = _input_header(item, index)
+        header = _input_header(item, index, shm)
         if header.name in names:
             raise V2DecodeError(f"input {header.name!r} is given twice; each input appears once")
         names.add(header.name)
@@ -296,13 +304,13 @@ def _optional_bool(container: dict[str, Any], key: str, what: str) -> bool | Non
     return value
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _reject_unsupported(parameters: dict[str, Any], what: str) -> None:
+def _reject_unsupported(parameters: dict[str, Any], what: str, shm: bool) -> None:
     for key in _UNSUPPORTED_PARAMETERS:
-        if key in parameters:
+        if key in parameters and not (shm and key in _SHM_PARAMETERS):
             raise V2DecodeError(f"{what}: parameter {key!r} is not supported by this server")
 
 
@@ -325,7 +333,19 @@ def _classification(parameters: dict[str, Any], what: str) -> int | None:
     return count
 
 
-def _decode_requested_outputs(value: Any) -> tuple[RequestedOutput, ...]:
+def _region_ref(parameters: dict[str, Any], what: str) -> RegionRef | None:
+    name = parameters.get("shared_memory_region")
+    if name is None:
+        return None
+    size, offset = parameters.get("shared_memory_byte_size"), parameters.get("shared_memory_offset", 0)
+    if not isinstance(name, str) or not _is_int(size) or not _is_int(offset):
+        raise V2DecodeError(
+            f"{what}: shared_memory_region must be a string, shared_memory_byte_size and shared_memory_offset integers"
+        )
+    return RegionRef(name, offset, size)
+
+
+def _decode_requested_outputs(value: Any, shm: bool = False) -> tuple[RequestedOutput, ...]:
     if value is None:
         return ()
     requested: list[RequestedOutput] = []
@@ -336,12 +356,13 @@ def _decode_requested_outputs(value: Any) -> tuple[RequestedOutput, ...]:
             raise V2DecodeError(f"outputs[{index}].name must be a non-empty string")
         what = f"requested output {name!r}"
         parameters = _optional_object(output, "parameters", what)
-        _reject_unsupported(parameters, what)
+        _reject_unsupported(parameters, what, shm)
         if any(earlier.name == name for earlier in requested):
             raise V2DecodeError(f"{what} is requested twice; name each output once")
         binary_data = _optional_bool(parameters, "binary_data", what)
         rest = {key: parameters[key] for key in parameters if key not in _OUTPUT_SERVER_PARAMETERS}
-        requested.append(RequestedOutput(name, binary_data, _classification(parameters, what), rest))
+        classification = _classification(parameters, what)
+        requested.append(RequestedOutput(name, binary_data, classification, rest, _region_ref(parameters, what)))
     return tuple(requested)
 
 
@@ -357,9 +378,10 @@ class _InputHeader:
     shape: tuple[int, ...]
     binary_size: int | None
     data: Any
+    region: RegionRef | None = None
 
 
-def _input_header(item: Any, index: int) -> _InputHeader:
+def _input_header(item: Any, index: int, shm: bool = False) -> _InputHeader:
     spec = _expect_object(item, f"inputs[{index}]")
     name = spec.get("name")
     if not isinstance(name, str) or not name:
@@ -368,7 +390,12 @@ def _input_header(item: Any, index: int) -> _InputHeader:
     datatype = _input_datatype(spec.get("datatype"), what)
     shape = _input_shape(spec.get("shape"), what)
     parameters = _optional_object(spec, "parameters", what)
-    _reject_unsupported(parameters, what)
+    _reject_unsupported(parameters, what, shm)
+    region = _region_ref(parameters, what)
+    if region is not None:
+        if "data" in spec or "binary_data_size" in parameters:
+            raise V2DecodeError(f"{what} names a shared-memory region and also carries data; give one of them")
+        return _InputHeader(name, datatype, shape, None, None, region)
     binary_size = parameters.get("binary_data_size")
     if binary_size is not None and "data" in spec:
         raise V2DecodeError(f"{what} has both 'data' and binary_data_size; give one of them")
@@ -379,9 +406,11 @@ def _input_header(item: Any, index: int) -> _InputHeader:
     return _InputHeader(name, datatype, shape, binary_size, spec.get("data"))
 
 
-def _decode_data(header: _InputHeader, reader: _BinaryReader) -> np.ndarray:
+def _decode_data(header: _InputHeader, reader: _BinaryReader, regions: SharedMemory | None) -> np.ndarray:
     what = f"input {header.name!r}"
     try:
+        if header.region is not None and regions is not None:
+            return array_from_binary(memoryview(regions.read(header.region, what)), header.datatype, header.shape)
         if header.binary_size is None:
             return _array_from_json_rows(header.data, header.datatype, header.shape)
         return array_from_binary(reader.take(header.binary_size, what), header.datatype, header.shape)
@@ -478,6 +507,8 @@ def encode_infer_response(
     outputs: Mapping[str, np.ndarray],
     binary: AbstractSet[str] = frozenset(),
     datatypes: Mapping[str, str] | None = None,
+    targets: Mapping[str, RegionRef] | None = None,
+    regions: SharedMemory | None = None,
 ) -> tuple[bytes, int | None]:
     """The response body, and the Inference-Header-Content-Length value when any output is binary.
 
@@ -493,7 +524,9 @@ def encode_infer_response(
         datatype = _output_datatype(name, array, datatypes)
         entry: dict[str, Any] = {"name": name, "datatype": datatype.name, "shape": array.shape}
         try:
-            if name in binary:
+            if targets and name in targets and regions is not None:
+                entry["parameters"] = _write_region(name, array, datatype, targets[name], regions)
+            elif name in binary:
                 chunks.append(binary_data(array, datatype))
                 entry["parameters"] = {"binary_data_size": memoryview(chunks[-1]).nbytes}
             else:
@@ -510,6 +543,21 @@ def encode_infer_response(
         return text, None
     # One copy of each binary output, straight from its array's buffer.
     return b"".join([text, *chunks]), len(text)
+
+
+def _write_region(
+    name: str, array: np.ndarray, datatype: Datatype, target: RegionRef, regions: SharedMemory
+) -> dict[str, Any]:
+    """Write the output where the request asked; its entry's parameters say where and how much."""
+    data = binary_data(array, datatype)
+    regions.write(target, data, f"output {name!r}")
+    parameters: dict[str, Any] = {
+        "shared_memory_region": target.name,
+        "shared_memory_byte_size": memoryview(data).nbytes,
+    }
+    if target.offset:
+        parameters["shared_memory_offset"] = target.offset
+    return parameters
 
 
 def _output_datatype(name: str, array: np.ndarray, datatypes: Mapping[str, str] | None) -> Datatype:

@@ -1,0 +1,168 @@
+"""A 4 MiB FP32 tensor into a row-sum model through each transport inferd serves, beside a loopback
+socket echo of the same bytes as the floor.
+
+    python bench/transport.py [--mib 4] [--requests 40]
+
+One client, sequential requests (so each figure is one request's cost), with Triton's own clients:
+HTTP binary (`tritonclient.http`, binary tensor data), gRPC (`tritonclient.grpc`, raw contents), and
+each with the input in a system shared-memory region the client registered
+(`tritonclient.utils.shared_memory`). The floors: a socket on loopback, in another process, that
+reads the 4 MiB and answers 4 bytes (what a row-sum round trip must move at least), and one that
+echoes the 4 MiB back. Prints p50 and p90 in ms and each row's p50 over the one-way floor's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from big_tensor import build_model
+from procs import ServerProcess, free_port
+
+ECHO_SERVER = """
+import socket, struct, sys
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+connection, _ = listener.accept()
+connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+buffer = bytearray(int(sys.argv[2]))
+view = memoryview(buffer)
+while True:
+    header = connection.recv(5, socket.MSG_WAITALL)
+    if len(header) < 5:
+        break
+    size, echo = struct.unpack("<IB", header)
+    got = 0
+    while got < size:
+        got += connection.recv_into(view[got:size])
+    connection.sendall(view[:size] if echo else b"done")
+"""
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    ordered = sorted(times)
+    return statistics.median(ordered), ordered[max(int(len(ordered) * 0.9) - 1, 0)]
+
+
+def timed(call: Callable[[], object], count: int) -> list[float]:
+    for _ in range(3):  # warm the path
+        call()
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def socket_floors(array: np.ndarray, count: int) -> dict[str, list[float]]:
+    import struct
+
+    port = free_port()
+    echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(port), str(array.nbytes)], stdout=subprocess.PIPE)
+    assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
+    payload = array.tobytes()
+    reply = bytearray(array.nbytes)
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def exchange(echo_back: bool) -> None:
+            connection.sendall(struct.pack("<IB", len(payload), echo_back))
+            connection.sendall(payload)
+            wanted = len(payload) if echo_back else 4
+            view, got = memoryview(reply), 0
+            while got < wanted:
+                got += connection.recv_into(view[got:wanted])
+
+        floors = {
+            "socket: 4 MiB in, 4 B back": timed(lambda: exchange(False), count),
+            "socket: 4 MiB echoed": timed(lambda: exchange(True), count),
+        }
+    echo.wait(10)
+    return floors
+
+
+def inferd_rows(array: np.ndarray, count: int, http_url: str, grpc_url: str) -> dict[str, list[float]]:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    import tritonclient.utils.shared_memory as shm
+
+    http = httpclient.InferenceServerClient(http_url, connection_timeout=120, network_timeout=120)
+    grpc = grpcclient.InferenceServerClient(grpc_url)
+    expected = float(array.sum())
+    region = shm.create_shared_memory_region("bench-in", "/inferd-bench-in", array.nbytes)
+    shm.set_shared_memory_region(region, [array])
+    rows: dict[str, list[float]] = {}
+    try:
+        for name, client, module in (("HTTP", http, httpclient), ("gRPC", grpc, grpcclient)):
+            raw = module.InferInput("input", list(array.shape), "FP32")
+            if module is httpclient:
+                raw.set_data_from_numpy(array, binary_data=True)
+            else:
+                raw.set_data_from_numpy(array)
+            outputs = [module.InferRequestedOutput("output", **({"binary_data": True} if module is httpclient else {}))]
+            check(client.infer("rowsum", [raw], outputs=outputs), expected)
+            rows[f"{name} binary" if module is httpclient else name] = timed(
+                lambda c=client, i=raw, o=outputs: c.infer("rowsum", [i], outputs=o), count
+            )
+            client.register_system_shared_memory("bench-in", "/inferd-bench-in", array.nbytes)
+            in_region = module.InferInput("input", list(array.shape), "FP32")
+            in_region.set_shared_memory("bench-in", array.nbytes)
+            check(client.infer("rowsum", [in_region], outputs=outputs), expected)
+            rows[f"{name} + system shm"] = timed(
+                lambda c=client, i=in_region, o=outputs: c.infer("rowsum", [i], outputs=o), count
+            )
+            client.unregister_system_shared_memory("bench-in")
+    finally:
+        shm.destroy_shared_memory_region(region)
+        http.close()
+        grpc.close()
+    return rows
+
+
+def check(result: object, expected: float) -> None:
+    answer = float(result.as_numpy("output").ravel()[0])  # type: ignore[attr-defined]
+    if abs(answer - expected) > 1e-3 * abs(expected):
+        raise SystemExit(f"wrong answer {answer} (numpy says {expected})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mib", type=float, default=4.0)
+    parser.add_argument("--requests", type=int, default=40)
+    args = parser.parse_args()
+    floats = int(args.mib * 1024 * 1024 / 4)
+    array = np.random.default_rng(0).random((1, floats), dtype=np.float32)
+    folder = Path(tempfile.mkdtemp(prefix="inferd-transport-"))
+    port, grpc_port = free_port(), free_port()
+    config = folder / "transport.yaml"
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}, grpc_port: {grpc_port}, log_level: warning, "
+        "max_request_bytes: 268435456}\n"
+        f"models:\n  - {{name: rowsum, path: {build_model(folder)}, inputs: [{{name: input, shape: [-1, {floats}]}}]}}\n"
+    )
+    argv = [sys.executable, "-m", "inferd", "serve", str(config)]
+    with ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / "inferd.log"):
+        rows = socket_floors(array, args.requests)
+        rows.update(inferd_rows(array, args.requests, f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"))
+    floor, _ = percentiles(rows["socket: 4 MiB in, 4 B back"])
+    print(f"one FP32 row of {floats:,} floats ({array.nbytes / 2**20:.1f} MiB), {args.requests} sequential requests")
+    print(f"{'path':<28} {'p50 ms':>8} {'p90 ms':>8} {'p50 / floor':>12}")
+    for name, times in rows.items():
+        p50, p90 = percentiles(times)
+        print(f"{name:<28} {p50 * 1000:8.2f} {p90 * 1000:8.2f} {p50 / floor:11.2f}x")
+    print("floor: the socket row that moves the tensor's bytes once each way it must (4 MiB in, 4 B back)")
+
+
+if __name__ == "__main__":
+    main()
