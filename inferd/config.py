@@ -135,6 +135,22 @@ class WarmupSample(_Section):
         return self
 
 
+class GenerationConfig(_Section):
+    """A generative model's limits, checked before any compute: a request over a cap gets a 400."""
+
+    max_prompt_tokens: int = Field(2048, ge=1)
+    max_tokens: int = Field(512, ge=1)  # the most new tokens one request may ask for
+    default_max_tokens: int = Field(128, ge=1)  # where a request names none
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> GenerationConfig:
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be at most max_tokens ({self.max_tokens})"
+            )
+        return self
+
+
 class ModelConfig(_Section):
     name: str
     route: str | None = None
@@ -159,6 +175,8 @@ class ModelConfig(_Section):
     warmup: tuple[WarmupSample, ...] = ()
     warmup_runs: int = Field(1, ge=1, le=1000)
     max_worker_memory_mb: int | None = Field(None, ge=1)  # MiB of RSS; past it a worker is replaced
+    # A generative model: its handler is a GenerativeHandler; max_batch_size sequences run together.
+    generation: GenerationConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -243,7 +261,7 @@ class ConfigCheck:
 # Which section a key belongs to, by the nearest named parent in its YAML path.
 _SECTIONS: dict[str | None, type[BaseModel]] = {
     None: Config, "server": ServerConfig, "auth": AuthConfig, "models": ModelConfig,
-    "inputs": TensorSpec, "outputs": TensorSpec, "warmup": WarmupSample,
+    "inputs": TensorSpec, "outputs": TensorSpec, "warmup": WarmupSample, "generation": GenerationConfig,
 }  # fmt: skip
 
 
@@ -340,6 +358,8 @@ def _rule_problems(entry: Any, index: int) -> list[str]:
     problems = []
     if (entry.get("path") is None) == (entry.get("handler") is None):
         problems.append(f"{where}: give exactly one of 'path' (a model file) or 'handler' (a class)")
+    if entry.get("generation") is not None and entry.get("handler") is None:
+        problems.append(f"{where}.generation: a generative model needs 'handler' (a GenerativeHandler class)")
     device = entry.get("device", "cpu")
     if not (isinstance(device, str) and _DEVICE.match(device)):
         return problems  # the device's own check names it
