@@ -40,7 +40,20 @@ from inferd import logs
 from inferd.channel import Channel, ChannelClosed
 from inferd.config import ModelConfig
 from inferd.errors import EXIT_STARTUP
-from inferd.messages import Batch, BatchDone, BootFailed, Cancel, Chunk, Chunks, Generate, GpuMemory, Ready, Stats, Stop
+from inferd.messages import (
+    Batch,
+    BatchDone,
+    BootFailed,
+    Cancel,
+    Chunk,
+    Chunks,
+    Generate,
+    GpuMemory,
+    Ready,
+    RequestFailure,
+    Stats,
+    Stop,
+)
 from inferd.placement import WorkerSlot, pin_before_torch, set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -150,7 +163,7 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
     if gpu_reader is not None:
         _start_stats_thread(channel, send_lock, gpu_reader)
     if spec.model.generation is not None:
-        return _serve_generation(runner, channel, send_lock)
+        return _serve_generation(runner, spec.model.name, channel, send_lock)
     while True:
         try:
             message = channel.recv()
@@ -174,7 +187,7 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
                     return
 
 
-def _serve_generation(runner: Any, channel: Channel, send_lock: threading.Lock) -> None:
+def _serve_generation(runner: Any, spec_name: str, channel: Channel, send_lock: threading.Lock) -> None:
     """Step the running batch while it holds sequences; messages that came meanwhile are taken
     between steps (a reader thread queues them), so a new sequence joins at the next step."""
     inbox: queue.Queue[Any] = queue.Queue()
@@ -192,6 +205,8 @@ def _serve_generation(runner: Any, channel: Channel, send_lock: threading.Lock) 
                 chunks.append(refused)
             elif isinstance(message, Cancel):
                 runner.cancel(message.sequence_id)
+            elif isinstance(message, Batch):  # a predict route: this model only generates
+                _refuse_batch(message, spec_name, channel, send_lock)
         if runner.running:
             chunks += runner.step()
         if chunks:
@@ -200,6 +215,13 @@ def _serve_generation(runner: Any, channel: Channel, send_lock: threading.Lock) 
                     channel.send(Chunks(chunks))
                 except ChannelClosed:
                     return
+
+
+def _refuse_batch(batch: Batch, model: str, channel: Channel, send_lock: threading.Lock) -> None:
+    text = f"model {model!r} generates text: POST /models/{model}/generate or /v1/completions"
+    failure = RequestFailure("NotGenerated", text)
+    with send_lock:
+        channel.send(BatchDone(batch.batch_id, [failure] * len(batch.payloads), 0.0))
 
 
 def _read_into(channel: Channel, inbox: queue.Queue[Any]) -> None:

@@ -89,3 +89,9 @@ def test_unknown_model_is_a_404_naming_the_generative_models(server: RunningServ
     response = server.post("/models/nope/generate", {"prompt": "x"})
     assert response.status_code == 404
     assert "caps" in response.json()["error"]
+
+
+def test_predict_routes_on_a_generative_model_say_where_to_go(server: RunningServer) -> None:
+    response = server.post("/models/caps/predict", {"inputs": ["x"]})
+    assert response.status_code == 422
+    assert "/models/caps/generate" in response.json()["error"]
