@@ -166,7 +166,7 @@ def test_validate_load_passes_the_example_models(tmp_path: Path, example_models:
     config.write_text(yaml.safe_dump(document))
     result = run_inferd("validate", "--load", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{config}: OK (4 model(s); each loaded and warmed up)\n"
+    assert result.stdout == f"{config}: OK (5 model(s); each loaded and warmed up)\n"
 
 
 def test_the_validating_process_runs_no_user_code_and_never_imports_torch(tmp_path: Path) -> None:
