@@ -38,10 +38,12 @@ class Reader:
 @contextlib.asynccontextmanager
 async def open_stream(server: RunningServer, prompt: str, max_tokens: int) -> AsyncIterator[Reader]:
     body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True}
-    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-        async with client.stream("POST", "/models/caps/generate", json=body) as response:
-            assert response.status_code == 200, await response.aread()
-            yield Reader(response.aiter_lines())
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=120) as client,
+        client.stream("POST", "/models/caps/generate", json=body) as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        yield Reader(response.aiter_lines())
 
 
 def running_sequences(server: RunningServer) -> float:

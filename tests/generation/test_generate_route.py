@@ -4,6 +4,7 @@ JSON and SSE answers, the stop rules, and the caps checked before any compute.""
 from __future__ import annotations
 
 import json
+
 import httpx
 import pytest
 

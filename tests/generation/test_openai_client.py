@@ -99,4 +99,3 @@ def test_embeddings_match_the_native_route(client: openai.OpenAI, server: Runnin
     np.testing.assert_allclose(vectors, native, atol=1e-6)
     floats = client.embeddings.create(model="minilm", input="a sentence", encoding_format="float")
     np.testing.assert_allclose(floats.data[0].embedding, native[0], atol=1e-6)
-
