@@ -2,7 +2,8 @@
 characters (code points); the answer is the prompt in capitals, then the end token (0).
 
 Prompts that start with a word change the behaviour: "forever:" cycles its capitals until
-max_tokens; "die:" makes the worker exit after its third token (a crash mid-stream)."""
+max_tokens; "die:" makes the worker exit after its third token (a crash mid-stream); "diefirst:"
+makes it exit in the sequence's first step, before it made anything."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class Capitals(GenerativeHandler):
         if sequence.cache is None:  # "prefill": the answer this sequence will give
             sequence.cache = self.detokenize(sequence.prompt_tokens).upper()
         answer, made = sequence.cache, len(sequence.tokens)
-        if answer.startswith("DIE:") and made == 3:
+        if (answer.startswith("DIE:") and made == 3) or (answer.startswith("DIEFIRST:") and made == 0):
             os._exit(1)
         if answer.startswith("FOREVER:"):
             return ord(answer[made % len(answer)])
@@ -53,7 +54,3 @@ class BrokenStep(Capitals):
 
     def step(self, sequences: list[Any]) -> list[int]:
         raise RuntimeError("the step is broken")
-
-
-class NotGenerative:
-    """Not a GenerativeHandler: a generative model with this handler must not boot."""

@@ -101,3 +101,25 @@ async def test_sigterm_lets_running_generations_finish(serve: Callable[..., Runn
             assert "error" not in event
         assert event["finish_reason"] == "length" and event["usage"]["completion_tokens"] == 40
     assert server.process.wait(60) == 0
+
+
+def test_a_sequence_that_made_nothing_is_retried_once(serve: Callable[..., RunningServer]) -> None:
+    server = serve(capitals_config())
+    response = server.post("/models/caps/generate", {"prompt": "diefirst:x"})
+    assert response.status_code == 503, response.text
+    assert "died" in response.json()["error"]
+    assert server.log().count("retrying 1 sequence(s) once") == 1  # the retry died too: no second retry
+    server.wait_ready(120)
+    assert server.post("/models/caps/generate", {"prompt": "fine"}).json()["text"] == "FINE"
+    assert_clean_log(server.log())
+
+
+def test_a_step_that_raises_is_a_500_and_one_log_line(serve: Callable[..., RunningServer]) -> None:
+    config = capitals_config().replace(":Capitals", ":BrokenStep")
+    server = serve(config)
+    response = server.post("/models/caps/generate", {"prompt": "x"})
+    assert response.status_code == 500
+    assert "the step is broken" in response.json()["error"]
+    streamed = httpx.post(server.url + "/models/caps/generate", json={"prompt": "x", "stream": True}, timeout=60)
+    assert streamed.status_code == 500  # nothing was sent yet: still a JSON error, not a stream
+    assert_clean_log(server.log())
