@@ -35,7 +35,7 @@ DEFAULT_BUCKETS_S = (
 )  # fmt: skip
 # Paths the server's own routes hold: a model's route may not take them.
 SERVICE_PATHS = frozenset({"/models", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v2"})
-RESERVED_PREFIXES = ("/v2/", "/admin/")
+RESERVED_PREFIXES = ("/v2/", "/admin/", "/v1/")  # /v1/: the OpenAI-compatible routes
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 _ENTRY = re.compile(r"^models\[(\d+)\]")
@@ -191,7 +191,7 @@ class ModelConfig(_Section):
         if route is not None and (not route.startswith("/") or "{" in route or " " in route):
             raise ValueError("a route is an absolute URL path like '/embed', without '{' or spaces")
         if route is not None and (route in SERVICE_PATHS or route.startswith(RESERVED_PREFIXES)):
-            raise ValueError(f"the server's own routes take {sorted(SERVICE_PATHS)} and paths under /v2, /admin/")
+            raise ValueError(f"the server's own routes take {sorted(SERVICE_PATHS)} and paths under /v2, /admin/, /v1/")
         return route
 
     @field_validator("device")

