@@ -3,7 +3,7 @@ outputs, for SmolLM2 with continuous batching (max_batch_size 32) and the same m
 max_batch_size 1, beside transformers' own `generate` called in-process (the c=1 reference).
 Prints figures; asserts nothing.
 
-    python bench/generation.py [--levels 1,8,32] [--rounds 2] [--threads 1]
+    python bench/generation.py [--levels 1,8,32] [--rounds 2] [--threads 1] [--batch-sizes 32,1]
 
 Each level sends `rounds` x c streamed /v1/completions requests, c at a time; tokens/s is every
 generated token over the level's wall time. One worker per server, pinned by inferd's placement.
@@ -108,11 +108,12 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-sizes", default="32,1", help="max_batch_size of each inferd run")
     args = parser.parse_args()
     levels = [int(c) for c in args.levels.split(",")]
     print(f"transformers generate in-process, batch 1: {in_process_tokens_per_s(args.threads):.1f} tokens/s")
     with tempfile.TemporaryDirectory() as folder:
-        for max_batch_size in (32, 1):
+        for max_batch_size in [int(b) for b in args.batch_sizes.split(",")]:
             with serve(max_batch_size, args.threads, Path(folder)) as server:
                 url = server.ready_url.removesuffix("/readyz")
                 for concurrency in levels:
