@@ -24,7 +24,7 @@ def _sample(logits: torch.Tensor, sequence: Sequence) -> int:
     probabilities = torch.softmax(logits.float() / sequence.sampling.temperature, dim=-1)
     if sequence.sampling.top_p < 1.0:
         probabilities = _nucleus(probabilities, sequence.sampling.top_p)
-    return int(torch.multinomial(probabilities, 1, generator=_generator(sequence)).item())
+    return int(torch.multinomial(probabilities, 1, generator=_generator(sequence, logits.device)).item())
 
 
 def _nucleus(probabilities: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -35,7 +35,7 @@ def _nucleus(probabilities: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum()
 
 
-def _generator(sequence: Sequence) -> Any:
+def _generator(sequence: Sequence, device: torch.device) -> Any:
     if sequence.generator is None and sequence.sampling.seed is not None:
-        sequence.generator = torch.Generator().manual_seed(sequence.sampling.seed)
+        sequence.generator = torch.Generator(device=device).manual_seed(sequence.sampling.seed)
     return sequence.generator
