@@ -96,3 +96,17 @@ def test_predict_routes_on_a_generative_model_say_where_to_go(server: RunningSer
     response = server.post("/models/caps/predict", {"inputs": ["x"]})
     assert response.status_code == 422
     assert "/models/caps/generate" in response.json()["error"]
+
+
+def test_token_metrics_count_what_was_generated(server: RunningServer) -> None:
+    def figure(name: str) -> float:
+        lines = [line for line in server.get("/metrics").text.splitlines() if line.startswith(name + '{model="caps"}')]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    before = figure("inferd_generated_tokens_total"), figure("inferd_prompt_tokens_total")
+    firsts = figure("inferd_time_to_first_token_seconds_count")
+    server.post("/models/caps/generate", {"prompt": "four"})
+    assert figure("inferd_generated_tokens_total") == before[0] + 4
+    assert figure("inferd_prompt_tokens_total") == before[1] + 4
+    assert figure("inferd_time_to_first_token_seconds_count") == firsts + 1
+    assert figure("inferd_running_sequences") == 0
