@@ -4,6 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from inferd.handler import Handler
+from inferd.handler import GenerativeHandler, Handler
 
-__all__ = ["Handler", "__version__"]
+__all__ = ["GenerativeHandler", "Handler", "__version__"]

@@ -36,7 +36,7 @@ DEFAULT_BUCKETS_S = (
 )  # fmt: skip
 # Paths the server's own routes hold: a model's route may not take them.
 SERVICE_PATHS = frozenset({"/models", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v2"})
-RESERVED_PREFIXES = ("/v2/", "/admin/")
+RESERVED_PREFIXES = ("/v2/", "/admin/", "/v1/")  # /v1/: the OpenAI-compatible routes
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 _ENTRY = re.compile(r"^models\[(\d+)\]")
@@ -162,6 +162,22 @@ class PipelineStep(_Section):
         return (value,) if isinstance(value, str) else value
 
 
+class GenerationConfig(_Section):
+    """A generative model's limits, checked before any compute: a request over a cap gets a 400."""
+
+    max_prompt_tokens: int = Field(2048, ge=1)
+    max_tokens: int = Field(512, ge=1)  # the most new tokens one request may ask for
+    default_max_tokens: int = Field(128, ge=1)  # where a request names none
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> GenerationConfig:
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be at most max_tokens ({self.max_tokens})"
+            )
+        return self
+
+
 class ModelConfig(_Section):
     name: str
     route: str | None = None
@@ -210,6 +226,9 @@ class ModelConfig(_Section):
             linked.append(PipelineStep(model=step.model, id=step.id or step.model, after=after))
         return tuple(linked)
 
+    # A generative model: its handler is a GenerativeHandler; max_batch_size sequences run together.
+    generation: GenerationConfig | None = None
+
     @field_validator("name")
     @classmethod
     def _name_is_route_safe(cls, name: str) -> str:
@@ -223,7 +242,7 @@ class ModelConfig(_Section):
         if route is not None and (not route.startswith("/") or "{" in route or " " in route):
             raise ValueError("a route is an absolute URL path like '/embed', without '{' or spaces")
         if route is not None and (route in SERVICE_PATHS or route.startswith(RESERVED_PREFIXES)):
-            raise ValueError(f"the server's own routes take {sorted(SERVICE_PATHS)} and paths under /v2, /admin/")
+            raise ValueError(f"the server's own routes take {sorted(SERVICE_PATHS)} and paths under /v2, /admin/, /v1/")
         return route
 
     @field_validator("device")
@@ -294,6 +313,7 @@ class ConfigCheck:
 _SECTIONS: dict[str | None, type[BaseModel]] = {
     None: Config, "server": ServerConfig, "auth": AuthConfig, "models": ModelConfig,
     "inputs": TensorSpec, "outputs": TensorSpec, "warmup": WarmupSample, "pipeline": PipelineStep,
+    "generation": GenerationConfig,
 }  # fmt: skip
 
 
@@ -395,6 +415,8 @@ def _rule_problems(entry: Any, index: int) -> list[str]:
         problems.append(
             f"{where}: give exactly one of 'path' (a model file), 'handler' (a class) or 'pipeline' (models in turn)"
         )
+    if entry.get("generation") is not None and entry.get("handler") is None:
+        problems.append(f"{where}.generation: a generative model needs 'handler' (a GenerativeHandler class)")
     device = entry.get("device", "cpu")
     if not (isinstance(device, str) and _DEVICE.match(device)):
         return problems  # the device's own check names it

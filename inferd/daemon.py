@@ -20,6 +20,8 @@ from inferd.batching import Batcher, BatchPolicy
 from inferd.cgroup import OomKills
 from inferd.config import Config, ModelConfig
 from inferd.errors import StartupError
+from inferd.generation.metrics import GenerationMetrics
+from inferd.generation.scheduler import GenerationPolicy, Scheduler
 from inferd.handler import TORCHSCRIPT, detect_format
 from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
@@ -45,6 +47,7 @@ class ServedModel:
     supervisor: Supervisor | PipelineSteps
     batcher: Batcher | PipelineExecutor
     metrics: ModelMetrics
+    generator: Scheduler | None = None  # a generative model's sequences (its batcher then stays idle)
 
     @property
     def name(self) -> str:
@@ -107,6 +110,8 @@ class ServedModel:
     async def retire(self, drain_timeout_s: float) -> None:
         """Finish what was accepted (bounded), then stop the batcher and the workers."""
         await self.batcher.drain(drain_timeout_s)
+        if self.generator is not None:
+            await self.generator.drain(drain_timeout_s)
         await self.batcher.stop()
         await self.supervisor.stop(WORKER_STOP_TIMEOUT_S)
 
@@ -119,7 +124,8 @@ class ServedModel:
             "reason": self.workers.unavailable_reason,
             "device": self.config.device,
             "max_batch_size": self.config.max_batch_size,
-            "queue_depth": self.batcher.queue_depth,
+            "queue_depth": self.batcher.queue_depth if self.generator is None else self.generator.queue_depth,
+            "generative": self.generator is not None,
             "workers": [
                 {
                     "slot": h.name,
@@ -152,6 +158,9 @@ class Daemon:
         self.admission = Admission(config.server.max_request_bytes_held)
         self.shared_memory = SharedMemory()  # regions clients registered (v2 REST and gRPC)
         self.metrics.watch_request_bytes(self.admission, lambda: self.models)
+        self.generation_metrics = GenerationMetrics(
+            self.metrics.registry, config.server.histogram_buckets_s, lambda: self.models
+        )
         self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in config.models}
         self._reload_lock = asyncio.Lock()
         self._routes: dict[str, ServedModel] = {}
@@ -176,7 +185,16 @@ class Daemon:
         batcher = Batcher(model.name, policy, supervisor, metrics, supervisor.replace)
         supervisor.on_change = batcher.wake
         supervisor.on_stats = self.state.record_gpu
-        return ServedModel(model, own_slots, supervisor, batcher, metrics)
+        generator = self._generator(model, supervisor)
+        if generator is not None:
+            supervisor.on_change = generator.wake
+        return ServedModel(model, own_slots, supervisor, batcher, metrics, generator)
+
+    def _generator(self, model: ModelConfig, supervisor: Supervisor) -> Scheduler | None:
+        if model.generation is None:
+            return None
+        policy = GenerationPolicy(model.max_batch_size, model.max_queue_size, model.request_timeout_ms / 1000)
+        return Scheduler(model.name, policy, supervisor, self.generation_metrics.for_model(model.name))
 
     def _build_pipeline(self, model: ModelConfig) -> ServedModel:
         """A pipeline looks its steps up per request, so a reloaded step is used at once."""

