@@ -23,11 +23,12 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeGuard
+from typing import Any, TypeGuard
 
 import numpy as np
 import orjson
 
+from inferd.admission import TensorLimits
 from inferd.datatypes import (
     DATATYPES,
     MAX_DIMS,
@@ -575,15 +576,7 @@ def _output_datatype(name: str, array: np.ndarray, datatypes: Mapping[str, str] 
 # ---- metadata and configuration -------------------------------------------------------------
 
 
-class TensorSpecLike(Protocol):
-    """A named tensor as the config declares it; `shape` includes the batch dim, -1 where it varies."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def datatype(self) -> str: ...
-    @property
-    def shape(self) -> Sequence[int]: ...
+TensorSpecLike = TensorLimits  # a named tensor as the config declares it (one protocol for both uses)
 
 
 def model_metadata(
