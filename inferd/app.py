@@ -23,7 +23,7 @@ from starlette.routing import Router as StarletteRouter
 from inferd.auth import Access
 from inferd.daemon import Daemon
 from inferd.errors import EXIT_STARTUP, BadRequest, ConfigError, NotFound, StartupError
-from inferd.protocols import generate, native_routes, openai, openapi, v2
+from inferd.protocols import generate, native_routes, openai, openapi, repository, v2
 from inferd.protocols.front import Front
 from inferd.protocols.http import Call, json_response
 from inferd.protocols.routing import Route, Router
@@ -50,7 +50,9 @@ def build_app(
         await daemon.stop()
 
     routes = _service_routes(daemon, reload, metrics_route) + v2.routes(daemon) + openai.routes(daemon)
+    routes += repository.routes(daemon)  # admin routes: loading and unloading models
     resolvers = [native_routes.resolver(daemon), v2.resolver(daemon), generate.resolver(daemon)]
+    resolvers.append(repository.resolver(daemon))
     router = Router(routes, resolvers, native_routes.not_found(daemon))
     access = Access.from_config(daemon.config.server, daemon.config.source)
     return Front(router, access, lifespan=StarletteRouter(lifespan=lifespan))
@@ -58,13 +60,13 @@ def build_app(
 
 def _service_routes(daemon: Daemon, reload: Reloader, metrics_route: bool) -> list[Route]:
     async def models(call: Call) -> Response:
-        return json_response({"models": [m.describe() for m in daemon.models.values()]})
+        return json_response({"models": [daemon.pool.describe(m) for m in daemon.models.values()]})
 
     async def alive(call: Call) -> Response:
         return json_response({"status": "alive"})
 
     async def readiness(call: Call) -> Response:
-        states = {name: m.workers.state for name, m in daemon.models.items()}
+        states = {name: daemon.pool.state(m) for name, m in daemon.models.items()}
         return json_response({"ready": daemon.ready, "models": states}, 200 if daemon.ready else 503)
 
     async def document(call: Call) -> Response:

@@ -4,7 +4,8 @@ API keys (`server.auth.api_keys_env`/`api_keys_file`) guard every route but the 
 /metrics (unless `protect_health`/`protect_metrics`). /openapi.json is guarded like the routes it
 describes: it names every model, its inputs and its routes.
 
-Admin routes (every path under /admin/) are never open to the network by default:
+Admin routes (every path under /admin/, and Triton's model repository API under /v2/repository/)
+are never open to the network by default:
 - with admin keys (`server.auth.admin_keys_env`/`admin_keys_file`), a request needs one of them,
   from any address (API keys do not open admin routes: a client that may infer may not reload);
 - without, they answer only to loopback peers (127.0.0.0/8, ::1), after the API key if any;

@@ -108,6 +108,8 @@ class Batcher:
         self.window = BatchWindow(policy.max_batch_size, policy.batch_timeout_s)
         self._holding_since: float | None = None  # a worker is idle and the head batch is held
         self._hold_s = 0.0
+        # Told of each request before it queues; may refuse it (a RequestError), e.g. an unloaded model.
+        self.on_request: Callable[[], None] = lambda: None
 
     @property
     def queue_depth(self) -> int:
@@ -124,6 +126,12 @@ class Batcher:
             _fail(request, ModelUnavailable(f"model {self.model!r} is shutting down"))
         self._queue.clear()
 
+    def fail_queued(self, error: RequestError) -> None:
+        """Answer every request still queued with `error` (its model's workers will not come)."""
+        for request in self._queue:
+            _fail(request, error)
+        self._queue.clear()
+
     async def drain(self, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) until every accepted request has been answered."""
         if self.inflight_requests:
@@ -134,6 +142,7 @@ class Batcher:
         """Queue one request and wait for its own outputs; raise a RequestError otherwise."""
         if items > self.policy.max_batch_size:
             raise _too_many_items(self.model, items, self.policy.max_batch_size)
+        self.on_request()
         reason = self._pool.unavailable_reason
         if reason and not self._pool.ready_count:
             raise ModelUnavailable(f"model {self.model!r} is unavailable: {reason}")

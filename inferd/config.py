@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inferd.cpuset import parse_cpu_list
 from inferd.errors import ConfigError
 from inferd.pipeline_graph import PIPELINE_INPUT, pipeline_entry_problems, pipeline_problems
+from inferd.pool_config import PoolConfig, pool_entry_problems, pool_problems
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -89,6 +90,7 @@ class ServerConfig(_Section):
     histogram_buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S
     auth: AuthConfig | None = None
     admin_hosts: tuple[str, ...] = ()  # Host names admin requests may carry besides loopback and `host`
+    pool: PoolConfig = Field(default_factory=PoolConfig)  # type: ignore[arg-type]  # see pool_config.py
 
     @model_validator(mode="after")
     def _budget_holds_a_body(self) -> ServerConfig:
@@ -204,6 +206,9 @@ class ModelConfig(_Section):
     max_worker_memory_mb: int | None = Field(None, ge=1)  # MiB of RSS; past it a worker is replaced
     # Models of this config run in turn (or as a small graph) on one request; see inferd/pipeline.py.
     pipeline: tuple[PipelineStep, ...] | None = None
+    # eager: workers start with the server; lazy: on the first request (inferd/model_pool.py).
+    load: Literal["eager", "lazy"] = "eager"
+    idle_unload_s: float | None = Field(None, gt=0)  # a lazy model with no request this long is unloaded
 
     @field_validator("pipeline", mode="before")
     @classmethod
@@ -313,7 +318,7 @@ class ConfigCheck:
 _SECTIONS: dict[str | None, type[BaseModel]] = {
     None: Config, "server": ServerConfig, "auth": AuthConfig, "models": ModelConfig,
     "inputs": TensorSpec, "outputs": TensorSpec, "warmup": WarmupSample, "pipeline": PipelineStep,
-    "generation": GenerationConfig,
+    "generation": GenerationConfig, "pool": PoolConfig,
 }  # fmt: skip
 
 
@@ -353,6 +358,7 @@ def check_config_text(text: str, source: str = "<config>", base_dir: Path | None
     entries, list_problems = _model_entries(document)
     models = [(i, _resolve_path(m, base_dir)) for i, m in _check_models(entries, problems)]
     problems += pipeline_problems(entries, dict(models))
+    problems += pool_problems(shell.server.pool if shell else None, [model for _, model in models])
     problems = by_entry(problems + list_problems + _uniqueness_problems(entries))
     config = None
     if shell is not None and not problems:
@@ -408,7 +414,7 @@ def _rule_problems(entry: Any, index: int) -> list[str]:
     if not isinstance(entry, dict):
         return []
     where = f"models[{index}]"
-    problems = []
+    problems = pool_entry_problems(entry, where)
     if entry.get("pipeline") is not None:
         return pipeline_entry_problems(entry, where)
     if (entry.get("path") is None) == (entry.get("handler") is None):

@@ -25,6 +25,7 @@ from inferd.generation.scheduler import GenerationPolicy, Scheduler
 from inferd.handler import TORCHSCRIPT, detect_format
 from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
+from inferd.model_pool import ModelPool
 from inferd.pipeline import PipelineExecutor, PipelineSteps
 from inferd.placement import WorkerSlot
 from inferd.protocols.shm import SharedMemory
@@ -161,7 +162,13 @@ class Daemon:
         self.generation_metrics = GenerationMetrics(
             self.metrics.registry, config.server.histogram_buckets_s, lambda: self.models
         )
+        self.pool = ModelPool(
+            config.server.pool, config.server.drain_timeout_s, lambda: self.models, self.metrics.registry,
+            self.state,
+        )  # fmt: skip
         self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in config.models}
+        for served in self.models.values():
+            self.pool.adopt(served)
         self._reload_lock = asyncio.Lock()
         self._routes: dict[str, ServedModel] = {}
         self._index_routes()
@@ -210,11 +217,11 @@ class Daemon:
 
     @property
     def ready(self) -> bool:
-        return all(m.workers.ready_count for m in self.models.values())
+        return self.pool.ready
 
     async def start(self) -> None:
-        """Start every model's workers; raises StartupError if any model cannot boot."""
-        results = await asyncio.gather(*(m.start() for m in self.models.values()), return_exceptions=True)
+        """Start every eager model's workers; raises StartupError if any model cannot boot."""
+        results = await asyncio.gather(*map(self.pool.start_model, self.models.values()), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await self.stop()
@@ -222,6 +229,7 @@ class Daemon:
         log.info("all %d model(s) ready", len(self.models))
 
     async def stop(self) -> None:
+        self.pool.close()
         await asyncio.gather(*(m.retire(0.0) for m in self.models.values()))
         self.shared_memory.close()
 
@@ -248,7 +256,7 @@ class Daemon:
             return
         fresh = self._build(model, slots)
         try:
-            await fresh.start()
+            await self.pool.start_model(fresh, current)
         except StartupError as error:
             log.error("reload: %s; keeping the previous state of %r", error, model.name)
             result.failed[model.name] = str(error)

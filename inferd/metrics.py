@@ -208,6 +208,15 @@ class StateCollector(Collector):
     def record_gpu(self, handle: WorkerHandle, reading: GpuMemory) -> None:
         self._slot(handle).gpu = reading
 
+    def gpu_reading(self, handle: WorkerHandle) -> GpuMemory | None:
+        return self._slot(handle).gpu
+
+    def forget_gpu(self, model: str) -> None:
+        """The model's workers ended (unloaded): their last readings are no longer held memory."""
+        for (name, _), totals in self._slots.items():
+            if name == model:
+                totals.gpu = None
+
     def _slot(self, handle: WorkerHandle) -> _SlotTotals:
         return self._slots.setdefault((handle.spec.model.name, handle.name), _SlotTotals())
 

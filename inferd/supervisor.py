@@ -202,7 +202,10 @@ class Supervisor:
 
     async def start(self) -> None:
         """Start every worker; return when all are ready, or raise StartupError on the first
-        that cannot boot (after stopping the rest)."""
+        that cannot boot (after stopping the rest). After `stop`, this starts them again (a model
+        pool's load): a worker that cannot boot then fails the start, as at start-up."""
+        self._stopping, self._booted, self.unavailable_reason = False, False, None
+        self.failures.clear()
         for spec in self.specs:
             try:
                 await self._spawn(spec)
@@ -384,6 +387,7 @@ class Supervisor:
         for handle in live:
             handle.ask_to_stop("shutdown")
         if not live:
+            self.handles.clear()
             return
         _, still_running = await asyncio.wait([h.exited for h in live], timeout=timeout_s)
         for handle in live:
@@ -392,6 +396,7 @@ class Supervisor:
                 handle.process.kill()
         if still_running:
             await asyncio.wait(still_running, timeout=5.0)
+        self.handles.clear()  # nothing of them is left to show or to dispatch to
 
 
 def _discard_if_started(started: asyncio.Future[tuple[WorkerProcess, socket.socket]]) -> None:

@@ -18,6 +18,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEADLINE = "DeadlineExceeded"
 LOST = "WorkerLost"
+NOT_LOADED = "ModelNotLoaded"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class Scheduler:
         self._drained: asyncio.Future[None] | None = None
         supervisor.on_chunks = self._on_chunks
         supervisor.on_worker_gone = self._on_worker_gone
+        # Told of each sequence before it queues; may refuse it (a RequestError), e.g. an unloaded model.
+        self.on_request: Callable[[], None] = lambda: None
 
     @property
     def queue_depth(self) -> int:
@@ -119,6 +123,7 @@ class Scheduler:
         sampling: Sampling, stop: tuple[str, ...],
     ) -> Stream:  # fmt: skip
         """Queue one sequence; QueueFull or ModelUnavailable at once where it cannot be."""
+        self.on_request()
         reason = self._supervisor.unavailable_reason
         if reason and not self._supervisor.ready_count:
             raise ModelUnavailable(f"model {self.model!r} is unavailable: {reason}")
@@ -231,6 +236,13 @@ class Scheduler:
                 self._end(stream)
         self.wake()
 
+    def fail_queued(self, message: str) -> None:
+        """End every sequence still queued with `message` (its model's workers will not come)."""
+        for stream in list(self._queue):
+            self._queue.remove(stream)
+            stream.push(Chunk(stream.sequence_id, failure=RequestFailure(NOT_LOADED, message, False)))
+            self._end(stream)
+
     async def drain(self, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) for every open sequence to end, then end the rest."""
         if self._open:
@@ -250,7 +262,7 @@ def failure_error(model: str, failure: RequestFailure) -> RequestError:
         return BadRequest(failure.message)
     if failure.error_type == DEADLINE:
         return RequestTimedOut(message)
-    if failure.error_type in (LOST, "ServerStopping"):
+    if failure.error_type in (LOST, "ServerStopping", NOT_LOADED):
         return ModelUnavailable(message)
     error_class: Any = ModelFailed if failure.bad_input else ModelError
     return error_class(f"model {model!r} failed: {failure.error_type}: {failure.message}", detail=failure.detail)

@@ -6,7 +6,8 @@ Each call is checked the way its REST twin is (the same API keys, read from the 
 metrics under the HTTP status its outcome has over REST. A call's gRPC deadline bounds its wait
 for the model (DEADLINE_EXCEEDED, and the request leaves the queue); a cancelled call leaves the
 queue too. A RequestError becomes the gRPC status Triton gives for it (`STATUS_CODES`), with one
-log line; RPCs without an HTTP twin in inferd answer UNIMPLEMENTED.
+log line; RPCs without an HTTP twin in inferd answer UNIMPLEMENTED. The repository calls (index, load,
+unload) are admin calls: grpc_admin.py says who may make them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +31,8 @@ from inferd.auth import Access, matches, presented_key
 from inferd.daemon import Daemon, ServedModel
 from inferd.errors import BadRequest, ClientGone, ModelNotFound, RequestError, RequestTimedOut, Unauthorized
 from inferd.messages import Payload
-from inferd.protocols import grpc_codec, v2
+from inferd.protocols import grpc_codec, repository, v2
+from inferd.protocols.grpc_admin import check_admin_call
 from inferd.protocols.grpc_pb import grpc_service_pb2 as pb
 from inferd.protocols.grpc_pb import grpc_service_pb2_grpc as pb_grpc
 from inferd.protocols.grpc_pb import model_config_pb2
@@ -94,9 +97,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self._access = access
         self._open_health = "/v2/health/live" in access.open_paths
 
-    async def _guarded(self, rpc: str, context: Context, work: Callable[[], Awaitable[T]], health: bool = False) -> T:
+    async def _guarded(
+        self, rpc: str, context: Context, work: Callable[[], Awaitable[T]], health: bool = False, admin: bool = False
+    ) -> T:
         try:
-            self._authorize(context, health)
+            if admin:
+                check_admin_call(self._access, _metadata(context), context.peer())
+            else:
+                self._authorize(context, health)
             return await work()
         except RequestError as error:
             await _abort(context, rpc, error)
@@ -111,9 +119,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def _authorize(self, context: Context, health: bool) -> None:
         if not self._access.api_keys or (health and self._open_health):
             return
-        metadata = [(str(k).encode(), v if isinstance(v, bytes) else str(v).encode())
-                    for k, v in context.invocation_metadata() or ()]  # fmt: skip
-        if not matches(presented_key(metadata), self._access.api_keys):
+        if not matches(presented_key(_metadata(context)), self._access.api_keys):
             raise Unauthorized("missing or wrong API key: send the metadata 'authorization: Bearer <key>'")
 
     def _find(self, name: str, version: str) -> ServedModel:
@@ -269,17 +275,47 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._guarded("SystemSharedMemoryUnregister", context, unregister)
 
+    # ---- model repository (admin calls) -----------------------------------------------------
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
+        async def listing() -> pb.RepositoryIndexResponse:
+            entries = repository.index(self._daemon, request.ready)
+            model_index = pb.RepositoryIndexResponse.ModelIndex
+            return pb.RepositoryIndexResponse(models=[model_index(**asdict(entry)) for entry in entries])
+
+        return await self._guarded("RepositoryIndex", context, listing, admin=True)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        async def load() -> pb.RepositoryModelLoadResponse:
+            await repository.load(self._daemon, request.model_name, dict(request.parameters))
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._guarded("RepositoryModelLoad", context, load, admin=True)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        async def unload() -> pb.RepositoryModelUnloadResponse:
+            await repository.unload(self._daemon, request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._guarded("RepositoryModelUnload", context, unload, admin=True)
+
     # ---- not served -------------------------------------------------------------------------
 
     ModelStatistics = _unimplemented("ModelStatistics", "read the inferd_* metrics at /metrics")
-    RepositoryIndex = _unimplemented("RepositoryIndex", "GET /models lists the models")
-    RepositoryModelLoad = _unimplemented("RepositoryModelLoad", "models come from the config (POST /admin/reload)")
-    RepositoryModelUnload = _unimplemented("RepositoryModelUnload", "models come from the config (POST /admin/reload)")
     CudaSharedMemoryStatus = _unimplemented("CUDA shared memory", "use system shared memory")
     CudaSharedMemoryRegister = _unimplemented("CUDA shared memory", "use system shared memory")
     CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory", "use system shared memory")
     TraceSetting = _unimplemented("TraceSetting", "inferd has no tracing")
     LogSettings = _unimplemented("LogSettings", "set server.log_level in the config")
+
+
+def _metadata(context: Context) -> list[tuple[bytes, bytes]]:
+    return [(str(k).encode(), v if isinstance(v, bytes) else str(v).encode())
+            for k, v in context.invocation_metadata() or ()]  # fmt: skip
 
 
 async def _within_deadline(work: Awaitable[Payload], remaining_s: float | None) -> Payload:

@@ -5,8 +5,9 @@ Rules, the same for every route:
   undeclared method included); HEAD is answered by GET's endpoint where GET is allowed;
 - paths under /v2 match with or without one trailing slash (the Open Inference Protocol document
   writes `/v2/`, clients write `/v2`);
-- a route is an admin route if and only if its path is under /admin/ (`Route.admin`): the access
-  rules for admin routes key on that, so no admin route can be declared without them;
+- a route is an admin route if and only if its path is under /admin/ or /v2/repository/ (Triton's
+  model repository extension: loading and unloading models) (`Route.admin`): the access rules
+  for admin routes key on that, so no admin route can be declared without them;
 - matching reads `scope["path"]` only, the same value access control reads.
 """
 
@@ -22,7 +23,7 @@ from inferd.protocols.http import Endpoint
 if TYPE_CHECKING:
     from inferd.daemon import ServedModel
 
-ADMIN_PREFIX = "/admin/"
+ADMIN_PREFIXES = ("/admin/", "/v2/repository/")
 _SLASH_TOLERANT = "/v2"
 
 
@@ -39,7 +40,7 @@ class Route:
 
     @property
     def admin(self) -> bool:
-        return self.path.startswith(ADMIN_PREFIX)
+        return self.path.startswith(ADMIN_PREFIXES)
 
     def endpoint(self, method: str, path: str) -> Endpoint:
         endpoint = self.methods.get(method) or (self.methods.get("GET") if method == "HEAD" else None)

@@ -42,7 +42,10 @@ from inferd.protocols.v2_items import handler_payload, handler_tensors
 from inferd.protocols.v2_stats import statistics
 
 VERSION = "1"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "classification", "system_shared_memory"]
+EXTENSIONS = [
+    "binary_tensor_data", "model_configuration", "statistics", "classification", "system_shared_memory",
+    "model_repository",
+]  # fmt: skip
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _MODEL_PREFIX = "/v2/models/{name}"
 T = TypeVar("T")
@@ -71,7 +74,7 @@ def routes(daemon: Daemon) -> list[Route]:
 def resolver(daemon: Daemon) -> Resolver:
     """/v2/models/<name>[/versions/<version>][/ready|/config|/infer]: the model it names, if served."""
     by_suffix = {
-        "": Route(_MODEL_PREFIX, {"GET": lambda call: _metadata(_find(daemon, call))}),
+        "": Route(_MODEL_PREFIX, {"GET": lambda call: _metadata(daemon, _find(daemon, call))}),
         "ready": Route(f"{_MODEL_PREFIX}/ready", {"GET": lambda call: _model_ready(_find(daemon, call))}),
         "config": Route(f"{_MODEL_PREFIX}/config", {"GET": lambda call: _config(_find(daemon, call))}),
         "infer": Route(f"{_MODEL_PREFIX}/infer", {"POST": infer_endpoint(daemon)}, inference=True),
@@ -126,8 +129,9 @@ async def _stats(daemon: Daemon, models: list[ServedModel]) -> Response:
     return json_response(statistics((model.name, VERSION, model.metrics.tally) for model in models))
 
 
-async def _metadata(model: ServedModel) -> Response:
-    return json_response(model_metadata(model.name, [VERSION], model.platform, model.inputs, model.outputs))
+async def _metadata(daemon: Daemon, model: ServedModel) -> Response:
+    metadata = model_metadata(model.name, [VERSION], model.platform, model.inputs, model.outputs)
+    return json_response({**metadata, "state": daemon.pool.state(model)})  # beyond v2: loaded or not
 
 
 async def _model_ready(model: ServedModel) -> Response:
