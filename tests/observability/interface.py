@@ -105,7 +105,9 @@ def standin_registry() -> CollectorRegistry:
     _add_gpu_metrics(registry)
     _add_front_metrics(registry)
     _add_pool_metrics(registry)
-    info = Gauge("inferd_build_info", "Build information", ["version", "torch", "python"], registry=registry)
+    info = Gauge(
+        "inferd_build_info", "Build information", ["version", "torch", "python"], registry=registry
+    )
     info.labels("0.1.0", "2.13.0", "3.11.2").set(1)
     return registry
 
@@ -148,10 +150,14 @@ def _add_request_metrics(registry: CollectorRegistry) -> None:
 
 
 def _add_worker_metrics(registry: CollectorRegistry) -> None:
-    ready = Gauge("inferd_model_ready", "1 when the model has a ready worker", ["model"], registry=registry)
+    ready = Gauge(
+        "inferd_model_ready", "1 when the model has a ready worker", ["model"], registry=registry
+    )
     workers = Gauge("inferd_workers", "Workers by state", ["model", "state"], registry=registry)
     restarts = Counter("inferd_worker_restarts", "Worker restarts", ["model"], registry=registry)
-    cpu = Counter("inferd_worker_cpu_seconds", "Worker CPU time", ["model", "worker"], registry=registry)
+    cpu = Counter(
+        "inferd_worker_cpu_seconds", "Worker CPU time", ["model", "worker"], registry=registry
+    )
     rss = Gauge(
         "inferd_worker_resident_memory_bytes",
         "Worker resident memory",
@@ -170,14 +176,18 @@ def _add_worker_metrics(registry: CollectorRegistry) -> None:
 
 def _add_gpu_metrics(registry: CollectorRegistry) -> None:
     labels = ["model", "device", "worker"]
-    allocated = Gauge("inferd_gpu_memory_allocated_bytes", "Memory held by tensors", labels, registry=registry)
+    allocated = Gauge(
+        "inferd_gpu_memory_allocated_bytes", "Memory held by tensors", labels, registry=registry
+    )
     reserved = Gauge(
         "inferd_gpu_memory_reserved_bytes",
         "Memory held by the caching allocator",
         labels,
         registry=registry,
     )
-    used = Gauge("inferd_gpu_memory_used_bytes", "Device memory in use", ["device"], registry=registry)
+    used = Gauge(
+        "inferd_gpu_memory_used_bytes", "Device memory in use", ["device"], registry=registry
+    )
     total = Gauge("inferd_gpu_memory_total_bytes", "Device memory", ["device"], registry=registry)
     allocated.labels("minilm", "0", "0").set(1 * GIB)
     reserved.labels("minilm", "0", "0").set(2 * GIB)
@@ -189,12 +199,18 @@ def _add_front_metrics(registry: CollectorRegistry) -> None:
     """Connections, memory admission, cancellations and unasked worker exits."""
     cancelled = Counter("inferd_requests_cancelled", "Queued requests dropped", ["model"], registry=registry)
     exits = Counter("inferd_worker_exits", "Unasked worker exits", ["model", "cause"], registry=registry)
-    replaced = Counter("inferd_worker_memory_replacements", "Workers replaced for memory", ["model"], registry=registry)
+    replaced = Counter(
+        "inferd_worker_memory_replacements", "Workers replaced for memory", ["model"], registry=registry
+    )
     connections = Gauge("inferd_connections", "Open connections", ["listener"], registry=registry)
-    closed = Counter("inferd_connections_closed", "Connections closed", ["listener", "reason"], registry=registry)
+    closed = Counter(
+        "inferd_connections_closed", "Connections closed", ["listener", "reason"], registry=registry
+    )
     held = Gauge("inferd_request_bytes_held", "Request bytes held", registry=registry)
     limit = Gauge("inferd_request_bytes_held_limit", "Their budget", registry=registry)
-    by_model = Gauge("inferd_model_request_bytes_held", "Request bytes held per model", ["model"], registry=registry)
+    by_model = Gauge(
+        "inferd_model_request_bytes_held", "Request bytes held per model", ["model"], registry=registry
+    )
     for model in ("tiny", "minilm"):
         cancelled.labels(model).inc(3)
         exits.labels(model, "SIGKILL").inc(1)
@@ -211,9 +227,13 @@ def _add_pool_metrics(registry: CollectorRegistry) -> None:
     loads = Counter("inferd_model_loads", "Model loads", ["model", "cause"], registry=registry)
     unloads = Counter("inferd_model_unloads", "Model unloads", ["model", "cause"], registry=registry)
     evictions = Counter("inferd_model_evictions", "Models evicted", ["model"], registry=registry)
-    load_time = Histogram("inferd_model_load_duration_seconds", "Load time", ["model"], registry=registry)
+    load_time = Histogram(
+        "inferd_model_load_duration_seconds", "Load time", ["model"], registry=registry
+    )
     loaded = Gauge("inferd_model_loaded", "1 while loaded", ["model"], registry=registry)
-    memory = Gauge("inferd_model_memory_bytes", "Measured memory", ["model", "device"], registry=registry)
+    memory = Gauge(
+        "inferd_model_memory_bytes", "Measured memory", ["model", "device"], registry=registry
+    )
     loads.labels("tiny", "start").inc()
     loads.labels("minilm", "request").inc(2)
     unloads.labels("minilm", "eviction").inc()
