@@ -294,10 +294,12 @@ class ModelPool:
         if error is None:
             return
         entry.reason = str(error)
-        if not isinstance(error, InferdError):
-            log.error("model %s: the load failed: %r", name, error)
-        else:
+        if isinstance(error, PoolFull):
+            log.warning("%s", error)  # the budget's doing, not a fault: the next request tries again
+        elif isinstance(error, InferdError):
             log.error("%s", error)
+        else:
+            log.error("model %s: the load failed: %r", name, error)
         self._fail_queued(name, error if isinstance(error, RequestError) else ModelUnavailable(str(error)))
 
     def _residents(self, loading: str) -> list[Resident]:
