@@ -101,9 +101,9 @@ def test_http_unload_ends_the_workers_and_load_starts_new_ones(
     http_client.load_model("echo", headers=ADMIN)
     assert http_client.is_model_ready("echo") and index_of(server)["echo"]["state"] == "READY"
     answer = server.post("/models/echo/predict", {"inputs": ["x"]})
-    assert answer.status_code == 200 and answer.json()["outputs"]["pid"] not in pids
+    assert answer.status_code == 200 and answer.json()["outputs"][0]["pid"] not in pids
     http_client.load_model("echo", headers=ADMIN)  # loading a loaded model changes nothing
-    assert server.worker_pids("echo") == [answer.json()["outputs"]["pid"]]
+    assert server.worker_pids("echo") == [answer.json()["outputs"][0]["pid"]]
 
 
 def test_grpc_loads_and_unloads_a_lazy_model(
@@ -119,7 +119,7 @@ def test_grpc_loads_and_unloads_a_lazy_model(
     ready_only = grpc_client.get_model_repository_index(as_json=True)
     assert {m["name"]: m.get("state") for m in ready_only["models"]}["lazy"] == "UNAVAILABLE"
     answer = server.post("/models/lazy/predict", {"inputs": ["x"]})  # lazy: the request loads it again
-    assert answer.status_code == 200 and answer.json()["outputs"]["pid"] not in pids
+    assert answer.status_code == 200 and answer.json()["outputs"][0]["pid"] not in pids
 
 
 def test_a_pipeline_loads_its_steps_and_has_nothing_to_unload(
