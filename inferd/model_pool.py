@@ -99,12 +99,11 @@ class ModelPool:
         """Take a model's generation in: its requests now tell the pool of themselves."""
         if served.config.pipeline is not None:
             return
-        config = served.config
+        lazy, idle_unload_s = served.config.load == "lazy", served.config.idle_unload_s
         entry = self._entries.get(served.name)
-        if entry is None:
-            entry = self._entries[served.name] = _Entry(config.load == "lazy", config.idle_unload_s, LOADING)
-            entry.state = UNLOADED if entry.lazy else LOADING  # eager: loading from the server's start
-        entry.lazy, entry.idle_unload_s = config.load == "lazy", config.idle_unload_s
+        if entry is None:  # an eager model is loading from the server's start on
+            entry = self._entries[served.name] = _Entry(lazy, idle_unload_s, UNLOADED if lazy else LOADING)
+        entry.lazy, entry.idle_unload_s = lazy, idle_unload_s
         hook = functools.partial(self._on_request, served.name)
         if isinstance(served.batcher, Batcher):
             served.batcher.on_request = hook
@@ -185,9 +184,6 @@ class ModelPool:
             "idle_unload_s": entry.idle_unload_s,
             "memory_bytes": dict(entry.footprint) if entry.state == LOADED else {},
         }
-
-    def is_pooled(self, name: str) -> bool:
-        return name in self._entries
 
     def _states(self) -> list[PoolState]:
         states = []
