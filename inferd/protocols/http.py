@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from inferd.admission import Admission, Reservation, TensorLimits, body_bound_bytes
 from inferd.config import ServerConfig
+from inferd.decoder import DECODE_IN_PROCESS_BYTES
 from inferd.errors import BadRequest, BodyTooSlow, ClientGone, PayloadTooLarge, RequestError
 
 if TYPE_CHECKING:
@@ -113,11 +114,18 @@ async def read_decoded(
     admission: Admission,
     decode: Callable[[bytes], T],
     measure: Callable[[T, bytes], int],
+    in_process: Callable[[bytes], Callable[[bytes], T] | None] | None = None,
 ) -> T:
     """Read the body within `limits` and the memory budget, decode it (off the loop when large),
-    and leave `held` at what the decoded payload holds; the raw body is dropped on return."""
+    and leave `held` at what the decoded payload holds; the raw body is dropped on return.
+    `in_process(body)` gives the (picklable) decode to run in the decoder process if the body is
+    large, or None where this body must be decoded here."""
     body = await read_body(request, limits, held)
-    decoded, payload_bytes = await admission.decode(len(body), _decode_and_measure, decode, measure, body)
+    remote = in_process(body) if in_process is not None and len(body) >= DECODE_IN_PROCESS_BYTES else None
+    if remote is not None:
+        decoded, payload_bytes = await admission.decode(len(body), True, _decode_and_measure, remote, measure, body)
+    else:
+        decoded, payload_bytes = await admission.decode(len(body), False, _decode_and_measure, decode, measure, body)
     held.resize(payload_bytes)
     return decoded
 
