@@ -50,6 +50,7 @@ class Call:
 Endpoint = Callable[[Call], Awaitable[Response]]
 
 T = TypeVar("T")
+MAX_DOCUMENT_VALUES = 50_000  # a route's own JSON (a chat, a list of texts to embed) needs far fewer
 _MAX_LENGTH_DIGITS = 19  # a longer length is refused unconverted: int() raises past 4,300 digits
 
 
@@ -192,7 +193,42 @@ def _too_large(size: str, limits: BodyLimits) -> PayloadTooLarge:
     return PayloadTooLarge(f"the body has {size} bytes; this route takes at most {limits.max_bytes} ({limits.source})")
 
 
-def parse_json(body: bytes) -> Any:
+async def read_json_document(
+    request: Request, limits: BodyLimits, admission: Admission, held: Reservation | None = None
+) -> Any:
+    """A body that is one JSON document for the route itself (a prompt, a region to register),
+    parsed off the loop when large: in the decoder process, so no parse holds the loop's GIL."""
+    body = await read_body(request, limits, held)
+    return await admission.decode(len(body), True, parse_bounded_json, body)
+
+
+def parse_bounded_json(body: bytes | bytearray) -> Any:
+    """`parse_json`, refusing a large document of more than MAX_DOCUMENT_VALUES values: taking
+    it into the main process would cost about as much as the parse it avoided."""
+    document = parse_json(body)
+    if len(body) >= DECODE_IN_PROCESS_BYTES and _has_more_values(document, MAX_DOCUMENT_VALUES):
+        raise PayloadTooLarge(
+            f"the JSON body has more than {MAX_DOCUMENT_VALUES} values; this route takes at most that"
+        )
+    return document
+
+
+def _has_more_values(document: Any, limit: int) -> bool:
+    pending, seen = [document], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            pending.extend(value.values())
+            seen += len(value)  # the keys
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
+def parse_json(body: bytes | bytearray) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:

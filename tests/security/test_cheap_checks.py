@@ -141,3 +141,12 @@ def test_the_decoder_process_comes_back_after_a_kill(server: RunningServer) -> N
     answer = send()
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"] == [200_000, 1]
+
+
+def test_a_chat_of_a_million_values_is_refused_off_the_loop(server: RunningServer) -> None:
+    messages = [{"role": "user", "content": str(i)} for i in range(300_000)]
+    body = orjson.dumps({"model": "sizes", "messages": messages})
+    answer = _attack(server, "OpenAI chat with 300,000 messages", "/v1/chat/completions", body,
+                     {"Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 413, answer.text
+    assert "more than 50000 values" in answer.json()["error"]
