@@ -166,7 +166,9 @@ def infer_endpoint(daemon: Daemon) -> Endpoint:
             if model.outputs:
                 _check(decoded.check_requested_outputs, [o.name for o in model.outputs])
             payload, items, key = to_payload(model, decoded)
-            result = await unless_client_leaves(request.receive, model.batcher.infer(payload, items, key))
+            result = await unless_client_leaves(
+                request.receive, model.batcher.infer(payload, items, key), request.scope
+            )
             return _respond(model, decoded, result, daemon)
 
     return infer
