@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from inferd.rate_window import Buckets, RateWindow, Rates, quantile
+from inferd.rate_window import Buckets, Rates, RateWindow, quantile
 
 BUCKETS_S = (0.001, 0.01, 0.1, 1.0)
 
