@@ -54,8 +54,9 @@ class Browser:
         self._answers, answers_out = _pipe_above(10)
         argv = [executable, *_FLAGS, f"--user-data-dir={profile_dir}", "about:blank"]
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        actions = [(os.POSIX_SPAWN_DUP2, commands_in, 3), (os.POSIX_SPAWN_DUP2, answers_out, 4),
-                   (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2)]  # fmt: skip
+        # The log first: it may itself be fd 3 or 4, which the pipes then take.
+        actions = [(os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2),
+                   (os.POSIX_SPAWN_DUP2, commands_in, 3), (os.POSIX_SPAWN_DUP2, answers_out, 4)]  # fmt: skip
         # Its own session, so its renderer and helper processes can be ended with it.
         self.pid = os.posix_spawn(executable, argv, os.environ, file_actions=actions, setsid=True)
         for fd in (commands_in, answers_out, log):
