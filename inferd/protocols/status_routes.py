@@ -23,6 +23,7 @@ from inferd.protocols.routing import Route
 from inferd.status import StatusBoard
 
 STATUS_JSON_PATH = "/status.json"
+PAGE_TYPE = "text/html; charset=utf-8"
 _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
@@ -37,7 +38,7 @@ class StatusPage:
         return cls(text.encode(), _page_headers(text))
 
     def response(self) -> Response:
-        return Response(self.html, media_type="text/html; charset=utf-8", headers=self.headers)
+        return Response(self.html, media_type=PAGE_TYPE, headers=self.headers)
 
 
 def _page_headers(html: str) -> dict[str, str]:

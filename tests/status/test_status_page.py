@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from inferd.messages import GpuMemory
-from inferd.protocols.status_routes import StatusPage
+from inferd.protocols.status_routes import PAGE_TYPE, StatusPage
 from inferd.status import gpu_memory, worker_view
 from tests.chaos.logs import assert_clean_log
 from tests.conftest import RunningServer, wait_until
@@ -228,6 +228,7 @@ def test_with_api_keys_the_shell_is_open_and_the_data_needs_a_key(serve, browser
 # ---- GPU memory bars: a recorded status document, as this machine has no GPU -------------------
 
 GIB = 1 << 30
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 def _recorded_gpu_status() -> dict[str, Any]:
@@ -257,7 +258,8 @@ def recorded_server() -> Iterator[str]:
 
     class Answer(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body, headers = (page.html, page.headers) if self.path == "/" else (document, {})
+            page_type = {"Content-Type": PAGE_TYPE}
+            body, headers = (page.html, {**page.headers, **page_type}) if self.path == "/" else (document, JSON_TYPE)
             self.send_response(200 if self.path in ("/", "/status.json") else 404)
             for name, value in {**headers, "Content-Length": str(len(body))}.items():
                 self.send_header(name, value)
