@@ -4,14 +4,12 @@ of the test output."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.status.browser import INSTALL_HINT, Browser, chromium_executable
-
-SCREENSHOTS: list[tuple[str, Path]] = []
+from tests.status.screenshots import SCREENSHOTS
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +23,6 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     running = Browser(executable, folder / "profile", folder / "chromium.log")
     yield running
     running.close()
-
-
-def keep_screenshot(test: str, path: Path) -> None:
-    print(f"screenshot of the status page: {path}")
-    SCREENSHOTS.append((test, path))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

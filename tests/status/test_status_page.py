@@ -24,7 +24,7 @@ from inferd.status import gpu_memory, worker_view
 from tests.chaos.logs import assert_clean_log
 from tests.conftest import RunningServer, wait_until
 from tests.status.browser import Browser, Tab
-from tests.status.conftest import keep_screenshot
+from tests.status.screenshots import keep_screenshot
 
 # What the test reads from the rendered DOM (the page's own code is not asked).
 ROWS = """[...document.querySelectorAll('#models tbody tr')].map(tr => ({
