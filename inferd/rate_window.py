@@ -20,7 +20,7 @@ from prometheus_client.samples import Sample
 
 SeriesKey = tuple[str, str | None]  # (model, version); version is None for a model without versions
 DEFAULT_WINDOW_S = 5.0
-SAMPLE_EVERY_S = 0.5  # reads closer together than this share one stored sample
+SAMPLE_EVERY_S = 0.5  # reads closer together than this share one answer (many open pages, one walk)
 MIN_SPAN_S = 0.5  # below this a difference says more about timing noise than about traffic
 
 
@@ -112,13 +112,19 @@ class RateWindow:
         self.window_s = window_s
         self._clock = clock
         self._samples: deque[_Sample] = deque()
+        self._last: tuple[float, Traffic] | None = None
 
     def read(self) -> Traffic:
-        now = _Sample(self._clock(), histogram_buckets(self._collect()))
+        """The rates now; reads within SAMPLE_EVERY_S of the last one get its answer again."""
+        at_s = self._clock()
+        if self._last is None or at_s - self._last[0] >= SAMPLE_EVERY_S:
+            self._last = (at_s, self._difference(_Sample(at_s, histogram_buckets(self._collect()))))
+        return self._last[1]
+
+    def _difference(self, now: _Sample) -> Traffic:
         self._forget_before(now.at_s)
         baseline = self._samples[0] if self._samples else None
-        if not self._samples or now.at_s - self._samples[-1].at_s >= SAMPLE_EVERY_S:
-            self._samples.append(now)
+        self._samples.append(now)
         if baseline is None or now.at_s - baseline.at_s < MIN_SPAN_S:
             return Traffic(None, {})
         span_s = now.at_s - baseline.at_s

@@ -11,7 +11,8 @@ who is pinned where. Nothing here runs unless someone asks for the page's data.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from inferd import __version__, gpu
@@ -27,9 +28,11 @@ GpuReadings = Mapping[tuple[str, str], GpuMemory]  # (model, worker slot) -> its
 
 
 class StatusBoard:
-    def __init__(self, daemon: Daemon, window_s: float = DEFAULT_WINDOW_S) -> None:
+    def __init__(
+        self, daemon: Daemon, window_s: float = DEFAULT_WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._daemon = daemon
-        self._traffic = RateWindow(daemon.metrics.request_duration.collect, window_s)
+        self._traffic = RateWindow(daemon.metrics.request_duration.collect, window_s, clock)
         self._cpus = machine_cpus()  # the affinity mask is fixed for the process's life
 
     def snapshot(self) -> dict[str, Any]:

@@ -90,3 +90,24 @@ def test_each_version_is_its_own_series() -> None:
     one, two = traffic.of(("m", "1")), traffic.of(("m", "2"))
     assert one is not None and one.requests_per_s == pytest.approx(1.0)
     assert two is not None and two.requests_per_s == pytest.approx(3.0)
+
+
+def test_reads_close_together_share_one_walk_over_the_histogram() -> None:
+    clock, durations = Clock(), histogram("model")
+    walks: list[float] = []
+
+    def collect():  # the histogram's own collect, counted
+        walks.append(clock.now_s)
+        return durations.collect()
+
+    window = RateWindow(collect, window_s=5.0, clock=clock)
+    window.read()
+    clock.now_s += 1.0
+    durations.labels("a").observe(0.005)
+    first = window.read()
+    durations.labels("a").observe(0.005)
+    clock.now_s += 0.2
+    assert window.read() is first and len(walks) == 2  # many pages polling: one walk per half second
+    clock.now_s += 0.3
+    later = window.read().of(("a", None))
+    assert len(walks) == 3 and later is not None and later.requests_per_s == pytest.approx(2 / 1.5)
