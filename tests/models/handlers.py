@@ -131,3 +131,13 @@ class Identity(Handler):
 
     def predict(self, items: list[Any]) -> list[Any]:
         return items
+
+
+class Gated(Handler):
+    """Holds each batch until the file handler_args["gate"] exists, then echoes it: a batch kept
+    running, and requests kept queued behind it, for exactly as long as a test needs."""
+
+    def predict(self, items: list[Any]) -> list[Any]:
+        while not os.path.exists(self.handler_args["gate"]):
+            time.sleep(0.01)
+        return items
