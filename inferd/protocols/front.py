@@ -10,7 +10,10 @@ gone (499) is counted and logged but not sent. Lifespan events go to `lifespan`
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -21,9 +24,11 @@ from starlette.responses import Response
 from starlette.routing import Router as StarletteRouter
 
 from inferd.auth import Access
-from inferd.errors import ClientGone
+from inferd.errors import ClientGone, ModelUnavailable
 from inferd.protocols.http import Call, answer
 from inferd.protocols.routing import Match, Router
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -48,7 +53,10 @@ class Front:
         call = Call(Request(scope, receive), request_id)
         if match is not None:
             call.model, call.params = match.model, match.params
-        response = await answer(call, lambda call: self._serve(call, match))
+        try:
+            response = await answer(call, lambda call: self._serve(call, match))
+        except asyncio.CancelledError:
+            response = await answer(call, _cancelled_by_shutdown)
         if match is not None and match.route.inference and match.model is not None:
             match.model.metrics.request_done(response.status_code, time.perf_counter() - started)
         if response.status_code == ClientGone.status:
@@ -62,6 +70,17 @@ class Front:
         endpoint = match.route.endpoint(call.method, call.path)
         self.access.check(match.route, call.request.scope)
         return await endpoint(call)
+
+
+async def _cancelled_by_shutdown(call: Call) -> Response:
+    """uvicorn cancels what still runs once the drain timeout has passed: a 503 for each, and one
+    log line, instead of a traceback per request from uvicorn."""
+    task = asyncio.current_task()
+    if task is not None and sys.version_info >= (3, 11):
+        task.uncancel()
+    log.warning("%s %s (request %s): cancelled, still running when the drain timeout passed",
+                call.method, call.path, call.request_id)  # fmt: skip
+    raise ModelUnavailable("the server stopped before this request was answered (server.drain_timeout_s); retry")
 
 
 def request_id_of(headers: Any) -> str:
