@@ -2,11 +2,11 @@
 
 Per HTTP request, in order: take the client's X-Request-ID if it is sane (else make one); match the
 path (404) and the method (405 with Allow); check access (401/403); on an inference route, take
-from the rate limits' buckets (429: inferd/rate_limit.py), all before the body is read; run the endpoint; turn any
-error into its JSON answer (`http.answer`, the only place that does); count inference requests in
-their model's metrics; send, with X-Request-ID on every response. An answer to a client that has
-gone (499) is counted and logged but not sent. Lifespan events go to `lifespan`
-(a starlette Router's), websockets are refused.
+from the rate limits' buckets (429, inferd/rate_limit.py), all before the body is read; run the
+endpoint; turn any error into its JSON answer (`http.answer`, the only place that does); count
+inference requests in their model's metrics; send, with X-Request-ID on every response. An answer
+to a client that has gone (499) is counted and logged but not sent. Lifespan events go to
+`lifespan` (a starlette Router's), websockets are refused.
 """
 
 from __future__ import annotations

@@ -120,9 +120,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise Unauthorized("missing or wrong API key: send the metadata 'authorization: Bearer <key>'")
 
     def _key_name(self, context: Context) -> str | None:
+        if not self._access.api_keys:
+            return None
         metadata = [(str(k).encode(), v if isinstance(v, bytes) else str(v).encode())
                     for k, v in context.invocation_metadata() or ()]  # fmt: skip
-        return self._access.key_name(metadata) if self._access.api_keys else None
+        return self._access.key_name(metadata)
 
     def _find(self, name: str, version: str) -> ServedModel:
         model = self._daemon.models.get(name)
