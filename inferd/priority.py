@@ -96,7 +96,7 @@ def priority_problems(entry: dict[Any, Any], where: str) -> list[str]:
     default = entry.get("default_priority_level", DEFAULT_LEVEL)
     promote_ms, timeout_ms = entry.get("priority_promote_after_ms"), entry.get("request_timeout_ms", 30_000.0)
     problems = []
-    if _is_number(levels) and _is_number(default) and not 1 <= default <= levels:
+    if _is_number(levels) and levels >= 1 and _is_number(default) and not 1 <= default <= levels:
         problems.append(
             f"{where}.default_priority_level: {default} is not one of the model's levels, "
             f"1 (highest) to {levels} (priority_levels)"

@@ -13,6 +13,7 @@ import pytest
 from inferd.batching import Batcher, BatchPolicy
 from inferd.config import parse_config
 from inferd.errors import BadRequest
+from inferd.messages import Batch, BatchDone
 from inferd.priority import PriorityPolicy, check_priority, priority_policy
 from inferd.priority_queue import PROMOTED, PriorityQueue
 from tests.test_batching import FakePool, FakeWorker, Observer
@@ -75,6 +76,25 @@ def test_remove_requeue_and_taking_a_batch_keep_the_order() -> None:
     assert not queue and names(queue) == []
 
 
+class GatedWorker(FakeWorker):
+    """Answers its batches only once `gate` is set: the test queues requests behind a busy worker."""
+
+    def __init__(self) -> None:
+        super().__init__("w")
+        self.gate = asyncio.Event()
+
+    def submit(self, batch: Batch) -> asyncio.Future[BatchDone]:
+        self.batches.append(batch)
+        self.busy = True
+        future: asyncio.Future[BatchDone] = asyncio.get_running_loop().create_future()
+        asyncio.ensure_future(self._answer_when_open(batch, future))
+        return future
+
+    async def _answer_when_open(self, batch: Batch, future: asyncio.Future[BatchDone]) -> None:
+        await self.gate.wait()
+        self._finish(batch, future)
+
+
 class PromotionObserver(Observer):
     def __init__(self) -> None:
         super().__init__()
@@ -111,13 +131,14 @@ def served(worker: FakeWorker) -> list[Any]:
 
 
 async def test_the_batcher_serves_by_priority_then_arrival() -> None:
-    worker = FakeWorker("w", delay_s=0.02)
+    worker = GatedWorker()
     batcher, _ = make(worker)
     tasks = [asyncio.ensure_future(batcher.infer(["busy"], 1, None))]
     await until(lambda: worker.busy)
     for name, priority in [("low1", 3), ("default1", 0), ("high1", 1), ("low2", 3), ("high2", 1), ("default2", 2)]:
         tasks.append(asyncio.ensure_future(batcher.infer([name], 1, None, priority)))
         await queued(batcher, len(tasks) - 1)
+    worker.gate.set()
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert served(worker) == ["busy", "high1", "high2", "default1", "default2", "low1", "low2"]
     await batcher.stop()
@@ -143,13 +164,14 @@ async def test_a_starving_request_is_promoted_past_a_stream_of_higher_ones() -> 
 
 
 async def test_a_batch_takes_the_heads_key_across_levels_and_never_mixes_keys() -> None:
-    worker = FakeWorker("w", delay_s=0.02)
+    worker = GatedWorker()
     batcher, _ = make(worker, max_batch_size=4)
     tasks = [asyncio.ensure_future(batcher.infer(["busy"], 1, "a"))]
     await until(lambda: worker.busy)
     for name, key, priority in [("low-a", "a", 3), ("low-b", "b", 3), ("high-b", "b", 1), ("mid-a", "a", 2)]:
         tasks.append(asyncio.ensure_future(batcher.infer([name], 1, key, priority)))
         await queued(batcher, len(tasks) - 1)
+    worker.gate.set()
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
     batches = [[item for payload in batch.payloads for item in payload] for batch in worker.batches]
     assert batches == [["busy"], ["high-b", "low-b"], ["mid-a", "low-a"]]

@@ -40,13 +40,13 @@ def test_rate_limits_are_checked() -> None:
         """
 server: {key_rate_limits: {"bad name": {requests_per_s: 1}}}
 models:
-  - {name: a, handler: "h.py:H", rate_limit: {requests_per_s: 0, burst: 0, per_s: 1}}
+  - {name: a, handler: "h.py:H", rate_limit: {requests_per_s: 0, burst: 0, requests_per_sec: 1}}
 """
     )
     assert any(p.startswith("server.key_rate_limits:") and "'bad name' is not a key's name" in p for p in found)
     assert any(p.startswith("models[0].rate_limit.requests_per_s:") and "(got 0)" in p for p in found)
     assert any(p.startswith("models[0].rate_limit.burst:") and "(got 0)" in p for p in found)
-    assert "models[0].rate_limit.per_s: unknown key; did you mean 'requests_per_s'?" in found
+    assert "models[0].rate_limit.requests_per_sec: unknown key; did you mean 'requests_per_s'?" in found
 
 
 def test_key_limits_need_api_keys() -> None:
