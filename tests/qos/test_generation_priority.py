@@ -40,7 +40,8 @@ def test_a_queued_sequence_of_higher_priority_starts_first(tmp_path: Path) -> No
     try:
         with httpx.stream("POST", f"{server.url}/models/caps/generate", timeout=60,
                           json={"prompt": "forever:x", "max_tokens": 400, "stream": True}) as holding:  # fmt: skip
-            next(holding.iter_lines())  # the slot is taken
+            lines = holding.iter_lines()  # kept: a dropped iterator would close the stream
+            next(lines)  # the slot is taken
             with ThreadPoolExecutor(2) as pool:
                 low = pool.submit(generate, "low", "3")
                 wait_until(lambda: queue_depth() == 1, 30, "the low request queued")
