@@ -3,8 +3,8 @@ beside the same flood with no priorities at all (what FIFO gives), and the queue
 
     python bench/priority.py [--duration 10] [--workers 4] [--flood 32] [--batch-ms 40]
 
-The model is a handler whose batch takes `--batch-ms` plus `--item-ms` per item, sleeping (no CPU),
-so the model is the bottleneck and what is measured is the queue's order, not how the machine's
+The model is a handler whose batch takes `--batch-ms` plus `--item-ms` per item (times a random
+factor within `--jitter`), sleeping (no CPU), so the model is the bottleneck and what is measured is the queue's order, not how the machine's
 cores are shared. The flood is wrk (closed loop, `--flood` connections, `X-Priority: 3`); the
 trickle is one client in this process sending one request at a time with `X-Priority: 1`, pausing
 `--pause-ms` between them. Without wrk the flood falls back to Python threads.
@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from bench.procs import ServerProcess, free_port  # noqa: E402
 
 SLEEPY = """
+import random
 import time
 
 from inferd import Handler
@@ -45,7 +46,8 @@ from inferd import Handler
 class Sleepy(Handler):
     def predict(self, items):
         args = self.handler_args
-        time.sleep((args["batch_ms"] + args["item_ms"] * len(items)) / 1000)
+        spread = random.uniform(1 - args["jitter"], 1 + args["jitter"])
+        time.sleep((args["batch_ms"] + args["item_ms"] * len(items)) * spread / 1000)
         return items
 """
 
@@ -79,7 +81,7 @@ server: {{host: 127.0.0.1, port: {port}, log_level: warning}}
 models:
   - name: work
     handler: "{folder}/sleepy.py:Sleepy"
-    handler_args: {{batch_ms: {args.batch_ms}, item_ms: {args.item_ms}}}
+    handler_args: {{batch_ms: {args.batch_ms}, item_ms: {args.item_ms}, jitter: {args.jitter}}}
     workers_per_device: {args.workers}
     max_batch_size: {args.max_batch_size}
     max_queue_size: 4096
@@ -206,6 +208,50 @@ def queue_cost(requests: int = 200_000) -> tuple[float, float]:
     return plain_ns, (time.perf_counter() - started) / requests * 1e9
 
 
+async def _batcher_cost(requests: int, priorities: tuple[int, ...]) -> float:
+    """us per request through a Batcher whose one in-memory worker answers at once, 8 clients."""
+    import asyncio
+
+    from inferd.batching import Batcher, BatchPolicy
+    from inferd.messages import Batch, BatchDone
+
+    class Instant:
+        name = "instant"
+        ready_count = 1
+        unavailable_reason = None
+
+        def submit(self, batch: Batch) -> asyncio.Future[BatchDone]:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(BatchDone(batch.batch_id, batch.payloads, 0.0))
+            return future
+
+        def idle_worker(self) -> Instant:
+            return self
+
+    class Quiet:
+        def __getattr__(self, name: str) -> object:
+            return lambda *args, **kwargs: None
+
+    batcher = Batcher("b", BatchPolicy(8, 0.0, 10_000, 30.0), Instant(), Quiet(), lambda *args: None)  # type: ignore[arg-type]
+    batcher.start()
+
+    async def client(index: int) -> None:
+        for n in range(requests // 8):
+            await batcher.infer(["x"], 1, None, priorities[(index + n) % len(priorities)])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(8)))
+    elapsed = time.perf_counter() - started
+    await batcher.stop()
+    return elapsed / requests * 1e6
+
+
+def batcher_cost(requests: int = 40_000) -> tuple[float, float]:
+    import asyncio
+
+    return asyncio.run(_batcher_cost(requests, (0,))), asyncio.run(_batcher_cost(requests, (1, 3, 2)))
+
+
 def print_table(rows: list[Figures]) -> None:
     alone = rows[0].p99_ms
     print(f"{'phase':40} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'p99/alone':>9} {'flood/s':>8}")
@@ -215,6 +261,14 @@ def print_table(rows: list[Figures]) -> None:
               f"{row.p99_ms / alone:9.2f} {flood}")  # fmt: skip
 
 
+def print_costs() -> None:
+    plain_ns, queue_ns = queue_cost()
+    print(f"queue cost per request, no priority given: deque {plain_ns:.0f} ns, priority queue {queue_ns:.0f} ns")
+    default_us, mixed_us = batcher_cost()
+    print(f"whole batcher per request (in-memory worker, 8 clients): {default_us:.1f} us with no priority given, "
+          f"{mixed_us:.1f} us with three priorities mixed")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of trickle per phase")
@@ -222,9 +276,15 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=4)
     parser.add_argument("--batch-ms", type=float, default=40.0, help="each batch's fixed cost")
     parser.add_argument("--item-ms", type=float, default=2.0, help="each item's cost in a batch")
+    parser.add_argument("--jitter", type=float, default=0.0,
+                        help="each batch's time varies by up to this share (0: identical batches, and the "
+                        "workers, started together, stay in step)")  # fmt: skip
     parser.add_argument("--flood", type=int, default=32, help="the flood's connections")
     parser.add_argument("--pause-ms", type=float, default=20.0, help="the trickle's pause between requests")
+    parser.add_argument("--costs-only", action="store_true", help="only the queue's and the batcher's own cost")
     args = parser.parse_args()
+    if args.costs_only:
+        return print_costs()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
@@ -233,10 +293,10 @@ def main() -> None:
         with ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", Path(folder) / "inferd.log", cwd=REPO):
             rows = measure(port, args)
     print(f"model: {args.workers} workers, batches of up to {args.max_batch_size}, "
-          f"{args.batch_ms:g} ms + {args.item_ms:g} ms/item (sleeping); flood: {args.flood} connections")  # fmt: skip
+          f"{args.batch_ms:g} ms + {args.item_ms:g} ms/item (sleeping, +-{args.jitter:.0%}); "
+          f"flood: {args.flood} connections")  # fmt: skip
     print_table(rows)
-    plain_ns, queue_ns = queue_cost()
-    print(f"queue cost per request, no priority given: deque {plain_ns:.0f} ns, priority queue {queue_ns:.0f} ns")
+    print_costs()
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

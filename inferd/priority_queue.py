@@ -50,7 +50,10 @@ class PriorityQueue(Generic[T]):
         return itertools.chain.from_iterable(self._levels)
 
     def head(self) -> T:
-        return next(iter(self))
+        for queue in self._levels:
+            if queue:
+                return queue[0]
+        raise IndexError("head of an empty PriorityQueue")
 
     def append(self, item: T) -> None:
         self._levels[item.level].append(item)
@@ -101,9 +104,9 @@ class PriorityQueue(Generic[T]):
     def promote(self, now: float) -> int:
         """Move every item that has waited `promote_after_s` by `now` ahead of the rest, oldest
         first; answer how many moved."""
-        waiting = [queue for queue in self._levels[1:] if queue]
-        if not waiting or (len(waiting) == 1 and not self._levels[PROMOTED]):
+        if sum(1 for queue in self._levels if queue) < 2:
             return 0  # one level alone is in arrival order already: promotion changes nothing
+        waiting = [queue for queue in self._levels[1:] if queue]
         cutoff = now - self._promote_after_s
         moved = 0
         while (oldest := _oldest_due(waiting, cutoff)) is not None:

@@ -82,12 +82,13 @@ class GatedWorker(FakeWorker):
     def __init__(self) -> None:
         super().__init__("w")
         self.gate = asyncio.Event()
+        self.answering: set[asyncio.Future[None]] = set()  # kept: the loop holds tasks only weakly
 
     def submit(self, batch: Batch) -> asyncio.Future[BatchDone]:
         self.batches.append(batch)
         self.busy = True
         future: asyncio.Future[BatchDone] = asyncio.get_running_loop().create_future()
-        asyncio.ensure_future(self._answer_when_open(batch, future))
+        self.answering.add(asyncio.ensure_future(self._answer_when_open(batch, future)))
         return future
 
     async def _answer_when_open(self, batch: Batch, future: asyncio.Future[BatchDone]) -> None:
