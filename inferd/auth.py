@@ -2,7 +2,9 @@
 
 API keys (`server.auth.api_keys_env`/`api_keys_file`) guard every route but the health routes and
 /metrics (unless `protect_health`/`protect_metrics`). /openapi.json is guarded like the routes it
-describes: it names every model, its inputs and its routes.
+describes: it names every model, its inputs and its routes. The status page's shell (`GET /`) is
+open: it is a fixed file holding no data, and its script sends the key for /status.json, which
+names models and their placement and is guarded like /models.
 
 Admin routes (every path under /admin/) are never open to the network by default:
 - with admin keys (`server.auth.admin_keys_env`/`admin_keys_file`), a request needs one of them,
@@ -32,6 +34,7 @@ from inferd.key_names import name_keys
 from inferd.protocols.routing import Route
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+STATUS_PAGE_PATH = "/"  # a browser cannot send a key when it opens a page: the page asks for one
 ADMIN_HEADER = b"x-inferd-admin"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
@@ -97,6 +100,7 @@ class Access:
         self.admin_keys = admin_keys
         auth = server.auth
         self.open_paths = set() if auth is not None and auth.protect_health else set(HEALTH_PATHS)
+        self.open_paths.add(STATUS_PAGE_PATH)
         if auth is None or not auth.protect_metrics:
             self.open_paths.add("/metrics")
         self.admin_hosts = frozenset({*LOOPBACK_NAMES, *(h.lower() for h in server.admin_hosts)})

@@ -113,8 +113,14 @@ class MainChannel(asyncio.BufferedProtocol):
         if self.closed or self._transport is None or self._transport.is_closing():
             raise ChannelClosed("the worker's channel is closed")
         for frame in encode(message):
-            self._transport.write(length_prefix(len(frame) if isinstance(frame, bytes) else frame.nbytes))
-            self._transport.write(frame)
+            size = len(frame) if isinstance(frame, bytes) else frame.nbytes
+            if size < IN_BAND_LIMIT_BYTES:
+                # One write per small frame: a prefix written alone wakes the worker to read 4 bytes,
+                # then again for the frame (two context switches per batch instead of one).
+                self._transport.write(length_prefix(size) + frame)
+            else:
+                self._transport.write(length_prefix(size))
+                self._transport.write(frame)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return memoryview(self._target)[self._filled :]

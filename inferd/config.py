@@ -37,7 +37,7 @@ DEFAULT_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 # Paths the server's own routes hold: a model's route may not take them.
-SERVICE_PATHS = frozenset({"/models", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v2"})
+SERVICE_PATHS = frozenset({"/models", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v2", "/", "/status.json"})
 RESERVED_PREFIXES = ("/v2/", "/admin/", "/v1/")  # /v1/: the OpenAI-compatible routes
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")

@@ -225,11 +225,13 @@ class Daemon:
         if errors:
             await self.stop()
             raise errors[0] if isinstance(errors[0], StartupError) else StartupError(str(errors[0]))
+        await self.admission.decoder_process.start()  # now, so the first large body does not wait for it
         log.info("all %d model(s) ready", len(self.models))
 
     async def stop(self) -> None:
         await asyncio.gather(*(m.retire(0.0) for m in self.models.values()))
         self.shared_memory.close()
+        self.admission.decoder_process.stop()
 
     async def reload(self, config: Config, slots: list[WorkerSlot]) -> ReloadResult:
         async with self._reload_lock:

@@ -218,6 +218,10 @@ class StateCollector(Collector):
     def record_gpu(self, handle: WorkerHandle, reading: GpuMemory) -> None:
         self._slot(handle).gpu = reading
 
+    def gpu_readings(self) -> dict[tuple[str, str], GpuMemory]:
+        """The last GPU memory reading of each (model, worker slot) that sent one (the status page)."""
+        return {key: totals.gpu for key, totals in self._slots.items() if totals.gpu is not None}
+
     def _slot(self, handle: WorkerHandle) -> _SlotTotals:
         return self._slots.setdefault((handle.spec.model.name, handle.name), _SlotTotals())
 

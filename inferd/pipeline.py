@@ -23,7 +23,7 @@ import numpy as np
 
 from inferd.datatypes import numpy_dtype
 from inferd.errors import ModelUnavailable, RequestError, RequestTimedOut
-from inferd.messages import Items, Payload, TensorInfo
+from inferd.messages import Items, PackedItems, Payload, TensorInfo
 from inferd.pipeline_graph import PIPELINE_INPUT, run_order
 
 if TYPE_CHECKING:
@@ -175,6 +175,8 @@ def _as_items(given: list[Payload], names: list[str]) -> list[Any]:
 
 
 def _items_of(payload: Payload) -> list[Any]:
+    if isinstance(payload, PackedItems):  # a request's own items, joined with a step's output
+        payload = payload.unpack()
     if isinstance(payload, Items):  # a request's items with parameters: the steps take the items
         return payload.values
     return payload if isinstance(payload, list) else _rows_of(payload)

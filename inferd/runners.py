@@ -22,7 +22,7 @@ import torch
 from inferd.config import ModelConfig, TensorSpec
 from inferd.datatypes import datatype_of_array, datatype_of_torch, numpy_dtype
 from inferd.handler import Handler, load_handler_class, load_model_file
-from inferd.messages import Items, Parameters, Payload, RequestFailure, TensorInfo
+from inferd.messages import Items, PackedItems, Parameters, Payload, RequestFailure, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,8 @@ class HandlerRunner(Runner):
 
 
 def _values_and_parameters(payload: Payload) -> tuple[list[Any], Parameters]:
+    if isinstance(payload, PackedItems):
+        payload = payload.unpack()
     if isinstance(payload, Items):
         return payload.values, payload.parameters
     assert isinstance(payload, list)

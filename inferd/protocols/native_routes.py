@@ -38,7 +38,7 @@ def _predict(daemon: Daemon) -> Endpoint:
             else:
                 decoded = await native.read_request(call.request, daemon, model, held)
             infer = model.batcher.infer(decoded.payload, decoded.items, decoded.key, priority)
-            result = await unless_client_leaves(call.request.receive, infer)
+            result = await unless_client_leaves(call.request.receive, infer, call.request.scope)
             return json_response(native.encode(result, model.outputs, decoded))
 
     return predict

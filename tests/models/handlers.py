@@ -134,6 +134,16 @@ class Identity(Handler):
 
 
 class Gated(Handler):
+    """Holds each batch until the file handler_args["gate"] exists, then echoes it: a batch kept
+    running, and requests kept queued behind it, for exactly as long as a test needs."""
+
+    def predict(self, items: list[Any]) -> list[Any]:
+        while not os.path.exists(self.handler_args["gate"]):
+            time.sleep(0.01)
+        return items
+
+
+class Turns(Handler):
     """Holds a batch with the item "hold" until the file handler_args["gate"] exists (a minute at
     most), so the worker stays busy while a test queues requests behind it. Answers each item as
     "<item>#<n>", n its place in the order this worker ran items."""

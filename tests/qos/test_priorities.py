@@ -27,7 +27,7 @@ def config(gate: Path, grpc_port: int, promote_after_ms: float) -> str:
 server: {{host: 127.0.0.1, grpc_port: {grpc_port}, drain_timeout_s: 10}}
 models:
   - name: gated
-    handler: "{HANDLERS}:Gated"
+    handler: "{HANDLERS}:Turns"
     handler_args: {{gate: "{gate}"}}
     outputs: [{{name: output, datatype: BYTES, shape: [-1]}}]
     request_timeout_ms: 120000
@@ -36,7 +36,7 @@ models:
 
 
 class Gate:
-    """A server whose `gated` model holds its worker on the item "hold" until `open()`."""
+    """A server whose `gated` model (the Turns handler) holds its worker on the item "hold" until `open()`."""
 
     def __init__(self, tmp_path: Path, promote_after_ms: float) -> None:
         self.path = tmp_path / "gate"
