@@ -54,7 +54,8 @@ def build_app(
     resolvers = [native_routes.resolver(daemon), v2.resolver(daemon), generate.resolver(daemon)]
     router = Router(routes, resolvers, native_routes.not_found(daemon))
     access = Access.from_config(daemon.config.server, daemon.config.source)
-    return Front(router, access, lifespan=StarletteRouter(lifespan=lifespan))
+    daemon.rate_limits.check_key_names(access.api_key_names, daemon.config.source)
+    return Front(router, access, lifespan=StarletteRouter(lifespan=lifespan), limits=daemon.rate_limits)
 
 
 def _service_routes(daemon: Daemon, reload: Reloader, metrics_route: bool) -> list[Route]:

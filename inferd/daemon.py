@@ -27,7 +27,9 @@ from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
 from inferd.pipeline import PipelineExecutor, PipelineSteps
 from inferd.placement import WorkerSlot
+from inferd.priority import priority_policy
 from inferd.protocols.shm import SharedMemory
+from inferd.rate_limit import RateLimits
 from inferd.supervisor import Supervisor
 from inferd.worker import WorkerSpec
 
@@ -157,6 +159,7 @@ class Daemon:
         self._oom_kills = OomKills.of_this_process()  # one for all models: they share the cgroup
         self.admission = Admission(config.server.max_request_bytes_held)
         self.shared_memory = SharedMemory()  # regions clients registered (v2 REST and gRPC)
+        self.rate_limits = RateLimits(config.server.key_rate_limits, self.metrics.registry)
         self.metrics.watch_request_bytes(self.admission, lambda: self.models)
         self.generation_metrics = GenerationMetrics(
             self.metrics.registry, config.server.histogram_buckets_s, lambda: self.models
@@ -179,6 +182,7 @@ class Daemon:
             model.max_queue_size,
             model.request_timeout_ms / 1000,
             fixed_wait=model.batch_wait == "fixed",
+            priority=priority_policy(model),
         )
         metrics = self.metrics.for_model(model.name)
         supervisor = Supervisor(model, specs, metrics, self._oom_kills)
@@ -193,7 +197,9 @@ class Daemon:
     def _generator(self, model: ModelConfig, supervisor: Supervisor) -> Scheduler | None:
         if model.generation is None:
             return None
-        policy = GenerationPolicy(model.max_batch_size, model.max_queue_size, model.request_timeout_ms / 1000)
+        policy = GenerationPolicy(
+            model.max_batch_size, model.max_queue_size, model.request_timeout_ms / 1000, priority_policy(model)
+        )
         return Scheduler(model.name, policy, supervisor, self.generation_metrics.for_model(model.name))
 
     def _build_pipeline(self, model: ModelConfig) -> ServedModel:

@@ -52,6 +52,12 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.requests_promoted = Counter(
+            "inferd_requests_promoted",
+            "Queued requests that waited past priority_promote_after_ms and went ahead of higher priorities.",
+            ["model"],
+            registry=self.registry,
+        )
         self.request_duration = self._histogram(
             "inferd_request_duration_seconds", "End-to-end request time inside the server.", latency_buckets_s
         )
@@ -155,6 +161,7 @@ class ModelMetrics:
         self._inference_duration = metrics.inference_duration.labels(model)
         self._batch_size = metrics.batch_size.labels(model)
         self._cancelled = metrics.requests_cancelled.labels(model)
+        self._promoted = metrics.requests_promoted.labels(model)
 
     def request_done(self, code: int, duration_s: float) -> None:
         self._metrics.requests.labels(self._model, str(code)).inc()
@@ -180,6 +187,9 @@ class ModelMetrics:
 
     def request_cancelled(self) -> None:
         self._cancelled.inc()
+
+    def requests_promoted(self, count: int) -> None:
+        self._promoted.inc(count)
 
     def worker_exited(self, cause: str) -> None:
         self._metrics.worker_exits.labels(self._model, cause).inc()

@@ -1,11 +1,12 @@
 """The ASGI application in front of every route: one pure-ASGI layer, no middleware stack.
 
 Per HTTP request, in order: take the client's X-Request-ID if it is sane (else make one); match the
-path (404) and the method (405 with Allow); check access (401/403); run the endpoint; turn any
-error into its JSON answer (`http.answer`, the only place that does); count inference requests in
-their model's metrics; send, with X-Request-ID on every response. An answer to a client that has
-gone (499) is counted and logged but not sent. Lifespan events go to `lifespan`
-(a starlette Router's), websockets are refused.
+path (404) and the method (405 with Allow); check access (401/403); on an inference route, take
+from the rate limits' buckets (429, inferd/rate_limit.py), all before the body is read; run the
+endpoint; turn any error into its JSON answer (`http.answer`, the only place that does); count
+inference requests in their model's metrics; send, with X-Request-ID on every response. An answer
+to a client that has gone (499) is counted and logged but not sent. Lifespan events go to
+`lifespan` (a starlette Router's), websockets are refused.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from inferd.auth import Access
 from inferd.errors import ClientGone, ModelUnavailable
 from inferd.protocols.http import Call, answer
 from inferd.protocols.routing import Match, Router
+from inferd.rate_limit import RateLimits
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,12 @@ _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}")
 
 
 class Front:
-    def __init__(self, router: Router, access: Access, lifespan: ASGIApp | None = None) -> None:
+    def __init__(
+        self, router: Router, access: Access, lifespan: ASGIApp | None = None, limits: RateLimits | None = None
+    ) -> None:
         self.router = router
         self.access = access
+        self.limits = limits
         self.other = lifespan or StarletteRouter()  # lifespan, and a refusal for websockets
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -68,7 +73,9 @@ class Front:
         if match is None:
             raise self.router.not_found(call.path)
         endpoint = match.route.endpoint(call.method, call.path)
-        self.access.check(match.route, call.request.scope)
+        call.key_name = self.access.check(match.route, call.request.scope)
+        if match.route.inference and self.limits is not None:
+            self.limits.admit(call.key_name, match.model.config if match.model is not None else None)
         return await endpoint(call)
 
 

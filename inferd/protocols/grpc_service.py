@@ -3,7 +3,9 @@
 Each call is checked the way its REST twin is (the same API keys, read from the call's metadata
 `authorization: Bearer <key>` or `x-api-key`; ServerLive and ServerReady open unless
 `protect_health`), then goes to the same batcher; a ModelInfer counts in its model's request
-metrics under the HTTP status its outcome has over REST. A call's gRPC deadline bounds its wait
+metrics under the HTTP status its outcome has over REST, after the same rate limits (a refusal
+is UNAVAILABLE with `retry-after` in the trailing metadata) and with the same priorities (the
+request's `priority` parameter, else `x-priority` metadata). A call's gRPC deadline bounds its wait
 for the model (DEADLINE_EXCEEDED, and the request leaves the queue); a cancelled call leaves the
 queue too. A RequestError becomes the gRPC status Triton gives for it (`STATUS_CODES`), with one
 log line; RPCs without an HTTP twin in inferd answer UNIMPLEMENTED.
@@ -25,10 +27,11 @@ from grpc.aio import ServicerContext as Context
 
 from inferd import __version__
 from inferd.admission import payload_bytes
-from inferd.auth import Access, matches, presented_key
+from inferd.auth import Access
 from inferd.daemon import Daemon, ServedModel
 from inferd.errors import BadRequest, ClientGone, ModelNotFound, RequestError, RequestTimedOut, Unauthorized
 from inferd.messages import Payload
+from inferd.priority import header_priority, request_priority
 from inferd.protocols import grpc_codec, v2
 from inferd.protocols.grpc_pb import grpc_service_pb2 as pb
 from inferd.protocols.grpc_pb import grpc_service_pb2_grpc as pb_grpc
@@ -72,6 +75,8 @@ async def _abort(context: Context, rpc: str, error: RequestError) -> None:
                 rpc, code.name, error.message, error.detail.rstrip())  # fmt: skip
     else:
         log.log(level, "grpc %s: %s: %s", rpc, code.name, error.message)
+    if "Retry-After" in error.headers:
+        context.set_trailing_metadata((("retry-after", error.headers["Retry-After"]),))
     await context.abort(code, error.message)
 
 
@@ -111,10 +116,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def _authorize(self, context: Context, health: bool) -> None:
         if not self._access.api_keys or (health and self._open_health):
             return
+        if self._key_name(context) is None:
+            raise Unauthorized("missing or wrong API key: send the metadata 'authorization: Bearer <key>'")
+
+    def _key_name(self, context: Context) -> str | None:
+        if not self._access.api_keys:
+            return None
         metadata = [(str(k).encode(), v if isinstance(v, bytes) else str(v).encode())
                     for k, v in context.invocation_metadata() or ()]  # fmt: skip
-        if not matches(presented_key(metadata), self._access.api_keys):
-            raise Unauthorized("missing or wrong API key: send the metadata 'authorization: Bearer <key>'")
+        return self._access.key_name(metadata)
 
     def _find(self, name: str, version: str) -> ServedModel:
         model = self._daemon.models.get(name)
@@ -206,6 +216,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         model = self._find(request.model_name, request.model_version)
         status = 200
         try:
+            self._daemon.rate_limits.admit(self._key_name(context), model.config)
             return await self._infer(model, request, context)
         except RequestError as error:
             status = error.status
@@ -228,7 +239,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             if model.outputs:
                 _check(request.check_requested_outputs, [o.name for o in model.outputs])
             payload, items, key = v2.to_payload(model, request)
-            result = await _within_deadline(model.batcher.infer(payload, items, key), context.time_remaining())
+            priority = request_priority(request.parameters, model.config, _metadata_priority(model, context))
+            infer = model.batcher.infer(payload, items, key, priority)
+            result = await _within_deadline(infer, context.time_remaining())
             outputs = v2.handler_outputs(model, result) if isinstance(result, list) else result
             selected, _ = _check(request.select_outputs, outputs)
             datatypes = {spec.name: spec.datatype for spec in model.outputs}
@@ -280,6 +293,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory", "use system shared memory")
     TraceSetting = _unimplemented("TraceSetting", "inferd has no tracing")
     LogSettings = _unimplemented("LogSettings", "set server.log_level in the config")
+
+
+def _metadata_priority(model: ServedModel, context: Context) -> int:
+    metadata = {str(k).lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    return header_priority(metadata, model.config)
 
 
 async def _within_deadline(work: Awaitable[Payload], remaining_s: float | None) -> Payload:

@@ -37,6 +37,7 @@ class Call:
     request_id: str
     model: ServedModel | None = None  # the model a model route's path names, if it exists
     params: Mapping[str, str] = field(default_factory=dict)  # e.g. a v2 path's name and version
+    key_name: str | None = None  # the name of the API key that opened the route, if any
 
     @property
     def path(self) -> str:

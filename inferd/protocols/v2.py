@@ -23,6 +23,7 @@ from inferd.daemon import Daemon, ServedModel
 from inferd.decoder import DECODE_IN_PROCESS_BYTES
 from inferd.errors import BadRequest, ModelNotFound
 from inferd.messages import Payload
+from inferd.priority import header_priority, request_priority
 from inferd.protocols import native, shm_routes
 from inferd.protocols.disconnect import unless_client_leaves
 from inferd.protocols.http import Call, Endpoint, body_limits, json_response, read_decoded
@@ -161,14 +162,15 @@ def infer_endpoint(daemon: Daemon) -> Endpoint:
         model = _find(daemon, call)
         request = call.request
         header_length = _parse(parse_header_length, request.headers.get(HEADER_LENGTH))
+        priority = header_priority(request.headers, model.config)
         with daemon.admission.hold(model.name, model.config.request_bytes_fraction) as held:
             decoded = await _read_infer_request(request, daemon, model, held, header_length)
+            priority = request_priority(decoded.parameters, model.config, priority)
             if model.outputs:
                 _check(decoded.check_requested_outputs, [o.name for o in model.outputs])
             payload, items, key = to_payload(model, decoded)
-            result = await unless_client_leaves(
-                request.receive, model.batcher.infer(payload, items, key), request.scope
-            )
+            infer = model.batcher.infer(payload, items, key, priority)
+            result = await unless_client_leaves(request.receive, infer, request.scope)
             return _respond(model, decoded, result, daemon)
 
     return infer
