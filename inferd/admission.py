@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from inferd.errors import PayloadTooLarge, QueueFull
+from inferd.segments import RegionArray
 
 T = TypeVar("T")
 
@@ -160,6 +161,8 @@ def payload_bytes(arrays: Iterable[np.ndarray], body: bytes) -> int:
     body_array = np.frombuffer(body, np.uint8)
     total, views_body = 0, False
     for array in arrays:
+        if isinstance(array, RegionArray) and array.region_key is not None:
+            continue  # it views a client's shared memory: nothing of ours
         if array.dtype == object:
             total += _objects_bytes(array)
         elif np.may_share_memory(array, body_array):
