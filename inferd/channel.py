@@ -27,7 +27,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from inferd.segments import CountBytes, SegmentReader, SegmentWriter, segment_prefix
+from inferd.segments import THRESHOLD_BYTES, CountBytes, SegmentReader, SegmentWriter, segment_prefix
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,17 @@ def length_prefix(length: int) -> bytes:
 class Channel:
     """The worker's end: blocking sends and receives on a multiprocess Connection."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, threshold_bytes: int = THRESHOLD_BYTES) -> None:
         self._connection = connection
         self._main_pid = os.getpid()  # built in the main process, then handed to the worker
+        self._threshold_bytes = threshold_bytes
         self._writer: SegmentWriter | None = None
         self._reader = SegmentReader()
 
     def send(self, message: object) -> None:
         if self._writer is None:  # in the worker: its own pid names its segments
-            self._writer = SegmentWriter(segment_prefix(self._main_pid, os.getpid(), "w"))
+            prefix = segment_prefix(self._main_pid, os.getpid(), "w")
+            self._writer = SegmentWriter(prefix, self._threshold_bytes)
         try:
             for frame in encode(message, self._writer):
                 self._connection.send_bytes(frame)
@@ -119,12 +121,14 @@ class MainChannel(asyncio.BufferedProtocol):
         on_closed: Callable[[], None],
         worker_pid: int | None = None,
         count_bytes: Callable[[str, str, int], None] = _uncounted,
+        threshold_bytes: int = THRESHOLD_BYTES,
     ) -> None:
         self._on_message = on_message
         self._count_bytes = count_bytes
         self._writer: SegmentWriter | None = None
         if worker_pid is not None:
-            self._writer = SegmentWriter(segment_prefix(os.getpid(), worker_pid, "m"), count=self._counter("to_worker"))
+            prefix = segment_prefix(os.getpid(), worker_pid, "m")
+            self._writer = SegmentWriter(prefix, threshold_bytes, self._counter("to_worker"))
         self._reader = SegmentReader(self._counter("from_worker"))
         self._on_closed = on_closed
         self._transport: asyncio.WriteTransport | None = None
@@ -210,9 +214,10 @@ async def connect(
     on_closed: Callable[[], None],
     worker_pid: int | None = None,
     count_bytes: Callable[[str, str, int], None] = _uncounted,
+    threshold_bytes: int = THRESHOLD_BYTES,
 ) -> MainChannel:
     """Wrap the main end of a worker's socket in a MainChannel on the running loop."""
     _, protocol = await asyncio.get_running_loop().connect_accepted_socket(
-        lambda: MainChannel(on_message, on_closed, worker_pid, count_bytes), sock=sock
+        lambda: MainChannel(on_message, on_closed, worker_pid, count_bytes, threshold_bytes), sock=sock
     )
     return protocol
