@@ -56,7 +56,9 @@ def dead_pid() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     folder = tmp_path_factory.mktemp("worker-shm")
-    subprocess.run([sys.executable, "-c", AFFINE, str(folder / "affine.pt")], check=True)
+    script = folder / "affine.py"  # TorchScript reads the module's source from its file
+    script.write_text(AFFINE)
+    subprocess.run([sys.executable, str(script), str(folder / "affine.pt")], check=True)
     stale = Path(f"/dev/shm/inferd-seg-{dead_pid()}-1-m0")  # as an inferd SIGKILLed mid-batch leaves it
     stale.write_bytes(b"left over")
     grpc_port = free_port()
