@@ -27,7 +27,16 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from inferd.segments import THRESHOLD_BYTES, CountBytes, SegmentReader, SegmentWriter, segment_prefix
+from inferd.segments import (
+    THRESHOLD_BYTES,
+    CountBytes,
+    SegmentNotice,
+    SegmentReader,
+    SegmentWriter,
+    apply_notice,
+    notice_for_peer,
+    segment_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +96,31 @@ class Channel:
         self._reader = SegmentReader()
 
     def send(self, message: object) -> None:
-        if self._writer is None:  # in the worker: its own pid names its segments
-            prefix = segment_prefix(self._main_pid, os.getpid(), "w")
-            self._writer = SegmentWriter(prefix, self._threshold_bytes)
+        writer = self._own_writer()
+        notice = notice_for_peer(self._reader, writer)
         try:
-            for frame in encode(message, self._writer):
+            for frame in [*(encode(notice) if notice else ()), *encode(message, writer)]:
                 self._connection.send_bytes(frame)
         except (OSError, EOFError) as error:
             raise ChannelClosed(str(error)) from None
 
     def recv(self) -> Any:
-        try:
-            first = self._connection.recv_bytes()
-            buffers = [self._connection.recv_bytes() for _ in range(buffer_count(first))]
-        except (OSError, EOFError) as error:
-            raise ChannelClosed(str(error) or "end of stream") from None
-        return decode(first, buffers, self._reader)
+        while True:
+            try:
+                first = self._connection.recv_bytes()
+                buffers = [self._connection.recv_bytes() for _ in range(buffer_count(first))]
+            except (OSError, EOFError) as error:
+                raise ChannelClosed(str(error) or "end of stream") from None
+            message = decode(first, buffers, self._reader)
+            if not isinstance(message, SegmentNotice):
+                return message
+            apply_notice(message, self._reader, self._own_writer())
+
+    def _own_writer(self) -> SegmentWriter:
+        if self._writer is None:  # in the worker: its own pid names its segments
+            prefix = segment_prefix(self._main_pid, os.getpid(), "w")
+            self._writer = SegmentWriter(prefix, self._threshold_bytes)
+        return self._writer
 
 
 def _uncounted(direction: str, path: str, nbytes: int) -> None:
@@ -145,12 +163,16 @@ class MainChannel(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._writer is not None:  # the worker can view none of them any more
+            self._writer.close()
+        self._reader.close()
         self._on_closed()
 
     def send(self, message: object) -> None:
         if self.closed or self._transport is None or self._transport.is_closing():
             raise ChannelClosed("the worker's channel is closed")
-        frames = encode(message, self._writer)
+        notice = notice_for_peer(self._reader, self._writer)
+        frames = [*(encode(notice) if notice else ()), *encode(message, self._writer)]
         for frame in frames:
             self._transport.write(length_prefix(len(frame) if isinstance(frame, bytes) else frame.nbytes))
             self._transport.write(frame)
@@ -197,6 +219,9 @@ class MainChannel(asyncio.BufferedProtocol):
             self._frames = []
             self._count_bytes("from_worker", "socket", sum(len(frame) for frame in (first, *buffers)))
             message = decode(first, buffers, self._reader)
+            if isinstance(message, SegmentNotice):
+                apply_notice(message, self._reader, self._writer)
+                return
         except Exception as error:  # garbage, or a class the main process cannot import: cut it off
             log.error(
                 "a worker sent a message that cannot be read (%s: %s); closing its channel", type(error).__name__, error

@@ -3,19 +3,23 @@ socket carries only their descriptors.
 
 While a message is pickled, each numpy array in it is looked at (pickle's reducer hook) and sent
 as one of two descriptors, which the receiving end turns back into an array when it unpickles:
-- a *segment*: an array of at least `THRESHOLD_BYTES` is written into a shared-memory object made
-  for it, named `inferd-seg-<main pid>-<worker pid>-<m|w><n>` (`m`: made by the main process, `w`:
-  by the worker). The receiver maps it and unlinks the name at once, so its mapping is then the only
-  reference and the memory goes with the last array viewing it.
+- a *segment*: an array of at least `THRESHOLD_BYTES` is copied into a shared-memory object of the
+  sender's pool, named `inferd-seg-<main pid>-<worker pid>-<m|w><n>` (`m`: made by the main
+  process, `w`: by the worker). The receiver maps it (once: it keeps the mapping for the next use)
+  and answers a view of it.
 - a *client region*: an input that a client put in a region it registered (`region_view`). The
   worker maps the client's object itself and reads the slice: the bytes never enter the main
   process's heap. The client owns the object; nobody here unlinks it.
 
-Ownership: a segment has one owner at a time, its sender until the receiver maps it, then the
-receiver. A segment whose receiver never took it (its worker died, or the main process did) still
-has its name, and the main process frees it: every segment of a worker that exited
-(`sweep_worker`), and at start and stop every segment of its own or of a main process no longer
-running (`sweep_daemon`), so nothing is left in /dev/shm.
+Ownership: a segment belongs to the end that made it, and only that end unlinks it. It is busy
+from the send until the receiver's last view of it is gone; the receiver then names it in a
+`SegmentNotice` ahead of its next message, and the sender takes it back into its pool. A sender
+keeps a few free segments of each size (fresh tmpfs pages cost ten times the copy: allocating and
+freeing them, not moving bytes, is what a segment per message would pay) and unlinks the rest,
+naming them in its own notice so the receiver drops its mapping. When a worker exits, the main
+process unlinks every segment named for it (`sweep_worker`), its own for that worker and the
+worker's; at start and stop it unlinks its own and those of any main process no longer running
+(`sweep_daemon`), so nothing is left in /dev/shm after a stop, a worker's SIGKILL or its own.
 Where /dev/shm cannot be written, arrays go on the socket as before.
 """
 
@@ -29,6 +33,9 @@ import mmap
 import os
 import pickle
 import re
+import threading
+import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +46,15 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
-# Past this size an array crosses in a segment instead of on the socket (bench/channel.py: below
-# it the segment's extra system calls cost more than the socket's copies save).
+# From this size an array crosses in a segment instead of on the socket. bench/channel_threshold.py
+# (2 cores, load 15): a 4 MiB round trip 7 ms in segments against 27 ms on the socket, 256 KiB 0.6
+# against 2.6 ms; at 128 KiB and below the two are within noise, and each size kept costs a pool.
 THRESHOLD_BYTES = 256 * 1024
 _NAME = re.compile(r"^inferd-seg-(\d+)-(\d+)-[mw]\d+$")
 _KINDS = frozenset("biufc")  # bool, integers, floats, complex: fixed-size elements, no objects
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map every page in one call, not one fault per page
+_KEPT_PER_SIZE = 2  # free segments a pool keeps per size: a batch in the worker, the next one sent
+_POOLED_MAX_BYTES = 64 * 1024 * 1024  # bigger ones are unlinked once free
 CountBytes = Callable[[str, int], None]  # (path: "segment" | "client_region" | "socket", bytes)
 
 
@@ -91,8 +101,26 @@ class RegionUnreadable:
         return f"the shared-memory object {self.key!r} holding an input could not be read ({self.reason})"
 
 
+@dataclass(frozen=True)
+class SegmentNotice:
+    """Channel-internal, sent ahead of a message: segments of the peer's this end no longer views
+    (`freed`: the peer may reuse them), and segments of this end's it unlinked (`gone`: the peer
+    drops its mapping)."""
+
+    freed: tuple[str, ...] = ()
+    gone: tuple[str, ...] = ()
+
+
+@dataclass
+class _Segment:
+    name: str
+    capacity: int
+    mapping: mmap.mmap
+
+
 class SegmentWriter:
-    """One channel end's sender: turns arrays into descriptors while a message is pickled."""
+    """One channel end's sender: turns arrays into descriptors while a message is pickled, copying
+    big ones into segments of its pool."""
 
     def __init__(self, prefix: str, threshold_bytes: int = THRESHOLD_BYTES, count: CountBytes = _uncounted) -> None:
         self._prefix = prefix
@@ -100,6 +128,10 @@ class SegmentWriter:
         self._numbers = itertools.count()
         self._count = count
         self._enabled = SHM_DIR.is_dir()
+        self._free: dict[int, list[_Segment]] = {}  # by capacity
+        self._busy: dict[str, _Segment] = {}
+        self._gone: list[str] = []
+        self._lock = threading.Lock()  # a worker takes notices in on its reader thread, sends on others
 
     def dumps(self, message: object, buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> bytes:
         file = io.BytesIO()
@@ -114,40 +146,69 @@ class SegmentWriter:
             return attach_region, (obj.region_key, obj.region_offset, obj.dtype.str, obj.shape)
         if obj.nbytes < self._threshold_bytes or not self._enabled:
             return NotImplemented
-        name = self._write(obj)
-        if name is None:
-            return NotImplemented
+        with self._lock:
+            segment = self._take(obj.nbytes)
+            if segment is None:
+                return NotImplemented
+            self._busy[segment.name] = segment
+        np.copyto(np.frombuffer(segment.mapping, obj.dtype, obj.size).reshape(obj.shape), obj)
         self._count("segment", obj.nbytes)
-        return attach_segment, (name, obj.dtype.str, obj.shape)
+        return attach_segment, (segment.name, obj.dtype.str, obj.shape)
 
-    def _write(self, array: np.ndarray) -> str | None:
+    def release(self, names: tuple[str, ...]) -> None:
+        """The peer no longer views these: back to the pool, or unlinked past what it keeps."""
+        with self._lock:
+            for name in names:
+                segment = self._busy.pop(name, None)
+                if segment is None:
+                    continue
+                kept = self._free.setdefault(segment.capacity, [])
+                if segment.capacity <= _POOLED_MAX_BYTES and len(kept) < _KEPT_PER_SIZE:
+                    kept.append(segment)
+                else:
+                    self._unlink(segment)
+
+    def take_gone(self) -> tuple[str, ...]:
+        with self._lock:
+            gone, self._gone = tuple(self._gone), []
+        return gone
+
+    def close(self) -> None:
+        """Unlink every segment of this end's (the peer is gone, or going)."""
+        with self._lock:
+            for segment in [*self._busy.values(), *(s for kept in self._free.values() for s in kept)]:
+                self._unlink(segment)
+            self._busy, self._free, self._gone = {}, {}, []
+
+    def _take(self, nbytes: int) -> _Segment | None:
+        capacity = 1 << max(nbytes - 1, 1).bit_length()  # powers of two: a pool serves nearby sizes
+        kept = self._free.get(capacity)
+        if kept:
+            return kept.pop()
         name = f"{self._prefix}{next(self._numbers)}"
-        path = SHM_DIR / name
         try:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except OSError as error:
-            self._give_up(f"cannot create {path}: {error.strerror}")
+            return _Segment(name, capacity, _create(SHM_DIR / name, capacity))
+        except OSError as error:  # /dev/shm full, or not writable: arrays go on the socket
+            log.warning("shared memory for big tensors is off on this channel (%s); they go on the socket", error)
+            self._enabled = False
             return None
-        try:
-            _write_all(descriptor, np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
-        except OSError as error:  # /dev/shm full: this array goes on the socket
-            path.unlink(missing_ok=True)
-            self._give_up(f"cannot write {array.nbytes} bytes to {path}: {error.strerror}")
-            return None
-        finally:
-            os.close(descriptor)
-        return name
 
-    def _give_up(self, reason: str) -> None:
-        log.warning("shared memory for big tensors is off on this channel: %s; they go on the socket", reason)
-        self._enabled = False
+    def _unlink(self, segment: _Segment) -> None:
+        segment.mapping.close()
+        (SHM_DIR / segment.name).unlink(missing_ok=True)
+        self._gone.append(segment.name)
 
 
-def _write_all(descriptor: int, data: memoryview) -> None:
-    # A write into tmpfs: no page of the sender's is mapped, so there are no faults to take.
-    done = 0
-    while done < data.nbytes:
-        done += os.pwrite(descriptor, data[done:], done)
+def _create(path: Path, capacity: int) -> mmap.mmap:
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(descriptor, capacity)
+        return mmap.mmap(descriptor, capacity, flags=mmap.MAP_SHARED | _POPULATE)
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(descriptor)
 
 
 class _Pickler(pickle.Pickler):
@@ -160,25 +221,25 @@ class _Pickler(pickle.Pickler):
 
 
 class SegmentReader:
-    """One channel end's receiver: maps the segments and regions a message names."""
+    """One channel end's receiver: maps the segments and regions a message names, and notes each
+    segment whose last view here is gone (thread-safe: views die wherever their last user drops them)."""
 
     def __init__(self, count: CountBytes = _uncounted) -> None:
         self._count = count
+        self._mappings: dict[str, mmap.mmap] = {}
+        self._freed: deque[str] = deque()
 
     def loads(self, data: memoryview, buffers: list[Any]) -> Any:
         return _Unpickler(io.BytesIO(data), buffers, self).load()
 
     def attach_segment(self, name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-        path = SHM_DIR / name
-        descriptor = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-            mapping = mmap.mmap(descriptor, nbytes, flags=mmap.MAP_SHARED | _POPULATE)
-        finally:
-            os.close(descriptor)
-            path.unlink(missing_ok=True)  # from here the mapping is the only reference
-        self._count("segment", nbytes)
-        return np.frombuffer(mapping, dtype, count=math.prod(shape)).reshape(shape)
+        mapping = self._mappings.get(name)
+        if mapping is None:
+            mapping = self._mappings[name] = _map(SHM_DIR / name)
+        root = np.frombuffer(mapping, dtype, count=math.prod(shape))
+        weakref.finalize(root, self._freed.append, name)  # every view of it holds `root`
+        self._count("segment", root.nbytes)
+        return root.reshape(shape)
 
     def attach_region(self, key: str, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray | RegionUnreadable:
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
@@ -189,6 +250,37 @@ class SegmentReader:
         except ValueError as error:
             return RegionUnreadable(key, str(error))
         return np.frombuffer(mapping, dtype, count=math.prod(shape), offset=start).reshape(shape)
+
+    def take_freed(self) -> tuple[str, ...]:
+        freed = []
+        while self._freed:
+            freed.append(self._freed.popleft())
+        return tuple(freed)
+
+    def forget(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            _close(self._mappings.pop(name, None))
+
+    def close(self) -> None:
+        for mapping in self._mappings.values():
+            _close(mapping)
+        self._mappings = {}
+
+
+def _map(path: Path) -> mmap.mmap:
+    descriptor = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return mmap.mmap(descriptor, 0, flags=mmap.MAP_SHARED | _POPULATE)
+    finally:
+        os.close(descriptor)
+
+
+def _close(mapping: mmap.mmap | None) -> None:
+    try:
+        if mapping is not None:
+            mapping.close()
+    except BufferError:  # a view of it is still in use: the mapping goes with the last one
+        pass
 
 
 def _map_window(key: str, offset: int, nbytes: int) -> tuple[mmap.mmap, int]:
@@ -224,6 +316,18 @@ def attach_segment(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def attach_region(key: str, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray | RegionUnreadable:
     return SegmentReader().attach_region(key, offset, dtype, shape)
+
+
+def notice_for_peer(reader: SegmentReader, writer: SegmentWriter | None) -> SegmentNotice | None:
+    """What this end has to tell the peer ahead of its next message, if anything."""
+    notice = SegmentNotice(reader.take_freed(), writer.take_gone() if writer is not None else ())
+    return notice if notice.freed or notice.gone else None
+
+
+def apply_notice(notice: SegmentNotice, reader: SegmentReader, writer: SegmentWriter | None) -> None:
+    if writer is not None:
+        writer.release(notice.freed)
+    reader.forget(notice.gone)
 
 
 def unreadable_input(payload: Any) -> RegionUnreadable | None:

@@ -60,14 +60,39 @@ def test_every_numeric_datatype_crosses_in_a_segment_unchanged(dtype: str, prefi
     count = THRESHOLD_BYTES // np.dtype(dtype).itemsize + 7
     array = (np.arange(count) % 120).astype(dtype).reshape(-1, 1)
     sent, received = Counted(), Counted()
-    frames = encode(Batch(1, [{"input": array}]), SegmentWriter(prefix, count=sent))
+    writer, reader = SegmentWriter(prefix, count=sent), SegmentReader(received)
+    frames = encode(Batch(1, [{"input": array}]), writer)
     assert sum(memoryview(frame).nbytes for frame in frames) < 4096  # only the descriptor on the socket
     assert len(own_segments(prefix)) == 1
-    message = decode(bytearray(frames[0]), [bytearray(f) for f in frames[1:]], SegmentReader(received))
-    assert own_segments(prefix) == []  # the receiver unlinked it as it mapped it
+    message = decode(bytearray(frames[0]), [bytearray(f) for f in frames[1:]], reader)
     got = message.payloads[0]["input"]
     assert got.dtype == array.dtype and got.shape == array.shape and np.array_equal(got, array)
     assert sent.bytes == received.bytes == {"segment": array.nbytes}
+    assert reader.take_freed() == ()  # viewed still
+    del message, got
+    freed = reader.take_freed()
+    assert freed == tuple(own_segments(prefix))
+    writer.release(freed)
+    encode(Batch(2, [{"input": array}]), writer)
+    assert own_segments(prefix) == list(freed)  # the pool's segment again, no new one
+    writer.close()
+    assert own_segments(prefix) == []
+
+
+def test_a_pool_keeps_a_few_segments_and_tells_the_peer_of_those_it_unlinks(prefix: str) -> None:
+    writer, reader = SegmentWriter(prefix), SegmentReader()
+    array = np.ones(THRESHOLD_BYTES // 4, dtype=np.float32)
+    frames = encode([array.copy() for _ in range(5)], writer)  # five at once: five segments
+    views = decode(bytearray(frames[0]), [], reader)
+    assert len(own_segments(prefix)) == 5
+    del views
+    writer.release(reader.take_freed())
+    gone = writer.take_gone()
+    assert len(gone) == 3 and len(own_segments(prefix)) == 2  # two kept for the next messages
+    reader.forget(gone)
+    writer.close()
+    reader.close()
+    assert own_segments(prefix) == []
 
 
 def test_small_arrays_strings_and_objects_stay_on_the_socket(prefix: str) -> None:
