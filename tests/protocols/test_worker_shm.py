@@ -105,11 +105,12 @@ def http_infer(client: httpclient.InferenceServerClient, rows: np.ndarray) -> np
     return client.infer("affine", [given], outputs=[wanted]).as_numpy("output")
 
 
-def assert_only_pools_of_live_workers(server: RunningServer) -> None:
-    """While serving, each worker's channel keeps a few segments per size for the next batches."""
+def assert_only_pools_of_live_workers(server: RunningServer, most_per_worker: int = 4) -> None:
+    """While serving, each worker's channel keeps a few segments per size for the next batches
+    (sequential requests of one size: one each way in use and one free)."""
     main_pid, workers = server.process.pid, server.worker_pids("affine")
     pooled = segments_of(main_pid)
-    assert len(pooled) <= 4 * len(workers), pooled
+    assert len(pooled) <= most_per_worker * len(workers), pooled
     assert all(int(name.split("-")[3]) in workers for name in pooled), (pooled, workers)
 
 
@@ -221,3 +222,24 @@ def test_a_worker_killed_holding_a_segment_leaves_nothing_and_the_batch_is_answe
         client.close()
     server.wait_ready()
     assert_only_pools_of_live_workers(server)
+
+
+def test_concurrent_big_requests_each_get_their_own_answer(server: RunningServer) -> None:
+    """Several requests share a batch (a segment each) and batches overlap on both workers: every
+    answer is its own request's, and the pools stay small."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(k: int) -> bool:
+        client = httpclient.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=120)
+        try:
+            rows = ROWS[:16] + k  # 1 MiB each, distinct per request
+            return bool(np.allclose(http_infer(client, rows), rows * 3 - 1, rtol=1e-6))
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(32)))
+    assert all(answers), answers.count(False)
+    # Per size and direction: two kept, plus those of the batch running and of the one before it
+    # (a segment returns with the next message), each of up to four requests.
+    assert_only_pools_of_live_workers(server, most_per_worker=2 * 2 * (2 + 2 * 4))
