@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.chaos.logs import assert_clean_log
-from tests.conftest import EXAMPLE_MODELS, RunningServer, free_port, start_server
+from tests.conftest import EXAMPLE_MODELS, RunningServer, free_port, start_server, wait_until
 from tests.generation.conftest import GENERATORS
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -40,6 +40,11 @@ models:
     handler: {GENERATORS}:Capitals
     max_batch_size: 4
     generation: {{max_prompt_tokens: 64, max_tokens: 400, default_max_tokens: 100}}
+  - name: slowcaps
+    handler: {GENERATORS}:Capitals
+    handler_args: {{step_delay_s: 0.05}}
+    max_batch_size: 4
+    generation: {{max_prompt_tokens: 64, max_tokens: 400, default_max_tokens: 400}}
 """
     running = start_server(tmp_path_factory.mktemp("grpc-twins"), config)
     running.grpc_url = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
@@ -73,7 +78,7 @@ def test_model_statistics_answers_what_the_http_twin_answers(server: RunningServ
     assert int(success["count"]) == over_http[0]["inference_stats"]["success"]["count"]
     assert int(success["ns"]) > 0
     every = client.get_inference_statistics(as_json=True)["model_stats"]
-    assert {s["name"] for s in every} == {"tiny", "caps"}
+    assert {s["name"] for s in every} == {"tiny", "caps", "slowcaps"}
     with pytest.raises(InferenceServerException) as caught:
         client.get_inference_statistics("absent")
     assert caught.value.status() == "StatusCode.NOT_FOUND"
@@ -140,3 +145,23 @@ def test_the_asyncio_client_streams_a_generation(server: RunningServer) -> None:
 
     chunks = asyncio.run(run())
     assert "".join(text for text, _ in chunks) == "ABC" and len(chunks) >= 3
+
+
+def cancelled_sequences(server: RunningServer) -> float:
+    text = server.get("/metrics").text
+    lines = [
+        line for line in text.splitlines() if line.startswith('inferd_sequences_cancelled_total{model="slowcaps"}')
+    ]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_a_stream_cancelled_mid_sequence_stops_the_sequence(server: RunningServer, client: Any) -> None:
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    before = cancelled_sequences(server)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("slowcaps", prompt_inputs("forever: and ever"), parameters={"max_tokens": 400})
+    result, error = answers.get(timeout=60)
+    assert error is None and not chunk_of(result)[1]  # the sequence is running (400 steps of 50 ms)
+    client.stop_stream(cancel_requests=True)
+    wait_until(lambda: cancelled_sequences(server) > before, 30, "the sequence to be cancelled")
+    wait_until(lambda: server.models()["slowcaps"]["queue_depth"] == 0, 30, "nothing left queued")
