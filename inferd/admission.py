@@ -27,6 +27,7 @@ import numpy as np
 
 from inferd.decoder import DECODE_IN_PROCESS_BYTES, Decoder
 from inferd.errors import PayloadTooLarge, QueueFull
+from inferd.segments import RegionArray
 
 T = TypeVar("T")
 
@@ -167,6 +168,8 @@ def payload_bytes(arrays: Iterable[np.ndarray], body: bytes) -> int:
     body_array = np.frombuffer(body, np.uint8)
     total, views_body = 0, False
     for array in arrays:
+        if isinstance(array, RegionArray) and array.region_key is not None:
+            continue  # it views a client's shared memory: nothing of ours
         if array.dtype == object:
             total += _objects_bytes(array)
         elif np.may_share_memory(array, body_array):

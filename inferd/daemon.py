@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from inferd.placement import WorkerSlot
 from inferd.priority import priority_policy
 from inferd.protocols.shm import SharedMemory
 from inferd.rate_limit import RateLimits
+from inferd.segments import sweep_daemon
 from inferd.supervisor import Supervisor
 from inferd.worker import WorkerSpec
 
@@ -220,6 +222,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Start every model's workers; raises StartupError if any model cannot boot."""
+        _sweep_segments("left by an inferd no longer running")
         results = await asyncio.gather(*(m.start() for m in self.models.values()), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -232,6 +235,7 @@ class Daemon:
         await asyncio.gather(*(m.retire(0.0) for m in self.models.values()))
         self.shared_memory.close()
         self.admission.decoder_process.stop()
+        _sweep_segments("not taken by a worker")
 
     async def reload(self, config: Config, slots: list[WorkerSlot]) -> ReloadResult:
         async with self._reload_lock:
@@ -274,3 +278,8 @@ class Daemon:
         self._index_routes()
         if old is not None:
             await old.retire(self.config.server.drain_timeout_s)
+
+
+def _sweep_segments(which: str) -> None:
+    if swept := sweep_daemon(os.getpid()):
+        log.info("unlinked %d shared-memory segment(s) %s", swept, which)

@@ -32,6 +32,7 @@ from setproctitle import setproctitle
 from inferd import channel as channels
 from inferd import process
 from inferd.errors import PayloadTooLarge, RequestError
+from inferd.segments import sweep_worker
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def _out_of_band(argument: Any) -> Any:
 
 def _log_exit(exited: process.WorkerProcess, held: int) -> None:
     code = exited.reap()
+    sweep_worker(os.getpid(), exited.pid)  # the shared-memory segments it had sent answers in
     if held:
         log.warning("the JSON decoder (pid %d) exited (%s) holding %d body(ies); it restarts on the next",
                     exited.pid, code, held)  # fmt: skip

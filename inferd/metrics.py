@@ -86,6 +86,11 @@ class Metrics:
             "inferd_worker_memory_replacements", "Workers replaced for passing max_worker_memory_mb.",
             ["model"], registry=self.registry,
         )  # fmt: skip
+        self.channel_bytes = Counter(
+            "inferd_channel_bytes", "Tensor bytes between the main process and workers, by direction and path "
+            "(socket, segment: shared memory made for them, client_region: read by the worker from the client's region).",
+            ["model", "direction", "path"], registry=self.registry,
+        )  # fmt: skip
         build = Gauge(
             "inferd_build_info", "inferd build: always 1.", ["version", "torch", "python"], registry=self.registry
         )
@@ -196,6 +201,9 @@ class ModelMetrics:
 
     def worker_replaced_for_memory(self) -> None:
         self._metrics.worker_memory_replacements.labels(self._model).inc()
+
+    def channel_bytes(self, direction: str, path: str, nbytes: int) -> None:
+        self._metrics.channel_bytes.labels(self._model, direction, path).inc(nbytes)
 
 
 @dataclass

@@ -119,6 +119,9 @@ class Recorder:
     def worker_exited(self, cause: str) -> None:
         self.exits.append(cause)
 
+    def channel_bytes(self, direction: str, path: str, nbytes: int) -> None:
+        pass
+
     def worker_replaced_for_memory(self) -> None:
         self.memory_replacements += 1
 

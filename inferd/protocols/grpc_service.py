@@ -32,13 +32,14 @@ from inferd.daemon import Daemon, ServedModel
 from inferd.errors import BadRequest, ClientGone, ModelNotFound, RequestError, RequestTimedOut, Unauthorized
 from inferd.messages import Payload
 from inferd.priority import header_priority, request_priority
-from inferd.protocols import grpc_codec, v2
+from inferd.protocols import grpc_codec, grpc_generate, v2
 from inferd.protocols.grpc_pb import grpc_service_pb2 as pb
 from inferd.protocols.grpc_pb import grpc_service_pb2_grpc as pb_grpc
 from inferd.protocols.grpc_pb import model_config_pb2
 from inferd.protocols.http import QUIET_STATUSES
 from inferd.protocols.shm import RegionExists
 from inferd.protocols.v2_codec import V2DecodeError
+from inferd.protocols.v2_stats import statistics
 
 log = logging.getLogger(__name__)
 
@@ -192,23 +193,49 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """One answer per request, in order; a failed request answers its error and the stream goes on."""
+        """One answer per request, in order (a generative model's: one per generated chunk, see
+        grpc_generate.py); a failed request answers its error and the stream goes on."""
         try:
             self._authorize(context, health=False)
         except RequestError as error:
             await _abort(context, "ModelStreamInfer", error)
         async for request in requests:
-            try:
-                response = await self._counted(request, context)
-            except RequestError as error:
-                log.info("grpc ModelStreamInfer: %s: %s", status_code(error).name, error.message)
-                yield pb.ModelStreamInferResponse(error_message=error.message)
-                continue
-            except Exception as error:  # a bug of ours: answered, logged in one line, and the stream goes on
-                log.error("grpc ModelStreamInfer: internal error: %s", _one_line(error))
-                yield pb.ModelStreamInferResponse(error_message="internal server error; see the server log")
-                continue
-            yield pb.ModelStreamInferResponse(infer_response=response)
+            async for response in self._stream_answers(request, context):
+                yield response
+
+    async def _stream_answers(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        try:
+            model = self._find(request.model_name, request.model_version)
+            if model.generator is not None:
+                async for response in self._generated(model, request):
+                    yield response
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=await self._counted(request, context))
+        except RequestError as error:
+            log.info("grpc ModelStreamInfer: %s: %s", status_code(error).name, error.message)
+            yield pb.ModelStreamInferResponse(error_message=error.message)
+        except Exception as error:  # a bug of ours: answered, logged in one line, and the stream goes on
+            log.error("grpc ModelStreamInfer: internal error: %s", _one_line(error))
+            yield pb.ModelStreamInferResponse(error_message="internal server error; see the server log")
+
+    async def _generated(
+        self, model: ServedModel, request: pb.ModelInferRequest
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """A generative model's chunks, the request counted in its metrics with its REST status."""
+        started, status = time.perf_counter(), 200
+        try:
+            async for response in grpc_generate.generate(model, request, self._daemon.shared_memory):
+                yield response
+        except RequestError as error:
+            status = error.status
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            status = ClientGone.status
+            raise
+        finally:
+            model.metrics.request_done(status, time.perf_counter() - started)
 
     async def _counted(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         """The answer, counted in the model's request metrics with its REST status."""
@@ -249,6 +276,19 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 model.name, v2.VERSION, request.id, selected, datatypes, targets, regions
             )
 
+    # ---- statistics -------------------------------------------------------------------------
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> pb.ModelStatisticsResponse:
+        """Triton's statistics of one model (or all, when no name is given), as GET .../stats gives them."""
+
+        async def stats() -> pb.ModelStatisticsResponse:
+            named = [self._find(request.name, request.version)] if request.name else None
+            models = named or list(self._daemon.models.values())
+            document = statistics((model.name, v2.VERSION, model.metrics.tally) for model in models)
+            return json_format.ParseDict(document, pb.ModelStatisticsResponse())
+
+        return await self._guarded("ModelStatistics", context, stats)
+
     # ---- system shared memory ---------------------------------------------------------------
 
     async def SystemSharedMemoryStatus(
@@ -284,7 +324,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- not served -------------------------------------------------------------------------
 
-    ModelStatistics = _unimplemented("ModelStatistics", "read the inferd_* metrics at /metrics")
     RepositoryIndex = _unimplemented("RepositoryIndex", "GET /models lists the models")
     RepositoryModelLoad = _unimplemented("RepositoryModelLoad", "models come from the config (POST /admin/reload)")
     RepositoryModelUnload = _unimplemented("RepositoryModelUnload", "models come from the config (POST /admin/reload)")

@@ -44,6 +44,7 @@ METRIC_NAMES = frozenset(
         "inferd_model_request_bytes_held",
         "inferd_rate_limited_total",
         "inferd_requests_promoted_total",
+        "inferd_channel_bytes_total",
     }
 )
 
@@ -54,6 +55,7 @@ EVENT_METRIC_NAMES = frozenset(
         "inferd_worker_memory_replacements_total",
         "inferd_connections_closed_total",
         "inferd_rate_limited_total",
+        "inferd_channel_bytes_total",
     }
 )
 
@@ -206,6 +208,10 @@ def _add_front_metrics(registry: CollectorRegistry) -> None:
     by_model = Gauge(
         "inferd_model_request_bytes_held", "Request bytes held per model", ["model"], registry=registry
     )
+    channel = Counter(
+        "inferd_channel_bytes", "Tensor bytes to and from workers", ["model", "direction", "path"], registry=registry
+    )
+    channel.labels("tiny", "to_worker", "segment").inc(4 * 1024**2)
     for model in ("tiny", "minilm"):
         cancelled.labels(model).inc(3)
         exits.labels(model, "SIGKILL").inc(1)
