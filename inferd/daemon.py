@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,10 @@ from inferd.metrics import Metrics, ModelMetrics
 from inferd.model_pool import ModelPool
 from inferd.pipeline import PipelineExecutor, PipelineSteps
 from inferd.placement import WorkerSlot
+from inferd.priority import priority_policy
 from inferd.protocols.shm import SharedMemory
+from inferd.rate_limit import RateLimits
+from inferd.segments import sweep_daemon
 from inferd.supervisor import Supervisor
 from inferd.worker import WorkerSpec
 
@@ -158,6 +162,7 @@ class Daemon:
         self._oom_kills = OomKills.of_this_process()  # one for all models: they share the cgroup
         self.admission = Admission(config.server.max_request_bytes_held)
         self.shared_memory = SharedMemory()  # regions clients registered (v2 REST and gRPC)
+        self.rate_limits = RateLimits(config.server.key_rate_limits, self.metrics.registry)
         self.metrics.watch_request_bytes(self.admission, lambda: self.models)
         self.generation_metrics = GenerationMetrics(
             self.metrics.registry, config.server.histogram_buckets_s, lambda: self.models
@@ -186,6 +191,7 @@ class Daemon:
             model.max_queue_size,
             model.request_timeout_ms / 1000,
             fixed_wait=model.batch_wait == "fixed",
+            priority=priority_policy(model),
         )
         metrics = self.metrics.for_model(model.name)
         supervisor = Supervisor(model, specs, metrics, self._oom_kills)
@@ -200,7 +206,9 @@ class Daemon:
     def _generator(self, model: ModelConfig, supervisor: Supervisor) -> Scheduler | None:
         if model.generation is None:
             return None
-        policy = GenerationPolicy(model.max_batch_size, model.max_queue_size, model.request_timeout_ms / 1000)
+        policy = GenerationPolicy(
+            model.max_batch_size, model.max_queue_size, model.request_timeout_ms / 1000, priority_policy(model)
+        )
         return Scheduler(model.name, policy, supervisor, self.generation_metrics.for_model(model.name))
 
     def _build_pipeline(self, model: ModelConfig) -> ServedModel:
@@ -221,17 +229,21 @@ class Daemon:
 
     async def start(self) -> None:
         """Start every eager model's workers; raises StartupError if any model cannot boot."""
+        _sweep_segments("left by an inferd no longer running")
         results = await asyncio.gather(*map(self.pool.start_model, self.models.values()), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await self.stop()
             raise errors[0] if isinstance(errors[0], StartupError) else StartupError(str(errors[0]))
+        await self.admission.decoder_process.start()  # now, so the first large body does not wait for it
         log.info("all %d model(s) ready", len(self.models))
 
     async def stop(self) -> None:
         self.pool.close()
         await asyncio.gather(*(m.retire(0.0) for m in self.models.values()))
         self.shared_memory.close()
+        self.admission.decoder_process.stop()
+        _sweep_segments("not taken by a worker")
 
     async def reload(self, config: Config, slots: list[WorkerSlot]) -> ReloadResult:
         async with self._reload_lock:
@@ -274,3 +286,8 @@ class Daemon:
         self._index_routes()
         if old is not None:
             await old.retire(self.config.server.drain_timeout_s)
+
+
+def _sweep_segments(which: str) -> None:
+    if swept := sweep_daemon(os.getpid()):
+        log.info("unlinked %d shared-memory segment(s) %s", swept, which)

@@ -8,6 +8,7 @@ dict of arrays or a list of encoded outputs, one per item.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,32 @@ class Items:
         return len(self.values)
 
 
-Payload = dict[str, np.ndarray] | list[Any] | Items
+@dataclass(frozen=True)
+class PackedItems:
+    """A handler request's items (a list or `Items`) as one pickle, unpickled only in its worker:
+    items decoded from a large JSON body would cost the main process as much to unpickle and
+    pickle again as to parse (see `inferd.decoder`)."""
+
+    blob: bytes | bytearray
+    count: int
+
+    @classmethod
+    def pack(cls, items: list[Any] | Items) -> PackedItems:
+        return cls(pickle.dumps(items, protocol=5), len(items))
+
+    def unpack(self) -> list[Any] | Items:
+        return pickle.loads(self.blob)  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # The blob as a PickleBuffer: the channel sends it as a frame of its own, never copied
+        # into a pickle, and the receiver keeps that frame as the blob.
+        return PackedItems, (pickle.PickleBuffer(self.blob), self.count)
+
+
+Payload = dict[str, np.ndarray] | list[Any] | Items | PackedItems
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import torch
 from inferd.config import ModelConfig, TensorSpec
 from inferd.datatypes import datatype_of_array, datatype_of_torch, numpy_dtype
 from inferd.handler import Handler, load_handler_class, load_model_file
-from inferd.messages import Items, Parameters, Payload, RequestFailure, TensorInfo
+from inferd.messages import Items, PackedItems, Parameters, Payload, RequestFailure, TensorInfo
+from inferd.segments import unreadable_input
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ class Runner:
     outputs: tuple[TensorInfo, ...] = ()
 
     def run_batch(self, payloads: list[Payload]) -> list[Payload | RequestFailure]:
+        unreadable = [unreadable_input(payload) for payload in payloads]
+        if any(unreadable):  # a client removed its region before this worker mapped it: that request fails alone
+            readable = iter(self.run_batch([p for p, gone in zip(payloads, unreadable) if gone is None]))
+            return [RequestFailure("RegionUnreadable", gone.message) if gone else next(readable) for gone in unreadable]
         try:
             return list(self._run(payloads))
         except ModelBroken as error:
@@ -251,6 +256,8 @@ class HandlerRunner(Runner):
 
 
 def _values_and_parameters(payload: Payload) -> tuple[list[Any], Parameters]:
+    if isinstance(payload, PackedItems):
+        payload = payload.unpack()
     if isinstance(payload, Items):
         return payload.values, payload.parameters
     assert isinstance(payload, list)

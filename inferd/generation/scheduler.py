@@ -2,6 +2,8 @@
 on workers, each worker running at most `max_running` sequences at once (its continuous batch).
 
 Invariants:
+- queued sequences start by priority, FIFO within a level, a long-waiting one promoted (as a
+  batched model's requests: inferd/priority_queue.py);
 - a sequence is queued, or running on exactly one worker, or ended; `Stream` is its chunks as an
   async iterator, and every stream ends with one final chunk (finish_reason or failure), also
   when its worker dies (a sequence that delivered nothing yet is retried once, like a batch),
@@ -17,15 +19,16 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from inferd.batching import ModelError
 from inferd.channel import ChannelClosed
 from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestError, RequestTimedOut
 from inferd.messages import Cancel, Chunk, Chunks, Generate, RequestFailure, Sampling
+from inferd.priority import PriorityPolicy
+from inferd.priority_queue import PriorityQueue
 from inferd.supervisor import READY, Supervisor, WorkerHandle
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ class GenerationPolicy:
     max_running: int  # sequences per worker: the model's max_batch_size
     max_queue_size: int
     deadline_s: float  # the model's request_timeout_ms: a whole generation must end by then
+    priority: PriorityPolicy = field(default_factory=PriorityPolicy)
 
 
 class GenerationObserver(Protocol):
@@ -53,8 +57,9 @@ class GenerationObserver(Protocol):
 class Stream:
     """One request's chunks as they come, ending with its final chunk."""
 
-    def __init__(self, scheduler: Scheduler, message: Generate) -> None:
+    def __init__(self, scheduler: Scheduler, message: Generate, level: int) -> None:
         self.message = message
+        self.level = level  # its place in the queue (priority_queue.py)
         self.worker: WorkerHandle | None = None
         self.retried = False
         self.delivered = 0  # chunks put in the queue: a retry is safe only while none was
@@ -69,6 +74,10 @@ class Stream:
     @property
     def sequence_id(self) -> int:
         return self.message.sequence_id
+
+    @property
+    def arrived(self) -> float:
+        return self.submitted_at
 
     def __aiter__(self) -> Stream:
         return self
@@ -100,7 +109,7 @@ class Scheduler:
         self.policy = policy
         self._supervisor = supervisor
         self._observer = observer
-        self._queue: deque[Stream] = deque()
+        self._queue: PriorityQueue[Stream] = PriorityQueue(policy.priority.levels, policy.priority.promote_after_s)
         self._open: dict[int, Stream] = {}  # queued or running, by sequence id
         self._running: dict[WorkerHandle, set[int]] = {}
         self._ids = itertools.count(1)
@@ -120,9 +129,10 @@ class Scheduler:
 
     def submit(
         self, prompt: str | list[dict[str, str]], max_tokens: int, max_prompt_tokens: int,
-        sampling: Sampling, stop: tuple[str, ...],
+        sampling: Sampling, stop: tuple[str, ...], priority: int = 0,
     ) -> Stream:  # fmt: skip
-        """Queue one sequence; QueueFull or ModelUnavailable at once where it cannot be."""
+        """Queue one sequence; QueueFull or ModelUnavailable at once where it cannot be.
+        `priority` is checked already (priority.py): 0 is the model's default."""
         self.on_request()
         reason = self._supervisor.unavailable_reason
         if reason and not self._supervisor.ready_count:
@@ -133,7 +143,7 @@ class Scheduler:
                 headers={"Retry-After": "1"},
             )
         message = Generate(next(self._ids), prompt, max_tokens, max_prompt_tokens, sampling, stop)
-        stream = Stream(self, message)
+        stream = Stream(self, message, self.policy.priority.level(priority))
         stream.timer = asyncio.get_running_loop().call_later(self.policy.deadline_s, self._expire, stream)
         self._open[stream.sequence_id] = stream
         self._queue.append(stream)
@@ -142,6 +152,8 @@ class Scheduler:
 
     def wake(self) -> None:
         """Place queued sequences on workers with a free slot, least loaded first."""
+        if self._queue:
+            self._queue.promote(time.monotonic())
         while self._queue:
             worker = self._free_worker()
             if worker is None:
@@ -225,7 +237,7 @@ class Scheduler:
         retry = [s for s in held if not s.delivered and not s.retried]
         for stream in retry:
             stream.retried, stream.worker = True, None
-            self._queue.appendleft(stream)
+            self._queue.requeue_front([stream])
         if retry:
             log.warning("model %s: worker %s died; retrying %d sequence(s) once", self.model, worker.name, len(retry))
         for stream in held:

@@ -15,10 +15,10 @@ reaches a handler's `predict`; tensor models ignore it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from starlette.requests import Request
 from inferd.admission import Reservation, payload_bytes
 from inferd.datatypes import bf16_bits_from_float32, float32_from_bf16_bits, numpy_dtype
 from inferd.errors import BadRequest, RequestError
-from inferd.messages import Items, Parameters, Payload, TensorInfo
+from inferd.messages import Items, PackedItems, Parameters, Payload, TensorInfo
 from inferd.protocols.http import body_limits, parse_json, read_body, read_decoded
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class UnsupportedMediaType(RequestError):
     status = 415
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class DecodedRequest:
     payload: Payload
     items: int
@@ -62,7 +62,8 @@ async def read_request(request: Request, daemon: Daemon, model: ServedModel, hel
     max_batch_size, inputs = model.config.max_batch_size, model.inputs
     limits = body_limits(daemon.config.server, model.name, max_batch_size, () if model.is_handler else inputs)
     decode = functools.partial(decode_body, inputs=inputs, is_handler=model.is_handler, max_batch_size=max_batch_size)
-    return await read_decoded(request, limits, held, daemon.admission, decode, held_bytes)
+    in_process = functools.partial(decode_body, pack_items=True, **decode.keywords)
+    return await read_decoded(request, limits, held, daemon.admission, decode, held_bytes, lambda _: in_process)
 
 
 def is_raw(content_type: str | None) -> bool:
@@ -87,9 +88,15 @@ async def read_raw(request: Request, daemon: Daemon, model: ServedModel, held: R
     return DecodedRequest([body], 1, None, bare_item=True)
 
 
-def decode_body(body: bytes, inputs: tuple[TensorInfo, ...], is_handler: bool, max_batch_size: int) -> DecodedRequest:
-    """A native request body, parsed and decoded; counts are checked before any per-element work."""
-    return decode(parse_json(body), inputs, is_handler, max_batch_size)
+def decode_body(
+    body: bytes, inputs: tuple[TensorInfo, ...], is_handler: bool, max_batch_size: int, pack_items: bool = False
+) -> DecodedRequest:
+    """A native request body, parsed and decoded; counts are checked before any per-element work.
+    With `pack_items` (in the decoder process), a handler's items come back as one PackedItems."""
+    decoded = decode(parse_json(body), inputs, is_handler, max_batch_size)
+    if pack_items and isinstance(decoded.payload, list | Items):
+        return dataclasses.replace(decoded, payload=PackedItems.pack(decoded.payload))
+    return decoded
 
 
 def held_bytes(decoded: DecodedRequest, body: bytes) -> int:

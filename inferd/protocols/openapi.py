@@ -91,6 +91,10 @@ def _json(schema: Schema, description: str = "OK") -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _html() -> Schema:
+    return {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
 def _operation(summary: str, ok: Schema, errors: Iterable[int] = (), **extra: Any) -> Schema:
     responses = {"200": ok, **{str(status): _json(ERROR_REF, "error") for status in errors}}
     return {"summary": summary, "responses": responses, **extra}
@@ -111,6 +115,11 @@ def _service_paths(metrics_route: bool) -> dict[str, Any]:
         "/healthz": _get("the process is alive", _json(_object({"status": {"type": "string"}}, ["status"]))),
         "/readyz": _get("200 when every model has a ready worker, else 503", _json(
             _object({"ready": {"type": "boolean"}, "models": {"type": "object"}}, ["ready", "models"])), [503]),
+        "/": _get("the status page: one HTML file whose script shows /status.json", _html()),
+        "/status.json": _get("each model and version: state, queue depth, workers and their CPUs and devices, "
+                             "live requests/s and p50/p99, GPU memory; and the machine's CPUs and GPUs", _json(
+            _object({"models": {"type": "array", "items": {"type": "object"}}, "machine": {"type": "object"}},
+                    ["models", "machine"]))),
         "/admin/reload": {"post": _operation(
             "re-read the config file and apply the difference (loopback only unless admin keys are set)",
             _json({"type": "object"}), [400, 401, 403])},

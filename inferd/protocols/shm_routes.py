@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from inferd.daemon import Daemon
 from inferd.errors import BadRequest
-from inferd.protocols.http import Call, body_limits, json_response, parse_json, read_body
+from inferd.protocols.http import Call, body_limits, json_response, read_json_document
 from inferd.protocols.routing import Match, Resolver, Route
 
 PREFIX = "/v2/systemsharedmemory"
@@ -34,7 +34,7 @@ def resolver(daemon: Daemon) -> Resolver:
 
     async def register(call: Call) -> Response:
         limits = body_limits(daemon.config.server, "", 1, ())
-        document = parse_json(await read_body(call.request, limits))
+        document = await read_json_document(call.request, limits, daemon.admission)
         key, offset, byte_size = _register_fields(document)
         regions.register(call.params["name"], key, offset, byte_size)
         return json_response({})

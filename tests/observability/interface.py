@@ -42,6 +42,9 @@ METRIC_NAMES = frozenset(
         "inferd_request_bytes_held",
         "inferd_request_bytes_held_limit",
         "inferd_model_request_bytes_held",
+        "inferd_rate_limited_total",
+        "inferd_requests_promoted_total",
+        "inferd_channel_bytes_total",
         "inferd_model_loads_total",
         "inferd_model_unloads_total",
         "inferd_model_evictions_total",
@@ -57,6 +60,8 @@ EVENT_METRIC_NAMES = frozenset(
         "inferd_worker_exits_total",
         "inferd_worker_memory_replacements_total",
         "inferd_connections_closed_total",
+        "inferd_rate_limited_total",
+        "inferd_channel_bytes_total",
         "inferd_model_unloads_total",
         "inferd_model_evictions_total",
     }
@@ -104,6 +109,7 @@ def standin_registry() -> CollectorRegistry:
     _add_worker_metrics(registry)
     _add_gpu_metrics(registry)
     _add_front_metrics(registry)
+    _add_qos_metrics(registry)
     _add_pool_metrics(registry)
     info = Gauge(
         "inferd_build_info", "Build information", ["version", "torch", "python"], registry=registry
@@ -211,6 +217,10 @@ def _add_front_metrics(registry: CollectorRegistry) -> None:
     by_model = Gauge(
         "inferd_model_request_bytes_held", "Request bytes held per model", ["model"], registry=registry
     )
+    channel = Counter(
+        "inferd_channel_bytes", "Tensor bytes to and from workers", ["model", "direction", "path"], registry=registry
+    )
+    channel.labels("tiny", "to_worker", "segment").inc(4 * 1024**2)
     for model in ("tiny", "minilm"):
         cancelled.labels(model).inc(3)
         exits.labels(model, "SIGKILL").inc(1)
@@ -220,6 +230,21 @@ def _add_front_metrics(registry: CollectorRegistry) -> None:
     closed.labels("api", "header_timeout").inc(4)
     held.set(16 * 1024**2)
     limit.set(GIB)
+
+
+def _add_qos_metrics(registry: CollectorRegistry) -> None:
+    """Rate limits' refusals and priority promotions."""
+    limited = Counter(
+        "inferd_rate_limited", "Requests refused by a rate limit", ["key", "model", "limit"], registry=registry
+    )
+    promoted = Counter(
+        "inferd_requests_promoted", "Requests promoted past higher priorities", ["model"], registry=registry
+    )
+    limited.labels("tenant-a", "tiny", "key").inc(7)
+    limited.labels("tenant-b", "-", "key").inc(1)
+    for model in ("tiny", "minilm"):
+        limited.labels("tenant-b", model, "model").inc(2)
+        promoted.labels(model).inc(4)
 
 
 def _add_pool_metrics(registry: CollectorRegistry) -> None:
