@@ -15,7 +15,7 @@ from inferd.config import ModelConfig
 from inferd.errors import StartupError
 from inferd.generation.sequence import Sequence
 from inferd.handler import GenerativeHandler, load_handler_class
-from inferd.messages import Chunk, Generate, RequestFailure, TensorInfo
+from inferd.messages import Batch, BatchDone, Chunk, Generate, RequestFailure, TensorInfo
 from inferd.runners import caller_message, traceback_line
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class GenerationRunner:
             raise StartupError(
                 f"{model.handler}: a model with a 'generation' section needs a GenerativeHandler subclass"
             )
+        self.model_name = model.name
         self.handler: GenerativeHandler = handler_class(**model.handler_args)
         self.handler.setup(device)
         self.end_tokens = self.handler.end_tokens()
@@ -49,6 +50,12 @@ class GenerationRunner:
         sequence = Sequence(message.sequence_id, prompt_tokens, message.max_tokens, message.sampling, message.stop)
         self.running[message.sequence_id] = sequence
         return None
+
+    def answer_batch(self, batch: Batch) -> BatchDone:
+        """A predict route's batch: refused, this model only generates."""
+        model = self.model_name
+        text = f"model {model!r} generates text: POST /models/{model}/generate or /v1/completions"
+        return BatchDone(batch.batch_id, [RequestFailure("NotGenerated", text)] * len(batch.payloads), 0.0)
 
     def cancel(self, sequence_id: int) -> None:
         sequence = self.running.pop(sequence_id, None)
