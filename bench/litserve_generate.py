@@ -74,7 +74,7 @@ class SmolLM2Stream(ls.LitAPI):
                 positions = positions[:, -1:] + 1
                 out = self.model(
                     input_ids=chosen[:, None], attention_mask=mask, position_ids=positions,
-                    past_key_values=out.past_key_values, use_cache=True,
+                    cache=out.past_key_values, use_cache=True,
                 )  # fmt: skip
 
     def _advance(self, made: list[int], live: list[bool], row: int, token: int, limit: int) -> dict[str, Any]:
