@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from inferd.messages import Batch, BatchDone, Chunk, Payload, RequestFailure, StreamPredict
@@ -42,7 +42,6 @@ class Group:
     chunks: Generator[list[Any], None, None]
     members: list[Member]
     yielded: int = 0
-    alone: bool = field(default=False)  # already run apart after a failure: never split again
 
 
 class HandlerStreams:
@@ -82,7 +81,7 @@ class HandlerStreams:
             chunks += self._advance(group)
         return chunks
 
-    def _open(self, members: list[Member], alone: bool = False) -> list[Chunk]:
+    def _open(self, members: list[Member]) -> list[Chunk]:
         """A new group over `members`' items; a request whose items do not decode fails alone."""
         decoded, refused, start = [], [], 0
         for member in members:
@@ -98,7 +97,7 @@ class HandlerStreams:
             items = [item for _, values, _ in decoded for item in values]
             parameters = [given for _, _, values in decoded for given in values]
             chunks = self.runner.chunks(items, parameters)
-            self._groups.append(Group(chunks, [member for member, _, _ in decoded], alone=alone))
+            self._groups.append(Group(chunks, [member for member, _, _ in decoded]))
         return refused
 
     def _advance(self, group: Group) -> list[Chunk]:
@@ -114,11 +113,13 @@ class HandlerStreams:
 
     def _failed(self, group: Group, error: Exception) -> list[Chunk]:
         self._groups.remove(group)
-        if group.yielded == 0 and len(group.members) > 1 and not group.alone and not isinstance(error, ModelBroken):
+        broken = isinstance(error, ModelBroken)  # the model's fault whatever the input
+        if group.yielded == 0 and len(group.members) > 1 and not broken:
             log.info("a predict of %d requests raised %s; running them apart", len(group.members), error)
-            return [chunk for member in group.members for chunk in self._open([member], alone=True)]
-        log.warning("a streamed predict over %d request(s) raised: %s", len(group.members), traceback_line(error))
-        failure = _failure(error, bad_input=not isinstance(error, ModelBroken))
+            return [chunk for member in group.members for chunk in self._open([member])]
+        log.log(logging.WARNING if broken else logging.INFO, "a streamed predict over %d request(s) raised: %s",
+                len(group.members), traceback_line(error))  # fmt: skip
+        failure = _failure(error, bad_input=not broken)
         return [Chunk(m.sequence_id, failure=failure) for m in group.members]
 
     def _close(self, group: Group) -> None:
