@@ -9,16 +9,15 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.chaos.logs import assert_clean_log
 from tests.conftest import RunningServer, start_server, wait_until
+from tests.generation.conftest import YIELDERS
 from tests.generation.test_cancellation_and_faults import Reader
 
-YIELDERS = Path(__file__).resolve().parent / "yielders.py"
 EVENT_TIMEOUT_S = 60.0
 
 

@@ -13,8 +13,7 @@ import pytest
 from inferd.protocols import generate, openai, shm_routes, v2
 from inferd.protocols.routing import Route
 from tests.conftest import RunningServer, start_server
-from tests.generation.conftest import GENERATORS
-from tests.generation.test_yielding_handler import YIELDERS
+from tests.generation.conftest import GENERATORS, YIELDERS
 
 schemathesis = pytest.importorskip("schemathesis")
 from tests.protocols.test_openapi_fuzz import fuzz  # noqa: E402
