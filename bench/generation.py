@@ -171,6 +171,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="32,1", help="max_batch_size of each inferd run")
     parser.add_argument("--litserve-python", default=os.environ.get("INFERD_BENCH_LITSERVE_PYTHON"))
     parser.add_argument("--no-litserve", action="store_true")
+    parser.add_argument("--logs", help="a folder for the servers' configs and logs (default: a temporary one)")
     args = parser.parse_args()
     levels = [int(c) for c in args.levels.split(",")]
     litserve = (
@@ -180,7 +181,9 @@ def main() -> None:
     in_process = in_process_tokens_per_s(args.threads)
     print(f"transformers generate in-process, batch 1: {in_process:.1f} tokens/s")
     figures: dict[tuple[str, int], dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.logs or scratch
+        Path(folder).mkdir(parents=True, exist_ok=True)
         for max_batch_size in [int(b) for b in args.batch_sizes.split(",")]:
             with serve_inferd(max_batch_size, args.threads, Path(folder)) as server:
                 run_levels(f"inferd batch {max_batch_size}", server, levels, args.rounds, inferd_request, figures)

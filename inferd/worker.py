@@ -219,8 +219,11 @@ def _serve_generation(runner: Any, channel: Channel, send_lock: threading.Lock) 
                 runner.cancel(message.sequence_id)
             elif isinstance(message, Batch) and not _send(channel, send_lock, runner.answer_batch(message)):
                 return
-        if runner.running:
-            chunks += runner.step()
+        for part in runner.steps() if runner.running else ():
+            chunks += part
+            if chunks and not _send(channel, send_lock, Chunks(chunks)):
+                return
+            chunks = []
         if chunks and not _send(channel, send_lock, Chunks(chunks)):
             return
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,9 @@ class HandlerStreams:
         started = time.perf_counter()
         results = self.runner.run_batch(batch.payloads)
         return BatchDone(batch.batch_id, results, time.perf_counter() - started)
+
+    def steps(self) -> Iterator[list[Chunk]]:
+        yield self.step()
 
     def step(self) -> list[Chunk]:
         """One yield of every group, the requests that joined since the last step in a new one."""

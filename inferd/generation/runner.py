@@ -1,14 +1,22 @@
 """The worker side of a generative model: a continuous batch driven one step at a time.
 
 `start` admits a sequence (tokenizing its prompt and checking it against max_prompt_tokens before
-any compute); it joins the batch at the next `step`. Each `step` calls the handler once for every
+any compute); it joins the batch at the next step. Each step (`steps`) calls the handler for every
 running sequence, applies the stop rules and answers one Chunk per sequence; a sequence that
 ended (end token, max_tokens, a stop string, cancelled) leaves the batch in that same step.
+
+Where sequences joined, a step is several handler calls, each one's chunks sent before the next:
+the newcomers' prefill first, in passes of at most `prefill_tokens_per_pass` prompt tokens, then
+the decode of the sequences that were running. A newcomer's first token waits for its own pass
+only, never for the running batch's decode nor for the prefill of every prompt that came with it
+(bench/generation_steps.py measures why: a pass over one prompt costs about as much as a decode
+step, the weights' reading dominating, and a pass over k prompts grows with k).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from inferd.config import ModelConfig
@@ -33,6 +41,8 @@ class GenerationRunner:
                 f"{model.handler}: a model with a 'generation' section needs a GenerativeHandler subclass"
             )
         self.model_name = model.name
+        assert model.generation is not None
+        self.prefill_tokens_per_pass = model.generation.prefill_tokens_per_pass
         self.handler: GenerativeHandler = handler_class(**model.handler_args)
         self.handler.setup(device)
         self.end_tokens = self.handler.end_tokens()
@@ -62,8 +72,29 @@ class GenerationRunner:
         if sequence is not None:
             self.handler.release(sequence)
 
-    def step(self) -> list[Chunk]:
-        sequences = list(self.running.values())
+    def steps(self) -> Iterator[list[Chunk]]:
+        """One step's chunks, in the parts that go out one after the other."""
+        running = [s for s in self.running.values() if s.cache is not None]
+        passes = self._prefill_passes([s for s in self.running.values() if s.cache is None])
+        for part in [*passes, running] if running else passes:
+            yield self.step([s for s in part if s.sequence_id in self.running])
+
+    def _prefill_passes(self, joining: list[Sequence]) -> list[list[Sequence]]:
+        """The newcomers in arrival order, cut into passes of at most prefill_tokens_per_pass."""
+        passes: list[list[Sequence]] = []
+        tokens = 0
+        for sequence in joining:
+            size = len(sequence.prompt_tokens)
+            if not passes or tokens + size > self.prefill_tokens_per_pass:
+                passes.append([])
+                tokens = 0
+            passes[-1].append(sequence)
+            tokens += size
+        return passes
+
+    def step(self, sequences: list[Sequence]) -> list[Chunk]:
+        if not sequences:
+            return []
         try:
             next_tokens = list(self.handler.step(sequences))
             if len(next_tokens) != len(sequences):
