@@ -40,7 +40,7 @@ class SmolLM2Stream(ls.LitAPI):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        sys.path.insert(0, str(MODELS))
+        sys.path[:0] = [str(MODELS), str(MODELS.parent)]  # the example handler's module imports inferd
         from smollm2 import weights_source
 
         if self.cpus:
@@ -52,7 +52,7 @@ class SmolLM2Stream(ls.LitAPI):
         self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **options).eval()
         self.end_tokens = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
 
-    def decode_request(self, request: dict[str, Any]) -> tuple[list[int], int]:
+    def decode_request(self, request):  # type: ignore[no-untyped-def]  # LitServe reads the annotation
         return list(self.tokenizer.encode(request["prompt"])), int(request.get("max_tokens", 64))
 
     def predict(self, inputs: list[tuple[list[int], int]]) -> Any:
@@ -60,7 +60,9 @@ class SmolLM2Stream(ls.LitAPI):
         with torch.inference_mode():
             ids, mask = self._left_padded([prompt for prompt, _ in inputs])
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+            )
             made: list[list[int]] = [[] for _ in inputs]
             live = [True] * len(inputs)
             for _ in range(max(limit for _, limit in inputs)):
