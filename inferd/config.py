@@ -205,6 +205,9 @@ class GenerationConfig(_Section):
     max_prompt_tokens: int = Field(2048, ge=1)
     max_tokens: int = Field(512, ge=1)  # the most new tokens one request may ask for
     default_max_tokens: int = Field(128, ge=1)  # where a request names none
+    # Newcomers are prefilled in passes of at most this many prompt tokens (a longer prompt alone),
+    # each pass's first tokens sent before the next: the first ones need not wait for all of them.
+    prefill_tokens_per_pass: int = Field(64, ge=1)
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> GenerationConfig:

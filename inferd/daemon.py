@@ -53,6 +53,7 @@ class ServedModel:
     batcher: Batcher | PipelineExecutor
     metrics: ModelMetrics
     generator: Scheduler | None = None  # a generative model's sequences (its batcher then stays idle)
+    streamer: Scheduler | None = None  # a handler model's streamed requests (where its predict yields)
 
     @property
     def name(self) -> str:
@@ -115,8 +116,9 @@ class ServedModel:
     async def retire(self, drain_timeout_s: float) -> None:
         """Finish what was accepted (bounded), then stop the batcher and the workers."""
         await self.batcher.drain(drain_timeout_s)
-        if self.generator is not None:
-            await self.generator.drain(drain_timeout_s)
+        for scheduler in (self.generator, self.streamer):
+            if scheduler is not None:
+                await scheduler.drain(drain_timeout_s)
         await self.batcher.stop()
         await self.supervisor.stop(WORKER_STOP_TIMEOUT_S)
 
@@ -201,7 +203,8 @@ class Daemon:
         generator = self._generator(model, supervisor)
         if generator is not None:
             supervisor.on_change = generator.wake
-        return ServedModel(model, own_slots, supervisor, batcher, metrics, generator)
+        streamer = self._streamer(model, supervisor, batcher)
+        return ServedModel(model, own_slots, supervisor, batcher, metrics, generator, streamer)
 
     def _generator(self, model: ModelConfig, supervisor: Supervisor) -> Scheduler | None:
         if model.generation is None:
@@ -210,6 +213,15 @@ class Daemon:
             model.max_batch_size, model.max_queue_size, model.request_timeout_ms / 1000, priority_policy(model)
         )
         return Scheduler(model.name, policy, supervisor, self.generation_metrics.for_model(model.name))
+
+    def _streamer(self, model: ModelConfig, supervisor: Supervisor, batcher: Batcher) -> Scheduler | None:
+        """Every handler model gets one: whether its predict yields is known once a worker is ready."""
+        if model.handler is None or model.generation is not None:
+            return None
+        policy = GenerationPolicy(model.max_batch_size, model.max_queue_size, model.request_timeout_ms / 1000)
+        streamer = Scheduler(model.name, policy, supervisor, self.generation_metrics.for_streams(model.name))
+        supervisor.on_change = functools.partial(_wake_both, batcher, streamer)
+        return streamer
 
     def _build_pipeline(self, model: ModelConfig) -> ServedModel:
         """A pipeline looks its steps up per request, so a reloaded step is used at once."""
@@ -291,3 +303,6 @@ class Daemon:
 def _sweep_segments(which: str) -> None:
     if swept := sweep_daemon(os.getpid()):
         log.info("unlinked %d shared-memory segment(s) %s", swept, which)
+def _wake_both(batcher: Batcher, streamer: Scheduler) -> None:
+    batcher.wake()
+    streamer.wake()

@@ -80,6 +80,7 @@ class Ready:
     inputs: tuple[TensorInfo, ...] = ()
     outputs: tuple[TensorInfo, ...] = ()
     load_s: float = 0.0
+    streams: bool = False  # a handler whose predict yields: requests may ask for its chunks as they come
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,15 @@ class Generate:
 
 
 @dataclass(frozen=True)
+class StreamPredict:
+    """Start one streamed request on a handler whose predict yields (main -> worker): its items
+    join the next predict call; the worker answers Chunks for `sequence_id` until one ends it."""
+
+    sequence_id: int
+    payload: Payload
+
+
+@dataclass(frozen=True)
 class Cancel:
     """Drop a running sequence (main -> worker): its client left or its deadline passed."""
 
@@ -170,7 +180,8 @@ class Cancel:
 
 @dataclass(frozen=True)
 class Chunk:
-    """What one step made for one sequence: new text and tokens. `finish_reason` ("stop",
+    """What one step made for one sequence: new text and tokens, or, for a handler whose predict
+    yields, one encoded output per item of the request (`outputs`). `finish_reason` ("stop",
     "length") or `failure` ends the sequence; `prompt_tokens` is set on the first chunk."""
 
     sequence_id: int
@@ -179,6 +190,7 @@ class Chunk:
     prompt_tokens: int | None = None
     finish_reason: str | None = None
     failure: RequestFailure | None = None
+    outputs: list[Any] | None = None
 
     @property
     def final(self) -> bool:

@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from inferd.batching import Batcher
 from inferd.errors import InferdError, ModelUnavailable, RequestError
 from inferd.footprint import footprint
+from inferd.generation.scheduler import Scheduler
 from inferd.messages import GpuMemory
 from inferd.pool_budget import Budget, PoolFull, Resident, plan_evictions
 from inferd.pool_config import PoolConfig
@@ -107,8 +108,8 @@ class ModelPool:
         hook = functools.partial(self._on_request, served.name)
         if isinstance(served.batcher, Batcher):
             served.batcher.on_request = hook
-        if served.generator is not None:
-            served.generator.on_request = hook
+        for scheduler in _schedulers(served):
+            scheduler.on_request = hook
 
     async def start_model(self, served: ServedModel, previous: ServedModel | None = None) -> None:
         """Start a generation: its batcher always, its workers where the model is to be loaded
@@ -328,8 +329,8 @@ class ModelPool:
         _disarm(entry)
         try:
             await served.batcher.drain(self._drain_timeout_s)
-            if served.generator is not None:
-                await served.generator.drain(self._drain_timeout_s)
+            for scheduler in _schedulers(served):
+                await scheduler.drain(self._drain_timeout_s)
             await _workers(served).stop(WORKER_STOP_TIMEOUT_S)
             self._gpu.forget_gpu(name)
         finally:
@@ -350,8 +351,8 @@ class ModelPool:
             return
         if isinstance(served.batcher, Batcher):
             served.batcher.fail_queued(error)
-        if served.generator is not None:
-            served.generator.fail_queued(error.message)
+        for scheduler in _schedulers(served):
+            scheduler.fail_queued(error.message)
 
     async def _settle(self, entry: _Entry) -> None:
         """Wait out a load or an unload under way."""
@@ -404,14 +405,17 @@ def _workers(served: ServedModel) -> Supervisor:
 
 def _in_flight(served: ServedModel) -> int:
     """Requests accepted and not answered: queued, or in a batch or a running sequence."""
-    count = served.batcher.inflight_requests
-    if served.generator is not None:
-        count += served.generator.queue_depth + served.generator.running_sequences
-    return count
+    schedulers = _schedulers(served)
+    return served.batcher.inflight_requests + sum(s.queue_depth + s.running_sequences for s in schedulers)
 
 
 def _queued(served: ServedModel) -> int:
-    return served.batcher.queue_depth + (served.generator.queue_depth if served.generator is not None else 0)
+    return served.batcher.queue_depth + sum(s.queue_depth for s in _schedulers(served))
+
+
+def _schedulers(served: ServedModel) -> list[Scheduler]:
+    """A generative model's sequences, and a handler model's streamed requests (its predict yields)."""
+    return [s for s in (served.generator, served.streamer) if s is not None]
 
 
 def _kept_because(entry: _Entry, served: ServedModel) -> str | None:

@@ -1,5 +1,7 @@
 """The main-process side of a generative model: a bounded queue of sequences and their placement
 on workers, each worker running at most `max_running` sequences at once (its continuous batch).
+The same scheduler carries the streamed requests of a handler whose predict yields: there a
+request is one sequence that takes one slot per item it carries.
 
 Invariants:
 - queued sequences start by priority, FIFO within a level, a long-waiting one promoted (as a
@@ -26,7 +28,7 @@ from typing import Any, Protocol
 from inferd.batching import ModelError
 from inferd.channel import ChannelClosed
 from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestError, RequestTimedOut
-from inferd.messages import Cancel, Chunk, Chunks, Generate, RequestFailure, Sampling
+from inferd.messages import Cancel, Chunk, Chunks, Generate, RequestFailure, Sampling, StreamPredict
 from inferd.priority import PriorityPolicy
 from inferd.priority_queue import PriorityQueue
 from inferd.supervisor import READY, Supervisor, WorkerHandle
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 DEADLINE = "DeadlineExceeded"
 LOST = "WorkerLost"
 NOT_LOADED = "ModelNotLoaded"
+NOT_STREAMED = "NotStreamed"  # a streamed request to a model whose predict does not yield
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,12 @@ class GenerationObserver(Protocol):
 class Stream:
     """One request's chunks as they come, ending with its final chunk."""
 
-    def __init__(self, scheduler: Scheduler, message: Generate, level: int) -> None:
+    def __init__(
+        self, scheduler: Scheduler, message: Generate | StreamPredict, level: int = 0, slots: int = 1
+    ) -> None:
         self.message = message
         self.level = level  # its place in the queue (priority_queue.py)
+        self.slots = slots  # of its worker's max_running: a handler request's items
         self.worker: WorkerHandle | None = None
         self.retried = False
         self.delivered = 0  # chunks put in the queue: a retry is safe only while none was
@@ -133,6 +139,14 @@ class Scheduler:
     ) -> Stream:  # fmt: skip
         """Queue one sequence; QueueFull or ModelUnavailable at once where it cannot be.
         `priority` is checked already (priority.py): 0 is the model's default."""
+        return self.open(
+            lambda sequence_id: Generate(sequence_id, prompt, max_tokens, max_prompt_tokens, sampling, stop),
+            priority=priority,
+        )
+
+    def open(self, make: Callable[[int], Generate | StreamPredict], slots: int = 1, priority: int = 0) -> Stream:
+        """Queue the message `make` builds for a new sequence id, taking `slots` of a worker's
+        max_running; QueueFull or ModelUnavailable at once where it cannot be."""
         self.on_request()
         reason = self._supervisor.unavailable_reason
         if reason and not self._supervisor.ready_count:
@@ -142,8 +156,7 @@ class Scheduler:
                 f"model {self.model!r} has {len(self._queue)} sequences queued (max_queue_size); retry later",
                 headers={"Retry-After": "1"},
             )
-        message = Generate(next(self._ids), prompt, max_tokens, max_prompt_tokens, sampling, stop)
-        stream = Stream(self, message, self.policy.priority.level(priority))
+        stream = Stream(self, make(next(self._ids)), self.policy.priority.level(priority), slots)
         stream.timer = asyncio.get_running_loop().call_later(self.policy.deadline_s, self._expire, stream)
         self._open[stream.sequence_id] = stream
         self._queue.append(stream)
@@ -155,17 +168,20 @@ class Scheduler:
         if self._queue:
             self._queue.promote(time.monotonic())
         while self._queue:
-            worker = self._free_worker()
+            worker = self._free_worker(self._queue.head().slots)
             if worker is None:
                 return
             self._start_on(worker, self._queue.popleft())
 
-    def _free_worker(self) -> WorkerHandle | None:
+    def _free_worker(self, slots: int) -> WorkerHandle | None:
         free = [
             h for h in self._supervisor.handles.values()
-            if h.state == READY and len(self._running.get(h, ())) < self.policy.max_running
+            if h.state == READY and self._load(h) + slots <= self.policy.max_running
         ]  # fmt: skip
-        return min(free, key=lambda h: len(self._running.get(h, ()))) if free else None
+        return min(free, key=self._load) if free else None
+
+    def _load(self, worker: WorkerHandle) -> int:
+        return sum(self._open[i].slots for i in self._running.get(worker, ()) if i in self._open)
 
     def _start_on(self, worker: WorkerHandle, stream: Stream) -> None:
         stream.worker = worker
@@ -270,7 +286,7 @@ class Scheduler:
 def failure_error(model: str, failure: RequestFailure) -> RequestError:
     """The HTTP error a stream's failure becomes when nothing was sent yet."""
     message = f"model {model!r}: {failure.message}"
-    if failure.error_type == "PromptTooLong":
+    if failure.error_type in ("PromptTooLong", NOT_STREAMED):
         return BadRequest(failure.message)
     if failure.error_type == DEADLINE:
         return RequestTimedOut(message)

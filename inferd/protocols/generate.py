@@ -21,8 +21,12 @@ from inferd.protocols.routing import Match, Resolver, Route
 from inferd.protocols.streaming import Completion, EventStream, collect, first_chunk, sse
 
 
+def route_of(daemon: Daemon) -> Route:
+    return Route("/models/{name}/generate", {"POST": _generate(daemon)}, inference=True)
+
+
 def resolver(daemon: Daemon) -> Resolver:
-    route = Route("/models/{name}/generate", {"POST": _generate(daemon)}, inference=True)
+    route = route_of(daemon)
 
     def resolve(path: str) -> Match | None:
         parts = path.split("/")

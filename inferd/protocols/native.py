@@ -10,7 +10,8 @@ items (or one bare item) and answer with one encoded output per item (or the bar
 handler with several declared inputs takes them as columns, `{"inputs": {"a": [...], "b": [...]}}`
 (one element per item, the same count in each), or as rows, `{"inputs": [{"a": ..., "b": ...}]}`;
 with several declared outputs it answers in the same form. An optional `"parameters"` object
-reaches a handler's `predict`; tensor models ignore it.
+reaches a handler's `predict`; tensor models ignore it. `"stream": true` asks a handler whose
+predict yields for its chunks as Server-Sent Events (inferd.protocols.predict_stream).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class DecodedRequest:
     key: Hashable  # requests with different keys never share a batch
     bare_item: bool = False  # a handler request that sent one item, not a list
     columns: bool = False  # a handler request that sent its named inputs as columns
+    stream: bool = False  # "stream": true: the chunks of a handler whose predict yields, as they come
 
 
 async def read_request(request: Request, daemon: Daemon, model: ServedModel, held: Reservation) -> DecodedRequest:
@@ -111,6 +113,11 @@ def decode(
 ) -> DecodedRequest:
     if not isinstance(document, dict) or "inputs" not in document:
         raise BadRequest('the body must be a JSON object with an "inputs" field')
+    stream = document.get("stream", False)
+    if not isinstance(stream, bool) or (stream and not is_handler):
+        raise BadRequest(
+            f'"stream" must be true or false (true only for a handler whose predict yields), got {stream!r}'
+        )
     if not is_handler:
         return decode_tensors(document["inputs"], inputs, max_batch_size)
     raw = document["inputs"]
@@ -119,7 +126,7 @@ def decode(
     decoded = decode_items(_rows(raw, names) if columns else raw, max_batch_size)
     if len(names) > 1:
         _check_named_items(decoded.payload, names)
-    return _with_parameters(decoded, document.get("parameters"), columns)
+    return _with_parameters(decoded, document.get("parameters"), columns, stream)
 
 
 def _rows(columns: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
@@ -139,14 +146,14 @@ def _check_named_items(items: Any, names: list[str]) -> None:
             raise BadRequest(f"item {index}: this model takes inputs {names} (an object of them), got {given}")
 
 
-def _with_parameters(decoded: DecodedRequest, parameters: Any, columns: bool) -> DecodedRequest:
+def _with_parameters(decoded: DecodedRequest, parameters: Any, columns: bool, stream: bool) -> DecodedRequest:
     if parameters is not None and not isinstance(parameters, dict):
         raise BadRequest('"parameters" must be a JSON object')
     payload = decoded.payload
     if parameters:
         assert isinstance(payload, list)
         payload = Items(payload, Parameters(request=parameters))
-    return DecodedRequest(payload, decoded.items, decoded.key, decoded.bare_item, columns)
+    return DecodedRequest(payload, decoded.items, decoded.key, decoded.bare_item, columns, stream)
 
 
 def decode_items(raw: Any, max_batch_size: int | None = None) -> DecodedRequest:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from inferd.daemon import Daemon
 from inferd.errors import ModelNotFound, NotFound, RequestError
 from inferd.priority import header_priority
-from inferd.protocols import native
+from inferd.protocols import native, predict_stream
 from inferd.protocols.disconnect import unless_client_leaves
 from inferd.protocols.http import Call, Endpoint, json_response
 from inferd.protocols.routing import Match, Resolver, Route
@@ -37,6 +37,8 @@ def _predict(daemon: Daemon) -> Endpoint:
                 decoded = await native.read_raw(call.request, daemon, model, held)
             else:
                 decoded = await native.read_request(call.request, daemon, model, held)
+            if decoded.stream:
+                return await predict_stream.answer(call, model, decoded)
             infer = model.batcher.infer(decoded.payload, decoded.items, decoded.key, priority)
             result = await unless_client_leaves(call.request.receive, infer, call.request.scope)
             return json_response(native.encode(result, model.outputs, decoded))

@@ -136,7 +136,7 @@ def _embeddings(daemon: Daemon) -> Endpoint:
         native.check_rows(len(texts), model.config.max_batch_size)
         infer = model.batcher.infer(texts, len(texts), None, priority)
         vectors = await unless_client_leaves(call.request.receive, infer)
-        data = [_embedding(i, vector, encoding) for i, vector in enumerate(vectors)]  # type: ignore[arg-type]
+        data = [_embedding(model.name, i, vector, encoding) for i, vector in enumerate(vectors)]  # type: ignore[arg-type]
         usage = {"prompt_tokens": 0, "total_tokens": 0}
         return json_response({"object": "list", "data": data, "model": model.name, "usage": usage})
 
@@ -150,7 +150,10 @@ def _texts(value: Any) -> list[str]:
     return texts
 
 
-def _embedding(index: int, vector: Any, encoding: str) -> dict[str, Any]:
-    array = np.asarray(vector, dtype="<f4").reshape(-1)
+def _embedding(model: str, index: int, vector: Any, encoding: str) -> dict[str, Any]:
+    try:
+        array = np.asarray(vector, dtype="<f4").reshape(-1)
+    except (ValueError, TypeError):  # a handler model that answers something else than vectors
+        raise BadRequest(f"model {model!r} does not answer vectors: it has no embeddings") from None
     value: Any = base64.b64encode(array.tobytes()).decode() if encoding == "base64" else array
     return {"object": "embedding", "index": index, "embedding": value}

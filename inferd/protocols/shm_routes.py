@@ -23,6 +23,23 @@ _REGISTER_BODY_BYTES = 64 * 1024
 
 
 def resolver(daemon: Daemon) -> Resolver:
+    routes = table(daemon)
+
+    def resolve(path: str) -> Match | None:
+        rest = path.removeprefix(PREFIX).strip("/").split("/")
+        if len(rest) == 1:
+            route = routes.get(rest[0])
+            return Match(route) if route is not None else None
+        if len(rest) == 3 and rest[0] == "region" and rest[1]:
+            route = routes.get(f"region/{rest[2]}")
+            return Match(route, None, {"name": rest[1]}) if route is not None else None
+        return None
+
+    return resolve
+
+
+def table(daemon: Daemon) -> dict[str, Route]:
+    """The routes by what follows PREFIX ("region/" + the action for one region's)."""
     regions = daemon.shared_memory
 
     async def status(call: Call) -> Response:
@@ -39,25 +56,13 @@ def resolver(daemon: Daemon) -> Resolver:
         regions.register(call.params["name"], key, offset, byte_size)
         return json_response({})
 
-    routes = {
+    return {
         "status": Route(f"{PREFIX}/status", {"GET": status}),
         "unregister": Route(f"{PREFIX}/unregister", {"POST": unregister}),
         "region/status": Route(f"{PREFIX}/region/{{name}}/status", {"GET": status}),
         "region/register": Route(f"{PREFIX}/region/{{name}}/register", {"POST": register}),
         "region/unregister": Route(f"{PREFIX}/region/{{name}}/unregister", {"POST": unregister}),
     }
-
-    def resolve(path: str) -> Match | None:
-        rest = path.removeprefix(PREFIX).strip("/").split("/")
-        if len(rest) == 1:
-            route = routes.get(rest[0])
-            return Match(route) if route is not None else None
-        if len(rest) == 3 and rest[0] == "region" and rest[1]:
-            route = routes.get(f"region/{rest[2]}")
-            return Match(route, None, {"name": rest[1]}) if route is not None else None
-        return None
-
-    return resolve
 
 
 def _register_fields(document: Any) -> tuple[str, int, int]:

@@ -73,8 +73,8 @@ def routes(daemon: Daemon) -> list[Route]:
     ]
 
 
-def resolver(daemon: Daemon) -> Resolver:
-    """/v2/models/<name>[/versions/<version>][/ready|/config|/infer]: the model it names, if served."""
+def model_routes(daemon: Daemon) -> tuple[dict[str, Route], Route]:
+    """Each model's routes by suffix ("" is its metadata), and the stats route of every model."""
     by_suffix = {
         "": Route(_MODEL_PREFIX, {"GET": lambda call: _metadata(daemon, _find(daemon, call))}),
         "ready": Route(f"{_MODEL_PREFIX}/ready", {"GET": lambda call: _model_ready(_find(daemon, call))}),
@@ -82,8 +82,12 @@ def resolver(daemon: Daemon) -> Resolver:
         "infer": Route(f"{_MODEL_PREFIX}/infer", {"POST": infer_endpoint(daemon)}, inference=True),
         "stats": Route(f"{_MODEL_PREFIX}/stats", {"GET": lambda call: _stats(daemon, [_find(daemon, call)])}),
     }
-    every_model = Route("/v2/models/stats", {"GET": lambda call: _stats(daemon, list(daemon.models.values()))})
+    return by_suffix, Route("/v2/models/stats", {"GET": lambda call: _stats(daemon, list(daemon.models.values()))})
 
+
+def resolver(daemon: Daemon) -> Resolver:
+    """/v2/models/<name>[/versions/<version>][/ready|/config|/infer]: the model it names, if served."""
+    by_suffix, every_model = model_routes(daemon)
     shared_memory = shm_routes.resolver(daemon)
 
     def resolve(path: str) -> Match | None:

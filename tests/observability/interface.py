@@ -45,6 +45,13 @@ METRIC_NAMES = frozenset(
         "inferd_rate_limited_total",
         "inferd_requests_promoted_total",
         "inferd_channel_bytes_total",
+        "inferd_time_to_first_token_seconds",
+        "inferd_time_per_output_token_seconds",
+        "inferd_prompt_tokens_total",
+        "inferd_generated_tokens_total",
+        "inferd_sequences_cancelled_total",
+        "inferd_running_sequences",
+        "inferd_queued_sequences",
         "inferd_model_loads_total",
         "inferd_model_unloads_total",
         "inferd_model_evictions_total",
@@ -110,6 +117,7 @@ def standin_registry() -> CollectorRegistry:
     _add_gpu_metrics(registry)
     _add_front_metrics(registry)
     _add_qos_metrics(registry)
+    _add_generation_metrics(registry)
     _add_pool_metrics(registry)
     info = Gauge(
         "inferd_build_info", "Build information", ["version", "torch", "python"], registry=registry
@@ -245,6 +253,24 @@ def _add_qos_metrics(registry: CollectorRegistry) -> None:
     for model in ("tiny", "minilm"):
         limited.labels("tenant-b", model, "model").inc(2)
         promoted.labels(model).inc(4)
+def _add_generation_metrics(registry: CollectorRegistry) -> None:
+    """Generative models' figures (inferd/generation/metrics.py)."""
+    labels = ["model"]
+    first_token = Histogram("inferd_time_to_first_token_seconds", "To first token", labels, registry=registry)
+    per_token = Histogram("inferd_time_per_output_token_seconds", "Between tokens", labels, registry=registry)
+    prompt = Counter("inferd_prompt_tokens", "Prompt tokens prefilled", labels, registry=registry)
+    generated = Counter("inferd_generated_tokens", "Tokens generated", labels, registry=registry)
+    cancelled = Counter("inferd_sequences_cancelled", "Sequences stopped early", labels, registry=registry)
+    running = Gauge("inferd_running_sequences", "Sequences running", labels, registry=registry)
+    queued = Gauge("inferd_queued_sequences", "Sequences waiting", labels, registry=registry)
+    for model in ("tiny", "minilm"):
+        first_token.labels(model).observe(0.08)
+        per_token.labels(model).observe(0.02)
+        prompt.labels(model).inc(1200)
+        generated.labels(model).inc(6400)
+        cancelled.labels(model).inc(2)
+        running.labels(model).set(8)
+        queued.labels(model).set(1)
 
 
 def _add_pool_metrics(registry: CollectorRegistry) -> None:
