@@ -38,12 +38,12 @@ class StatusBoard:
     def snapshot(self) -> dict[str, Any]:
         traffic = self._traffic.read()
         readings = self._daemon.state.gpu_readings()
-        models = list(self._daemon.models.values())
+        models, pool = list(self._daemon.models.values()), self._daemon.pool
         return {
             "inferd_version": __version__,
             "rates_window_s": traffic.span_s,
             "machine": {"cpus": self._cpus, "gpus": machine_gpus()},
-            "models": [row for model in models for row in model_rows(model, traffic, readings)],
+            "models": [row for model in models for row in model_rows(model, traffic, readings, pool.describe(model))],
         }
 
 
@@ -57,9 +57,12 @@ def machine_gpus() -> list[dict[str, Any]]:
     return [{"device": d.device, "used_bytes": d.used_bytes, "total_bytes": d.total_bytes} for d in gpu.device_memory()]
 
 
-def model_rows(model: ServedModel, traffic: Traffic, readings: GpuReadings) -> list[Row]:
-    """The model's rows: one per version, each with its own workers and figures."""
-    described = model.describe()
+def model_rows(
+    model: ServedModel, traffic: Traffic, readings: GpuReadings, described: Mapping[str, Any] | None = None
+) -> list[Row]:
+    """The model's rows: one per version, each with its own workers and figures; `described` is
+    the model pool's description (its state: unloaded, loading, ...) where there is one."""
+    described = described or model.describe()
     version = described.get("version")
     return [_row(described, None if version is None else str(version), traffic, readings)]
 
