@@ -135,7 +135,8 @@ class ServedModel:
                     "slot": h.name,
                     "pid": h.pid,
                     "state": h.state,
-                    "busy": h.pending is not None,
+                    "busy": bool(h.pending),
+                    "batches": len(h.pending),
                     "cpus": list(h.spec.slot.cpus),
                     "threads": h.spec.slot.threads,
                 }

@@ -21,7 +21,8 @@ import torch
 
 from inferd.config import ModelConfig, TensorSpec
 from inferd.datatypes import datatype_of_array, datatype_of_torch, numpy_dtype
-from inferd.handler import Handler, load_handler_class, load_model_file
+from inferd.errors import StartupError
+from inferd.handler import Handler, concurrency_problem, load_handler_class, load_model_file, predicts_async
 from inferd.messages import Items, PackedItems, Parameters, Payload, RequestFailure, TensorInfo
 from inferd.segments import unreadable_input
 
@@ -43,16 +44,23 @@ class Runner:
             return [RequestFailure("RegionUnreadable", gone.message) if gone else next(readable) for gone in unreadable]
         try:
             return list(self._run(payloads))
-        except ModelBroken as error:
-            return [RequestFailure("ModelBroken", str(error), bad_input=False) for _ in payloads]
         except Exception as error:
-            if len(payloads) == 1:
-                return [_failure(error)]
-            log.info("batch of %d requests raised %s; running them apart", len(payloads), error)
-            return [self.run_batch([payload])[0] for payload in payloads]
+            failures = batch_failures(error, payloads)
+            return failures if failures is not None else [self.run_batch([payload])[0] for payload in payloads]
 
     def _run(self, payloads: list[Payload]) -> Sequence[Payload]:
         raise NotImplementedError
+
+
+def batch_failures(error: Exception, payloads: list[Payload]) -> list[Payload | RequestFailure] | None:
+    """What a batch that raised `error` answers, or None where its requests must be run apart
+    (several requests: only the one whose data broke the model should fail)."""
+    if isinstance(error, ModelBroken):
+        return [RequestFailure("ModelBroken", str(error), bad_input=False) for _ in payloads]
+    if len(payloads) == 1:
+        return [_failure(error)]
+    log.info("batch of %d requests raised %s; running them apart", len(payloads), error)
+    return None
 
 
 def _failure(error: Exception) -> RequestFailure:
@@ -225,13 +233,19 @@ class HandlerRunner(Runner):
         self.output_names = [spec.name for spec in self.outputs] if len(self.outputs) > 1 else None
 
     def _run(self, payloads: list[Payload]) -> Sequence[Payload]:
-        requests = [_values_and_parameters(payload) for payload in payloads]
+        requests = [values_and_parameters(payload) for payload in payloads]
+        items, keywords = self._decoded(requests)
+        return self._encoded(requests, items, list(self.handler.predict(items, **keywords)))
+
+    def _decoded(self, requests: list[tuple[list[Any], Parameters]]) -> tuple[list[Any], dict[str, Any]]:
+        """The batch's decoded items, and the keyword arguments `predict` takes beside them."""
         items = [self.handler.decode(item) for values, _ in requests for item in values]
         if self.takes_parameters:
-            parameters = [given for values, given in requests for _ in values]
-            outputs = list(self.handler.predict(items, parameters=parameters))  # type: ignore[call-arg]
-        else:
-            outputs = list(self.handler.predict(items))
+            return items, {"parameters": [given for values, given in requests for _ in values]}
+        return items, {}
+
+    def _encoded(self, requests: list[tuple[list[Any], Parameters]], items: list[Any], outputs: list[Any]) -> list[Any]:
+        """Each request's own encoded outputs."""
         if len(outputs) != len(items):
             raise ModelBroken(f"predict returned {len(outputs)} outputs for {len(items)} items")
         encoded = [self._checked(self.handler.encode(output)) for output in outputs]
@@ -255,7 +269,7 @@ class HandlerRunner(Runner):
         return []
 
 
-def _values_and_parameters(payload: Payload) -> tuple[list[Any], Parameters]:
+def values_and_parameters(payload: Payload) -> tuple[list[Any], Parameters]:
     if isinstance(payload, PackedItems):
         payload = payload.unpack()
     if isinstance(payload, Items):
@@ -265,9 +279,17 @@ def _values_and_parameters(payload: Payload) -> tuple[list[Any], Parameters]:
 
 
 def build_runner(model: ModelConfig, device: str, base_dir: Path) -> TensorRunner | HandlerRunner:
-    if model.handler is not None:
-        return HandlerRunner(model, device, base_dir)
-    return TensorRunner(model, device)
+    if model.handler is None:
+        return TensorRunner(model, device)
+    handler_class = load_handler_class(model.handler, base_dir)
+    problem = concurrency_problem(model, handler_class)
+    if problem is not None:
+        raise StartupError(f"model {model.name!r}: max_concurrency: {problem}")
+    if predicts_async(handler_class):
+        from inferd.async_runner import AsyncHandlerRunner  # it builds on this module
+
+        return AsyncHandlerRunner(model, device, base_dir)
+    return HandlerRunner(model, device, base_dir)
 
 
 def warm_up(runner: TensorRunner | HandlerRunner, model: ModelConfig) -> float:
