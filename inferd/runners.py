@@ -284,7 +284,7 @@ def build_runner(model: ModelConfig, device: str, base_dir: Path) -> TensorRunne
     handler_class = load_handler_class(model.handler, base_dir)
     problem = concurrency_problem(model, handler_class)
     if problem is not None:
-        raise StartupError(f"model {model.name!r}: max_concurrency: {problem}")
+        raise StartupError(f"max_concurrency: {problem}")
     if predicts_async(handler_class):
         from inferd.async_runner import AsyncHandlerRunner  # it builds on this module
 
