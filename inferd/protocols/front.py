@@ -30,7 +30,7 @@ from inferd.auth import Access
 from inferd.config import Config
 from inferd.errors import ClientGone, ModelUnavailable
 from inferd.protocols.http import Call, answer
-from inferd.protocols.middleware import ModelMiddleware, server_chain
+from inferd.protocols.middleware import ModelMiddleware, build_all
 from inferd.protocols.routing import Match, Router
 from inferd.rate_limit import RateLimits
 
@@ -60,8 +60,7 @@ class Front:
         self.model_middleware = ModelMiddleware(self._rematched)
         self._http: ASGIApp = self._route
         if config is not None:  # raises ConfigError where a middleware cannot be built
-            self._http = server_chain(self._route, config)
-            self.model_middleware.prepare(config)
+            self._http = build_all(self._route, config, self.model_middleware)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -63,12 +63,21 @@ def base_dir_of(config: Config) -> Path:
     return Path(config.source).resolve().parent
 
 
-def server_chain(app: ASGIApp, config: Config) -> ASGIApp:
-    """`app` inside the server-wide middleware; ConfigError if one cannot be built."""
+def build_all(app: ASGIApp, config: Config, models: ModelMiddleware) -> ASGIApp:
+    """`app` inside the server-wide middleware, with every model's chain prepared in `models`;
+    ConfigError naming every entry that cannot be built."""
+    problems = []
     try:
-        return wrap(app, config.server.middleware, base_dir_of(config), "server.middleware")
+        app = wrap(app, config.server.middleware, base_dir_of(config), "server.middleware")
     except MiddlewareProblem as problem:
-        raise ConfigError(config.source, [str(problem)]) from None
+        problems.append(str(problem))
+    try:
+        models.prepare(config)
+    except ConfigError as error:
+        problems += error.problems
+    if problems:
+        raise ConfigError(config.source, problems)
+    return app
 
 
 class ModelMiddleware:
