@@ -130,6 +130,7 @@ models:
   - {{name: plain, handler: "{HANDLERS}:Echo", max_concurrency: 4}}
   - {{name: file, path: tiny.pt, max_concurrency: 2}}
   - {{name: fine, handler: "{HANDLERS}:AsyncWait", max_concurrency: 4}}
+  - {{name: chain, pipeline: [fine], max_concurrency: 2}}
 """)
     result = _inferd("validate", str(config), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
@@ -140,7 +141,7 @@ models:
         "Echo.predict is a plain function: make it async or remove max_concurrency",
         "models[1].max_concurrency: 2 batches at once need a handler whose predict is 'async def' "
         "(this is a model file); remove max_concurrency",
-        f"models[1].path: {tmp_path}/tiny.pt: no such file",
+        "models[3].max_concurrency: a pipeline has no workers of its own; set max_concurrency on the model of each step",
     ]
 
 
