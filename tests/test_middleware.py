@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.chaos.logs import assert_clean_log
-from tests.conftest import HANDLERS, TESTS, RunningServer
+from tests.conftest import HANDLERS, TESTS, RunningServer, start_server
 
 Serve = Callable[..., RunningServer]
 
@@ -37,12 +37,15 @@ models:
       - {{class: "{HEADER_CHECK}:RequireHeader", args: {{header: x-tenant, value: blue}}}}
       - {{class: "{TAG}:Tag", args: {{name: guarded}}}}
   - {{name: plain, handler: "{HANDLERS}:Identity"}}
+  - {{name: piped, pipeline: [plain], middleware: [{{class: "{TAG}:Tag", args: {{name: piped}}}}]}}
 """
 
 
-@pytest.fixture
-def server(serve: Serve) -> RunningServer:
-    return serve(CONFIG)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("middleware"), CONFIG)
+    yield running
+    assert running.stop() == 0
 
 
 def seen_by(response: httpx.Response) -> list[str]:
@@ -76,6 +79,8 @@ def test_a_model_middleware_sees_only_that_models_requests(server: RunningServer
     ]
     assert [r.status_code for r in own] == [200] * 4
     assert all(seen_by(r) == ["tagged", "server"] for r in own)  # inside the server's: tagged first
+    piped = server.post("/models/piped/predict", {"inputs": ["x"]})
+    assert piped.json() == {"outputs": ["x"]} and seen_by(piped) == ["piped", "server"]  # not its steps' routes
     others = [
         server.post("/models/plain/predict", {"inputs": ["x"]}),
         server.get("/v2/models/plain"),
@@ -94,7 +99,7 @@ def test_the_header_check_answers_401_itself(server: RunningServer) -> None:
     assert refused[0].json() == {"error": "this route needs the header x-tenant: blue"}
     assert all(seen_by(r) == ["server"] for r in refused)  # nothing inside it ran
     metrics = server.get("/metrics").text
-    assert 'inferd_batch_size_count{model="guarded"}' not in metrics  # and no batch was computed
+    assert 'inferd_batch_size_count{model="guarded"} 0.0' in metrics  # and no batch was computed
     allowed = httpx.post(server.url + "/models/guarded/predict", json={"inputs": ["x"]}, headers={"x-tenant": "blue"})
     assert allowed.status_code == 200 and allowed.json() == {"outputs": ["x"]}
     assert seen_by(allowed) == ["guarded", "server"]
@@ -175,7 +180,7 @@ models:
 def test_a_reload_with_a_middleware_that_cannot_be_built_is_rejected(serve: Serve) -> None:
     server = serve(CONFIG)
     server.config_path.write_text(CONFIG.replace(f"{TAG}:Tag", f"{TAG}:Nope"))
-    answer = httpx.post(server.url + "/admin/reload", timeout=60)
+    answer = httpx.post(server.url + "/admin/reload", headers={"X-Inferd-Admin": "1"}, timeout=60)
     assert answer.status_code == 400, answer.text
     assert any("models[0].middleware[0].class" in problem for problem in answer.json()["problems"])
     assert seen_by(server.post("/models/tagged/predict", {"inputs": ["x"]})) == ["tagged", "server"]

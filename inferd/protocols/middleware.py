@@ -29,7 +29,11 @@ ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
 class MiddlewareProblem(Exception):
-    """One middleware entry that cannot be built, worded at its YAML path."""
+    """Middleware entries that cannot be built, each worded at its YAML path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def load_factory(spec: MiddlewareSpec, base_dir: Path, where: str) -> Callable[..., Any]:
@@ -37,26 +41,36 @@ def load_factory(spec: MiddlewareSpec, base_dir: Path, where: str) -> Callable[.
     try:
         module, module_name, attribute = import_named(spec.factory, base_dir, "middleware")
     except StartupError as error:
-        raise MiddlewareProblem(f"{where}.class: {error}") from None
+        raise MiddlewareProblem([f"{where}.class: {error}"]) from None
     factory = getattr(module, attribute, None)
     if factory is None:
-        raise MiddlewareProblem(f"{where}.class: middleware module {module_name!r} has no attribute {attribute!r}")
+        raise MiddlewareProblem([f"{where}.class: middleware module {module_name!r} has no attribute {attribute!r}"])
     if not callable(factory):
         kind = type(factory).__name__
-        raise MiddlewareProblem(f"{where}.class: {spec.factory} is a {kind}, not a class that takes the app")
+        raise MiddlewareProblem([f"{where}.class: {spec.factory} is a {kind}, not a class that takes the app"])
     return factory
 
 
 def wrap(app: ASGIApp, specs: Sequence[MiddlewareSpec], base_dir: Path, where: str) -> ASGIApp:
-    """`app` inside each middleware of `specs`, the first outermost."""
+    """`app` inside each middleware of `specs`, the first outermost; MiddlewareProblem naming
+    every entry that cannot be built (the rest are still built, so none hides another)."""
+    problems: list[str] = []
     for index in reversed(range(len(specs))):
-        spec, at = specs[index], f"{where}[{index}]"
-        factory = load_factory(spec, base_dir, at)
         try:
-            app = factory(app, **spec.args)
-        except Exception as error:  # the user's constructor: wrong arguments, a failed check
-            raise MiddlewareProblem(f"{at}.args: {spec.factory}(app, **args) raised {one_line(error)}") from None
+            app = _built(app, specs[index], base_dir, f"{where}[{index}]")
+        except MiddlewareProblem as problem:
+            problems = problem.problems + problems
+    if problems:
+        raise MiddlewareProblem(problems)
     return app
+
+
+def _built(app: ASGIApp, spec: MiddlewareSpec, base_dir: Path, where: str) -> ASGIApp:
+    factory = load_factory(spec, base_dir, where)
+    try:
+        return factory(app, **spec.args)  # type: ignore[no-any-return]
+    except Exception as error:  # the user's constructor: wrong arguments, a failed check
+        raise MiddlewareProblem([f"{where}.args: {spec.factory}(app, **args) raised {one_line(error)}"]) from None
 
 
 def base_dir_of(config: Config) -> Path:
@@ -70,7 +84,7 @@ def build_all(app: ASGIApp, config: Config, models: ModelMiddleware) -> ASGIApp:
     try:
         app = wrap(app, config.server.middleware, base_dir_of(config), "server.middleware")
     except MiddlewareProblem as problem:
-        problems.append(str(problem))
+        problems += problem.problems
     try:
         models.prepare(config)
     except ConfigError as error:
@@ -97,7 +111,7 @@ class ModelMiddleware:
                         self._inner, model.middleware, base_dir_of(config), f"models[{index}].middleware"
                     )
                 except MiddlewareProblem as problem:
-                    problems.append(str(problem))
+                    problems += problem.problems
         if problems:
             raise ConfigError(config.source, problems)
         for model in config.models:
@@ -134,13 +148,11 @@ def middleware_problems(
 
 
 def _problems_of(specs: Sequence[MiddlewareSpec], base_dir: Path, where: str) -> list[str]:
-    problems = []
-    for index, spec in enumerate(specs):
-        try:
-            wrap(_answer_nothing, [spec], base_dir, where)
-        except MiddlewareProblem as problem:
-            problems.append(str(problem).replace(f"{where}[0]", f"{where}[{index}]", 1))
-    return problems
+    try:
+        wrap(_answer_nothing, specs, base_dir, where)
+    except MiddlewareProblem as problem:
+        return problem.problems
+    return []
 
 
 async def _answer_nothing(scope: Scope, receive: Any, send: Any) -> None:
