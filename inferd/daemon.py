@@ -28,6 +28,7 @@ from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
 from inferd.model_pool import ModelPool
 from inferd.pipeline import PipelineExecutor, PipelineSteps
+from inferd.pipeline_metrics import PipelineMetrics
 from inferd.placement import WorkerSlot
 from inferd.priority import priority_policy
 from inferd.protocols.shm import SharedMemory
@@ -138,7 +139,8 @@ class ServedModel:
                     "slot": h.name,
                     "pid": h.pid,
                     "state": h.state,
-                    "busy": h.pending is not None,
+                    "busy": bool(h.pending),
+                    "batches": len(h.pending),
                     "cpus": list(h.spec.slot.cpus),
                     "threads": h.spec.slot.threads,
                 }
@@ -169,6 +171,7 @@ class Daemon:
         self.generation_metrics = GenerationMetrics(
             self.metrics.registry, config.server.histogram_buckets_s, lambda: self.models
         )
+        self.pipeline_metrics = PipelineMetrics(self.metrics.registry, config.server.histogram_buckets_s)
         self.pool = ModelPool(
             config.server.pool, config.server.drain_timeout_s, lambda: self.models, self.metrics.registry,
             self.state,
@@ -225,7 +228,9 @@ class Daemon:
 
     def _build_pipeline(self, model: ModelConfig) -> ServedModel:
         """A pipeline looks its steps up per request, so a reloaded step is used at once."""
-        executor = PipelineExecutor(model, lambda name: self.models.get(name))
+        assert model.pipeline is not None
+        step_done = self.pipeline_metrics.for_pipeline(model.name, [str(step.id) for step in model.pipeline])
+        executor = PipelineExecutor(model, lambda name: self.models.get(name), step_done)
         return ServedModel(model, (), PipelineSteps(executor), executor, self.metrics.for_model(model.name))
 
     def route(self, path: str) -> ServedModel | None:
@@ -303,6 +308,8 @@ class Daemon:
 def _sweep_segments(which: str) -> None:
     if swept := sweep_daemon(os.getpid()):
         log.info("unlinked %d shared-memory segment(s) %s", swept, which)
+
+
 def _wake_both(batcher: Batcher, streamer: Scheduler) -> None:
     batcher.wake()
     streamer.wake()

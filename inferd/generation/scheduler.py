@@ -60,9 +60,7 @@ class GenerationObserver(Protocol):
 class Stream:
     """One request's chunks as they come, ending with its final chunk."""
 
-    def __init__(
-        self, scheduler: Scheduler, message: Generate | StreamPredict, level: int = 0, slots: int = 1
-    ) -> None:
+    def __init__(self, scheduler: Scheduler, message: Generate | StreamPredict, level: int = 0, slots: int = 1) -> None:
         self.message = message
         self.level = level  # its place in the queue (priority_queue.py)
         self.slots = slots  # of its worker's max_running: a handler request's items
