@@ -120,6 +120,10 @@ class Batcher:
         self._hold_s = 0.0
         # Told of each request before it queues; may refuse it (a RequestError), e.g. an unloaded model.
         self.on_request: Callable[[], None] = lambda: None
+        # The next generation's batcher once a reload replaced this one: a request that found this
+        # generation on its route but reached `infer` only after it stopped goes there.
+        self.successor: Batcher | None = None
+        self._stopped = False
 
     @property
     def queue_depth(self) -> int:
@@ -129,6 +133,7 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model}")
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -151,6 +156,10 @@ class Batcher:
     async def infer(self, payload: Payload, items: int, key: Hashable, priority: int = 0) -> Payload:
         """Queue one request and wait for its own outputs; raise a RequestError otherwise.
         `priority` is checked already (priority.py): 0 is the model's default."""
+        if self._stopped:
+            if self.successor is None:
+                raise ModelUnavailable(f"model {self.model!r} is shutting down")
+            return await self.successor.infer(payload, items, key, priority)
         if items > self.policy.max_batch_size:
             raise _too_many_items(self.model, items, self.policy.max_batch_size)
         self.on_request()

@@ -301,6 +301,8 @@ class Daemon:
         else:
             del self.models[name]
         self._index_routes()
+        if old is not None and fresh is not None and isinstance(old.batcher, Batcher):
+            old.batcher.successor = fresh.batcher if isinstance(fresh.batcher, Batcher) else None
         if old is not None:
             await old.retire(self.config.server.drain_timeout_s)
 
