@@ -13,7 +13,9 @@ are never open to the network by default:
 - without, they answer only to loopback peers (127.0.0.0/8, ::1), after the API key if any;
 - always, once its key (if any) is checked, the request must be one a web page cannot send
   unseen: a JSON content type or an `X-Inferd-Admin` header (either makes a browser ask first,
-  and the server never agrees), no Origin of another site, and a Host the server answers to
+  and the server never agrees; Triton's repository calls may also carry neither a Content-Type
+  nor an Origin, as tritonclient sends them, since a page's POST always carries its Origin),
+  no Origin of another site, and a Host the server answers to
   (loopback names and addresses, the address the connection arrived at, `server.host`,
   `server.admin_hosts`), which defeats DNS rebinding.
 A key is presented as `Authorization: Bearer <key>` or `X-API-Key: <key>` and compared in
@@ -37,6 +39,7 @@ from inferd.protocols.routing import Route
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 STATUS_PAGE_PATH = "/"  # a browser cannot send a key when it opens a page: the page asks for one
 ADMIN_HEADER = b"x-inferd-admin"
+REPOSITORY_PREFIX = "/v2/repository/"  # Triton's model repository calls: admin routes
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
@@ -126,7 +129,7 @@ class Access:
         """Raise Unauthorized or Forbidden unless this request may call `route`; answer the name of
         the API key it opened a model or service route with (None where it needed none)."""
         if route.admin:
-            self._check_admin(scope)
+            self._check_admin(scope, bare_allowed=route.path.startswith(REPOSITORY_PREFIX))
         elif self.api_keys and route.path not in self.open_paths:
             name = self.key_name(scope["headers"])
             if name is None:
@@ -143,14 +146,14 @@ class Access:
         if not matches(presented_key(scope["headers"]), keys):
             raise Unauthorized(f"missing or wrong {what}: send 'Authorization: Bearer <key>'")
 
-    def _check_admin(self, scope: Scope) -> None:
+    def _check_admin(self, scope: Scope, bare_allowed: bool) -> None:
         if self.admin_keys:
             self._require(self.admin_keys, scope, "admin key")
         else:
             if self.api_keys:
                 self._require(self.api_keys, scope, "API key")
             _require_loopback(scope.get("client"))
-        _require_script_request(scope["headers"])
+        _require_script_request(scope["headers"], bare_allowed)
         self._require_own_host(scope)
 
     def _require_own_host(self, scope: Scope) -> None:
@@ -177,14 +180,21 @@ def _require_loopback(client: tuple[str, int] | None) -> None:
         )
 
 
-def _require_script_request(headers: Headers) -> None:
-    """A JSON content type or a custom header: a page's form, link or image request has neither."""
-    content_type = ""
+def _require_script_request(headers: Headers, bare_allowed: bool) -> None:
+    """A JSON content type or a custom header: a page's form, link or image request has neither.
+    With `bare_allowed` (Triton's repository calls, which tritonclient sends with no Content-Type),
+    a request with neither a Content-Type nor an Origin passes too: a browser sends Origin with
+    every POST a page makes, and the Origin and Host checks still apply."""
+    content_type, origin = None, False
     for name, value in headers:
         if name == ADMIN_HEADER:
             return
         if name == b"content-type":
             content_type = value.decode("latin-1").split(";")[0].strip().lower()
+        elif name == b"origin":
+            origin = True
+    if bare_allowed and content_type is None and not origin:
+        return
     if content_type != "application/json":
         raise Forbidden(
             "admin requests need 'Content-Type: application/json' or an 'X-Inferd-Admin: 1' header "
