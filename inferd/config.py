@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inferd.cpuset import parse_cpu_list
 from inferd.errors import ConfigError
 from inferd.pipeline_graph import PIPELINE_INPUT, pipeline_entry_problems, pipeline_problems
+from inferd.split_graph import split_entry_problems, split_problems
+from inferd.versions import inherited_error, plain_entry_problems, version_entry_problems, with_inherited_versions
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -178,6 +180,58 @@ class GenerationConfig(_Section):
         return self
 
 
+def _version_text(value: Any) -> Any:
+    """YAML reads `version: 2` as a number; a version is a name."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class SplitVariant(_Section):
+    """One variant of a traffic split: a model of this config (one version of it, or its default)."""
+
+    model: str
+    version: str | None = None
+    weight: float = Field(ge=0)
+
+    _version_is_text = field_validator("version", mode="before")(_version_text)
+
+    @property
+    def label(self) -> str:
+        """How series, logs and the X-Inferd-Variant header name this variant."""
+        return self.model if self.version is None else f"{self.model}@{self.version}"
+
+
+class ShadowConfig(_Section):
+    """A candidate that gets a copy of `share` of a split's requests; its answers are discarded."""
+
+    model: str
+    version: str | None = None
+    share: float = Field(1.0, gt=0, le=1)
+    # Copies waiting or running at once; past it (or with a full batch queued at the candidate)
+    # a copy is dropped, never queued. Default: the candidate's max_batch_size per worker, twice.
+    max_inflight: int | None = Field(None, ge=1)
+
+    _version_is_text = field_validator("version", mode="before")(_version_text)
+
+    @property
+    def label(self) -> str:
+        return self.model if self.version is None else f"{self.model}@{self.version}"
+
+
+class SplitConfig(_Section):
+    """A route whose requests go to several models or versions by weight (inferd/traffic_split.py)."""
+
+    variants: tuple[SplitVariant, ...]
+    key_header: str | None = None  # requests with the same value of this header go to the same variant
+    shadow: ShadowConfig | None = None
+
+    @field_validator("key_header")
+    @classmethod
+    def _header_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+            raise ValueError("expected an HTTP header name, e.g. X-User-Id")
+        return name
+
+
 class ModelConfig(_Section):
     name: str
     route: str | None = None
@@ -228,6 +282,21 @@ class ModelConfig(_Section):
 
     # A generative model: its handler is a GenerativeHandler; max_batch_size sequences run together.
     generation: GenerationConfig | None = None
+    # Versions, each its own file or handler, inheriting every other key (inferd/versions.py).
+    versions: tuple[ModelConfig, ...] | None = None
+    default_version: str | None = None  # default: the highest
+    version: str | None = None  # set within an entry of `versions`
+    split: SplitConfig | None = None  # traffic to other models by weight (inferd/traffic_split.py)
+
+    _inherit = model_validator(mode="before")(with_inherited_versions)
+    _version_is_text = field_validator("version", "default_version", mode="before")(_version_text)
+
+    @field_validator("version", "default_version")
+    @classmethod
+    def _version_name(cls, version: str | None) -> str | None:
+        if version is not None and not _NAME.match(version):
+            raise ValueError("a version is a name of letters, digits, '_', '.', '-' (e.g. '2')")
+        return version
 
     @field_validator("name")
     @classmethod
@@ -313,7 +382,8 @@ class ConfigCheck:
 _SECTIONS: dict[str | None, type[BaseModel]] = {
     None: Config, "server": ServerConfig, "auth": AuthConfig, "models": ModelConfig,
     "inputs": TensorSpec, "outputs": TensorSpec, "warmup": WarmupSample, "pipeline": PipelineStep,
-    "generation": GenerationConfig,
+    "generation": GenerationConfig, "versions": ModelConfig, "split": SplitConfig, "variants": SplitVariant,
+    "shadow": ShadowConfig,
 }  # fmt: skip
 
 
@@ -352,7 +422,7 @@ def check_config_text(text: str, source: str = "<config>", base_dir: Path | None
     shell, problems = _check_top_level(document, source)
     entries, list_problems = _model_entries(document)
     models = [(i, _resolve_path(m, base_dir)) for i, m in _check_models(entries, problems)]
-    problems += pipeline_problems(entries, dict(models))
+    problems += pipeline_problems(entries, dict(models)) + split_problems(entries, dict(models))
     problems = by_entry(problems + list_problems + _uniqueness_problems(entries))
     config = None
     if shell is not None and not problems:
@@ -395,7 +465,8 @@ def _check_models(entries: list[Any], problems: list[str]) -> list[tuple[int, Mo
         try:
             model = ModelConfig.model_validate(entry)
         except ValidationError as error:
-            found = [_describe({**e, "loc": ("models", index, *e["loc"])}) for e in error.errors()] + found
+            errors = [e for e in error.errors() if not inherited_error(entry, e["loc"])]  # named at the base key
+            found = [_describe({**e, "loc": ("models", index, *e["loc"])}) for e in errors] + found
         problems += found
         if not found:
             models.append((index, model))
@@ -407,10 +478,17 @@ def _rule_problems(entry: Any, index: int) -> list[str]:
     hold even where a field's own value is wrong."""
     if not isinstance(entry, dict):
         return []
-    where = f"models[{index}]"
-    problems = []
+    return _entry_rule_problems(entry, f"models[{index}]")
+
+
+def _entry_rule_problems(entry: dict[Any, Any], where: str) -> list[str]:
+    if entry.get("versions") is not None:
+        return version_entry_problems(entry, where, _entry_rule_problems)
+    if entry.get("split") is not None:
+        return split_entry_problems(entry, where)
     if entry.get("pipeline") is not None:
         return pipeline_entry_problems(entry, where)
+    problems = plain_entry_problems(entry, where)
     if (entry.get("path") is None) == (entry.get("handler") is None):
         problems.append(
             f"{where}: give exactly one of 'path' (a model file), 'handler' (a class) or 'pipeline' (models in turn)"
@@ -469,6 +547,8 @@ def _route_clash(route: str, first: tuple[int, bool], later: tuple[int, bool]) -
 def _resolve_path(model: ModelConfig, base_dir: Path | None) -> ModelConfig:
     if base_dir is None:
         return model
+    if model.versions:
+        model = model.model_copy(update={"versions": tuple(_resolve_path(v, base_dir) for v in model.versions)})
     if model.outputs and any(spec.label_filename for spec in model.outputs):
         outputs = tuple(_resolve_labels(spec, base_dir) for spec in model.outputs)
         model = model.model_copy(update={"outputs": outputs})

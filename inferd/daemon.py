@@ -29,6 +29,9 @@ from inferd.pipeline import PipelineExecutor, PipelineSteps
 from inferd.placement import WorkerSlot
 from inferd.protocols.shm import SharedMemory
 from inferd.supervisor import Supervisor
+from inferd.traffic_metrics import TrafficMetrics
+from inferd.traffic_split import SplitRouter, SplitVariants
+from inferd.versions import ONLY_VERSION, VersionTable, public_name, served_models
 from inferd.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,8 @@ class ServedModel:
 
     config: ModelConfig
     slots: tuple[WorkerSlot, ...]
-    supervisor: Supervisor | PipelineSteps
-    batcher: Batcher | PipelineExecutor
+    supervisor: Supervisor | PipelineSteps | SplitVariants
+    batcher: Batcher | PipelineExecutor | SplitRouter
     metrics: ModelMetrics
     generator: Scheduler | None = None  # a generative model's sequences (its batcher then stays idle)
 
@@ -54,8 +57,17 @@ class ServedModel:
         return self.config.name
 
     @property
-    def workers(self) -> Supervisor | PipelineSteps:
+    def workers(self) -> Supervisor | PipelineSteps | SplitVariants:
         return self.supervisor
+
+    @property
+    def public_name(self) -> str:
+        """The name the config gives: a version's served name is '<name>@<version>'."""
+        return public_name(self.name)
+
+    @property
+    def version(self) -> str:
+        return self.config.version or ONLY_VERSION
 
     @property
     def is_handler(self) -> bool:
@@ -64,8 +76,9 @@ class ServedModel:
         return entry.is_handler if entry is not None else self.config.handler is not None
 
     def _pipeline_model(self, which: str) -> ServedModel | None:
-        """A pipeline's first ("entry_step") or answering ("last_step") step's model."""
-        if isinstance(self.batcher, PipelineExecutor):
+        """A pipeline's first ("entry_step") or answering ("last_step") step's model (a split's
+        heaviest variant's)."""
+        if isinstance(self.batcher, (PipelineExecutor, SplitRouter)):
             return self.batcher.model_of(getattr(self.batcher, which))
         return None
 
@@ -118,6 +131,8 @@ class ServedModel:
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,
+            **({"version": self.config.version} if self.config.version else {}),
+            **({"split": self.config.split.model_dump()} if self.config.split else {}),
             **({"pipeline": [s.model_dump() for s in self.config.pipeline]} if self.config.pipeline else {}),
             "route": self.config.url_path,
             "state": self.workers.state,
@@ -151,7 +166,7 @@ class ReloadResult:
 class Daemon:
     def __init__(self, config: Config, slots: list[WorkerSlot]) -> None:
         self.config = config
-        largest_batch = max(m.max_batch_size for m in config.models)
+        largest_batch = max(m.max_batch_size for m in served_models(config.models))
         self.metrics = Metrics(config.server.histogram_buckets_s, largest_batch)
         self.state = self.metrics.watch(lambda: self.models)
         self._oom_kills = OomKills.of_this_process()  # one for all models: they share the cgroup
@@ -161,7 +176,10 @@ class Daemon:
         self.generation_metrics = GenerationMetrics(
             self.metrics.registry, config.server.histogram_buckets_s, lambda: self.models
         )
-        self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in config.models}
+        self.traffic_metrics = TrafficMetrics(self.metrics.registry, config.server.histogram_buckets_s)
+        self.versions = VersionTable.of(config.models)
+        self.traffic_metrics.watch(lambda: self.models, lambda: self.versions)
+        self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in served_models(config.models)}
         self._reload_lock = asyncio.Lock()
         self._routes: dict[str, ServedModel] = {}
         self._index_routes()
@@ -169,6 +187,9 @@ class Daemon:
     def _build(self, model: ModelConfig, slots: list[WorkerSlot]) -> ServedModel:
         if model.pipeline is not None:
             return self._build_pipeline(model)
+        if model.split is not None:
+            router = SplitRouter(model, self.find, self.traffic_metrics)
+            return ServedModel(model, (), SplitVariants(router), router, self.metrics.for_model(model.name))
         base_dir = Path(self.config.source).resolve().parent
         level, log_format = self.config.server.log_level, self.config.server.log_format
         own_slots = tuple(s for s in slots if s.model == model.name)
@@ -198,15 +219,23 @@ class Daemon:
 
     def _build_pipeline(self, model: ModelConfig) -> ServedModel:
         """A pipeline looks its steps up per request, so a reloaded step is used at once."""
-        executor = PipelineExecutor(model, lambda name: self.models.get(name))
+        executor = PipelineExecutor(model, lambda name: self.find(name))
         return ServedModel(model, (), PipelineSteps(executor), executor, self.metrics.for_model(model.name))
 
     def route(self, path: str) -> ServedModel | None:
         """The model whose native route is `path`."""
         return self._routes.get(path)
 
+    def find(self, name: str, version: str | None = None) -> ServedModel | None:
+        """The served model a name (and version; none: the default) reach, if it is served."""
+        served = self.versions.served(name, version)
+        return self.models.get(served) if served is not None else None
+
     def _index_routes(self) -> None:
         self._routes = {m.config.url_path: m for m in self.models.values()}
+        for path, served in self.versions.routes.items():  # a versioned model's own route: its default
+            if served in self.models:
+                self._routes[path] = self.models[served]
 
     @property
     def ready(self) -> bool:
@@ -231,12 +260,15 @@ class Daemon:
                 log.warning("reload: changes to the server section take effect only after a restart")
             self.config = config.model_copy(update={"server": self.config.server})
             result = ReloadResult()
-            wanted = {m.name: m for m in config.models}
+            wanted = {m.name: m for m in served_models(config.models)}
+            for model in wanted.values():
+                await self._apply(model, slots, result)
+            # New versions are ready: the defaults move to them before any removed version drains.
+            self.versions = VersionTable.of(config.models).within(self.models, self.versions)
+            self._index_routes()
             for name in [n for n in self.models if n not in wanted]:
                 result.removed.append(name)
                 await self._swap(name, None)
-            for model in config.models:
-                await self._apply(model, slots, result)
             log.info("reload done: added %s, changed %s, removed %s, failed %s",
                      result.added, result.changed, result.removed, list(result.failed))  # fmt: skip
             return result

@@ -24,6 +24,7 @@ from inferd.auth import Access
 from inferd.errors import ClientGone
 from inferd.protocols.http import Call, answer
 from inferd.protocols.routing import Match, Router
+from inferd.request_note import NOTE, VARIANT_HEADER, RequestNote
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -48,7 +49,14 @@ class Front:
         call = Call(Request(scope, receive), request_id)
         if match is not None:
             call.model, call.params = match.model, match.params
-        response = await answer(call, lambda call: self._serve(call, match))
+        note = RequestNote(scope["headers"])
+        token = NOTE.set(note)
+        try:
+            response = await answer(call, lambda call: self._serve(call, match))
+        finally:
+            NOTE.reset(token)
+        if note.variant is not None:  # a traffic split answered: name its variant
+            response.raw_headers.append((VARIANT_HEADER.encode(), note.variant.encode()))
         if match is not None and match.route.inference and match.model is not None:
             match.model.metrics.request_done(response.status_code, time.perf_counter() - started)
         if response.status_code == ClientGone.status:
