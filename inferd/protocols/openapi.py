@@ -16,7 +16,7 @@ from inferd import __version__
 from inferd.daemon import Daemon, ServedModel
 from inferd.datatypes import DATATYPES
 from inferd.messages import TensorInfo
-from inferd.protocols.v2 import HEADER_LENGTH, VERSION
+from inferd.protocols.v2 import HEADER_LENGTH
 
 Schema = dict[str, Any]
 
@@ -35,7 +35,9 @@ def document(daemon: Daemon, metrics_route: bool = True) -> Schema:
     paths: dict[str, Any] = {**_service_paths(metrics_route), **_v2_server_paths()}
     for model in models:
         paths[model.config.url_path] = {"post": _native_predict(model)}
-        for prefix in (f"/v2/models/{model.name}", f"/v2/models/{model.name}/versions/{VERSION}"):
+        versioned = f"/v2/models/{model.public_name}/versions/{model.version}"
+        is_default = daemon.find(model.public_name) is model
+        for prefix in (f"/v2/models/{model.public_name}", versioned) if is_default else (versioned,):
             paths.update(_v2_model_paths(model, prefix))
     spec: Schema = {
         "openapi": "3.0.3",
