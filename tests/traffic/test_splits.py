@@ -12,11 +12,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.chaos.logs import assert_clean_log
-from tests.conftest import RunningServer, start_server, wait_until
+from tests.conftest import RunningServer, free_port, start_server, wait_until
 
 from .traffic import VARIANT, sample, send_many, shares
 
 CONFIG = """
+server: {host: 127.0.0.1, grpc_port: GRPC_PORT, drain_timeout_s: 10}
 models:
   - name: echo
     max_batch_size: 8
@@ -40,7 +41,9 @@ REQUESTS = 2000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("splits"), CONFIG)
+    grpc_port = free_port()
+    running = start_server(tmp_path_factory.mktemp("splits"), CONFIG.replace("GRPC_PORT", str(grpc_port)))
+    running.grpc_url = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
     yield running
     assert running.stop() == 0
     assert_clean_log(running.log())
@@ -86,6 +89,29 @@ def test_every_route_form_names_the_variant(server: RunningServer) -> None:
     assert again.headers[VARIANT] == answer.headers[VARIANT]
     assert server.get("/v2/models/ab/ready").json()["ready"] is True
     assert VARIANT not in server.post("/models/other/predict", {"inputs": ["x"]}).headers  # not a split
+
+
+def test_grpc_calls_are_sticky_and_name_the_variant_in_trailing_metadata(server: RunningServer) -> None:
+    import grpc
+
+    from inferd.protocols.grpc_pb import grpc_service_pb2 as pb
+    from inferd.protocols.grpc_pb import grpc_service_pb2_grpc as pb_grpc
+
+    contents = pb.InferTensorContents(bytes_contents=[b"x"])
+    request = pb.ModelInferRequest(
+        model_name="ab",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="input", datatype="BYTES", shape=[1], contents=contents)],
+    )
+    with grpc.insecure_channel(server.grpc_url) as channel:  # type: ignore[attr-defined]
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        variants = set()
+        for _ in range(5):
+            response, call = stub.ModelInfer.with_call(request, metadata=(("x-user", "grpc-client"),))
+            assert response.model_name == "ab"
+            variants.add(dict(call.trailing_metadata())["x-inferd-variant"])
+        request.model_name, request.model_version = "echo", "1"
+        assert stub.ModelInfer(request).model_version == "1"
+    assert len(variants) == 1 and variants <= {"echo@1", "other"}
 
 
 def test_per_variant_series_count_every_request(server: RunningServer) -> None:
