@@ -49,7 +49,7 @@ def shares(answers: list[Answer]) -> dict[str, float]:
     return {str(variant): count / len(answers) for variant, count in counts.items()}
 
 
-def sample(server: RunningServer, name: str, **labels: str) -> float:
+def sample(server: RunningServer, name: str, /, **labels: str) -> float:
     """One sample of /metrics (0 where the series does not exist yet)."""
     for family in text_string_to_metric_families(server.get("/metrics").text):
         for found in family.samples:
