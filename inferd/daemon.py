@@ -28,6 +28,7 @@ from inferd.metrics import Metrics, ModelMetrics
 from inferd.pipeline import PipelineExecutor, PipelineSteps
 from inferd.placement import WorkerSlot
 from inferd.protocols.shm import SharedMemory
+from inferd.successor import Successor
 from inferd.supervisor import Supervisor
 from inferd.traffic_metrics import TrafficMetrics
 from inferd.traffic_split import SplitRouter, SplitVariants
@@ -48,7 +49,7 @@ class ServedModel:
     config: ModelConfig
     slots: tuple[WorkerSlot, ...]
     supervisor: Supervisor | PipelineSteps | SplitVariants
-    batcher: Batcher | PipelineExecutor | SplitRouter
+    batcher: Batcher | PipelineExecutor | SplitRouter | Successor
     metrics: ModelMetrics
     generator: Scheduler | None = None  # a generative model's sequences (its batcher then stays idle)
 
@@ -120,12 +121,16 @@ class ServedModel:
         self.batcher.start()
         await self.supervisor.start()
 
-    async def retire(self, drain_timeout_s: float) -> None:
-        """Finish what was accepted (bounded), then stop the batcher and the workers."""
-        await self.batcher.drain(drain_timeout_s)
+    async def retire(self, drain_timeout_s: float, successor: Successor | None = None) -> None:
+        """Finish what was accepted (bounded), then stop the batcher and the workers; requests
+        that still hold this model and submit later go to `successor` (inferd/successor.py)."""
+        batcher = self.batcher
+        if successor is not None and isinstance(batcher, Batcher):  # the others look up per request
+            self.batcher = successor
+        await batcher.drain(drain_timeout_s)
         if self.generator is not None:
             await self.generator.drain(drain_timeout_s)
-        await self.batcher.stop()
+        await batcher.stop()
         await self.supervisor.stop(WORKER_STOP_TIMEOUT_S)
 
     def describe(self) -> dict[str, object]:
@@ -297,4 +302,5 @@ class Daemon:
             del self.models[name]
         self._index_routes()
         if old is not None:
-            await old.retire(self.config.server.drain_timeout_s)
+            successor = Successor(name, lambda: self.models.get(name) or self.find(public_name(name)))
+            await old.retire(self.config.server.drain_timeout_s, successor)

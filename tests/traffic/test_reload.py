@@ -4,6 +4,7 @@ keeps serving."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import httpx
@@ -110,3 +111,27 @@ def test_a_broken_split_is_rejected_and_the_old_one_keeps_serving(serve: Serve) 
     assert "models[2].split.variants[1].model: no model named 'othr'; did you mean 'other'?" in problems
     assert "models[2].split.variants: every weight is 0; give at least one variant a positive weight" in problems
     assert tag(server, "/models/ab/predict") == "v1"
+
+
+def test_a_request_begun_before_a_reload_is_answered_by_the_new_generation(serve: Serve) -> None:
+    """Its route was looked up before the reload and its body arrives after the old generation
+    stopped: it must reach the new one, not wait in the stopped queue until its deadline."""
+    server = serve(
+        config((1, 0)).replace(
+            "max_batch_size: 4\n    versions:", "max_batch_size: 4\n    request_timeout_ms: 5000\n    versions:"
+        )
+    )
+    body = b'{"inputs": ["late"]}'
+    head = f"POST /models/echo/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(head.encode() + body[:5])
+        changed = reload_with(server, config((1, 0)).replace("tag: v1", "tag: v1-new"))
+        assert changed.status_code == 200 and changed.json()["changed"] == ["echo@1"], changed.text
+        connection.sendall(body[5:])
+        answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK", answer
+    assert b'"tag":"v1-new"' in rest
+    assert server.stop() == 0
+    assert_clean_log(server.log())
