@@ -1,19 +1,24 @@
 """A 4 MiB FP32 tensor into a row-sum model through each transport inferd serves, beside a loopback
-socket echo of the same bytes as the floor.
+socket echo of the same bytes as the floor; then a batch of 32 images into the EfficientNet-Lite0
+example through each transport, against the network run in-process.
 
-    python bench/transport.py [--mib 4] [--requests 40]
+    python bench/transport.py [--mib 4] [--requests 40] [--images 32] [--image-requests 6] [--no-images]
 
 One client, sequential requests (so each figure is one request's cost), with Triton's own clients:
 HTTP binary (`tritonclient.http`, binary tensor data), gRPC (`tritonclient.grpc`, raw contents), and
 each with the input in a system shared-memory region the client registered
 (`tritonclient.utils.shared_memory`). The floors: a socket on loopback, in another process, that
 reads the 4 MiB and answers 4 bytes (what a row-sum round trip must move at least), and one that
-echoes the 4 MiB back. Prints p50 and p90 in ms and each row's p50 over the one-way floor's.
+echoes the 4 MiB back. Prints p50 and p90 in ms and each row's p50 over the echo's, with the
+targets (HTTP binary and gRPC at most 3x the echo, shared memory at most 1.5x). The image rows give
+rows/s (images per second) from the p50 of a 32-image request, over the same network called in a
+loop in one process with as many torch threads as inferd's worker has (target: at least 0.8).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import subprocess
@@ -136,32 +141,53 @@ def check(result: object, expected: float) -> None:
         raise SystemExit(f"wrong answer {answer} (numpy says {expected})")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mib", type=float, default=4.0)
-    parser.add_argument("--requests", type=int, default=40)
-    args = parser.parse_args()
-    floats = int(args.mib * 1024 * 1024 / 4)
-    array = np.random.default_rng(0).random((1, floats), dtype=np.float32)
-    folder = Path(tempfile.mkdtemp(prefix="inferd-transport-"))
+TARGETS = {"HTTP binary": 3.0, "gRPC": 3.0, "HTTP + system shm": 1.5, "gRPC + system shm": 1.5}
+
+
+def print_tensor_rows(rows: dict[str, list[float]], array: np.ndarray, requests: int) -> None:
+    echo, _ = percentiles(rows["socket: 4 MiB echoed"])
+    print(f"one FP32 row of {array.size:,} floats ({array.nbytes / 2**20:.1f} MiB), {requests} sequential requests")
+    print(f"{'path':<28} {'p50 ms':>8} {'p90 ms':>8} {'p50 / echo':>11} {'target':>8}")
+    for name, times in rows.items():
+        p50, p90 = percentiles(times)
+        target = TARGETS.get(name)
+        verdict = "" if target is None else f"<= {target:g}x {'met' if p50 / echo <= target else 'MISSED'}"
+        print(f"{name:<28} {p50 * 1000:8.2f} {p90 * 1000:8.2f} {p50 / echo:10.2f}x {verdict}")
+
+
+def tensor_rows(folder: Path, array: np.ndarray, requests: int) -> dict[str, list[float]]:
     port, grpc_port = free_port(), free_port()
     config = folder / "transport.yaml"
     config.write_text(
         f"server: {{host: 127.0.0.1, port: {port}, grpc_port: {grpc_port}, log_level: warning, "
         "max_request_bytes: 268435456}\n"
-        f"models:\n  - {{name: rowsum, path: {build_model(folder)}, inputs: [{{name: input, shape: [-1, {floats}]}}]}}\n"
+        f"models:\n  - {{name: rowsum, path: {build_model(folder)}, inputs: [{{name: input, shape: [-1, {array.size}]}}]}}\n"
     )
     argv = [sys.executable, "-m", "inferd", "serve", str(config)]
     with ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / "inferd.log"):
-        rows = socket_floors(array, args.requests)
-        rows.update(inferd_rows(array, args.requests, f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"))
-    floor, _ = percentiles(rows["socket: 4 MiB in, 4 B back"])
-    print(f"one FP32 row of {floats:,} floats ({array.nbytes / 2**20:.1f} MiB), {args.requests} sequential requests")
-    print(f"{'path':<28} {'p50 ms':>8} {'p90 ms':>8} {'p50 / floor':>12}")
-    for name, times in rows.items():
-        p50, p90 = percentiles(times)
-        print(f"{name:<28} {p50 * 1000:8.2f} {p90 * 1000:8.2f} {p50 / floor:11.2f}x")
-    print("floor: the socket row that moves the tensor's bytes once each way it must (4 MiB in, 4 B back)")
+        rows = socket_floors(array, requests)
+        rows.update(inferd_rows(array, requests, f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mib", type=float, default=4.0)
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--image-requests", type=int, default=6)
+    parser.add_argument("--no-images", action="store_true", help="only the 4 MiB rows")
+    args = parser.parse_args()
+    floats = int(args.mib * 1024 * 1024 / 4)
+    array = np.random.default_rng(0).random((1, floats), dtype=np.float32)
+    folder = Path(tempfile.mkdtemp(prefix="inferd-transport-"))
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print_tensor_rows(tensor_rows(folder, array, args.requests), array, args.requests)
+    if not args.no_images:
+        from transport_images import image_rows
+
+        image_rows(folder, args.images, args.image_requests)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Memory admission for the request path: a server-wide budget of request bytes held in the main
-process, a share of it per model, and the one thread that decodes large bodies.
+process, a share of it per model, and where large bodies are decoded (a thread, or the decoder
+process for JSON: `inferd.decoder`).
 
 A request reserves its body's bytes before they are read (all of Content-Length at once, or chunk
 by chunk for a chunked body); once decoded, its reservation is resized to what its payload holds
@@ -24,7 +25,9 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from inferd.decoder import DECODE_IN_PROCESS_BYTES, Decoder
 from inferd.errors import PayloadTooLarge, QueueFull
+from inferd.segments import RegionArray
 
 T = TypeVar("T")
 
@@ -58,13 +61,18 @@ class Admission:
         self.held_by_model: dict[str, int] = {}
         # One thread: decoding holds the GIL, so a second would add memory, not speed.
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferd-decode")
+        self.decoder_process = Decoder()
 
     def hold(self, model: str, fraction: float) -> Reservation:
         """An empty reservation for one request to `model`, whose share is `fraction` of the budget."""
         return Reservation(self, model, int(self.limit_bytes * fraction))
 
-    async def decode(self, size_bytes: int, function: Callable[..., T], *args: Any) -> T:
-        """`function(*args)`, on the decode thread when the body is large enough to stall the loop."""
+    async def decode(self, size_bytes: int, in_process: bool, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)`: in the decoder process for a large body that may (`in_process`: JSON,
+        whose parse holds the GIL throughout), else on the decode thread when the body is large
+        enough to stall the loop."""
+        if in_process and size_bytes >= DECODE_IN_PROCESS_BYTES:
+            return await self.decoder_process.run(function, *args)
         if size_bytes < DECODE_OFF_LOOP_BYTES:
             return function(*args)
         return await asyncio.get_running_loop().run_in_executor(self._decoder, function, *args)
@@ -160,6 +168,8 @@ def payload_bytes(arrays: Iterable[np.ndarray], body: bytes) -> int:
     body_array = np.frombuffer(body, np.uint8)
     total, views_body = 0, False
     for array in arrays:
+        if isinstance(array, RegionArray) and array.region_key is not None:
+            continue  # it views a client's shared memory: nothing of ours
         if array.dtype == object:
             total += _objects_bytes(array)
         elif np.may_share_memory(array, body_array):

@@ -23,7 +23,7 @@ from starlette.routing import Router as StarletteRouter
 from inferd.auth import Access
 from inferd.daemon import Daemon
 from inferd.errors import EXIT_STARTUP, BadRequest, ConfigError, NotFound, StartupError
-from inferd.protocols import generate, native_routes, openai, openapi, v2
+from inferd.protocols import generate, native_routes, openai, openapi, status_routes, v2
 from inferd.protocols.front import Front
 from inferd.protocols.http import Call, json_response
 from inferd.protocols.routing import Route, Router
@@ -50,10 +50,12 @@ def build_app(
         await daemon.stop()
 
     routes = _service_routes(daemon, reload, metrics_route) + v2.routes(daemon) + openai.routes(daemon)
+    routes += status_routes.routes(daemon)
     resolvers = [native_routes.resolver(daemon), v2.resolver(daemon), generate.resolver(daemon)]
     router = Router(routes, resolvers, native_routes.not_found(daemon))
     access = Access.from_config(daemon.config.server, daemon.config.source)
-    return Front(router, access, lifespan=StarletteRouter(lifespan=lifespan))
+    daemon.rate_limits.check_key_names(access.api_key_names, daemon.config.source)
+    return Front(router, access, lifespan=StarletteRouter(lifespan=lifespan), limits=daemon.rate_limits)
 
 
 def _service_routes(daemon: Daemon, reload: Reloader, metrics_route: bool) -> list[Route]:

@@ -2,7 +2,9 @@
 
 API keys (`server.auth.api_keys_env`/`api_keys_file`) guard every route but the health routes and
 /metrics (unless `protect_health`/`protect_metrics`). /openapi.json is guarded like the routes it
-describes: it names every model, its inputs and its routes.
+describes: it names every model, its inputs and its routes. The status page's shell (`GET /`) is
+open: it is a fixed file holding no data, and its script sends the key for /status.json, which
+names models and their placement and is guarded like /models.
 
 Admin routes (every path under /admin/) are never open to the network by default:
 - with admin keys (`server.auth.admin_keys_env`/`admin_keys_file`), a request needs one of them,
@@ -28,9 +30,11 @@ from typing import Any
 
 from inferd.config import ServerConfig
 from inferd.errors import ConfigError, Forbidden, Unauthorized
+from inferd.key_names import name_keys
 from inferd.protocols.routing import Route
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+STATUS_PAGE_PATH = "/"  # a browser cannot send a key when it opens a page: the page asks for one
 ADMIN_HEADER = b"x-inferd-admin"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
@@ -41,6 +45,11 @@ Headers = Iterable[tuple[bytes, bytes]]
 
 def load_keys(variable: str | None, file: Path | None, field: str, source: str) -> tuple[bytes, ...]:
     """The keys named by `<field>_env` and `<field>_file`; none configured gives ()."""
+    return tuple(key for _, key in load_named_keys(variable, file, field, source))
+
+
+def load_named_keys(variable: str | None, file: Path | None, field: str, source: str) -> tuple[tuple[str, bytes], ...]:
+    """The same keys, each with its name (key_names.py)."""
     keys: list[str] = []
     if variable:
         value = os.environ.get(variable, "")
@@ -55,7 +64,7 @@ def load_keys(variable: str | None, file: Path | None, field: str, source: str) 
         keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if (variable or file) and not keys:
         raise ConfigError(source, [f"server.auth: no {field.replace('_', ' ')} found in the given variable or file"])
-    return tuple(key.encode() for key in keys)
+    return name_keys(keys, field, source)
 
 
 def presented_key(headers: Headers) -> bytes:
@@ -69,18 +78,29 @@ def presented_key(headers: Headers) -> bytes:
 
 
 def matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
-    matched = False
-    for key in keys:  # no early exit: every key is compared
-        matched |= hmac.compare_digest(presented, key)
-    return matched
+    return key_index(presented, keys) is not None
+
+
+def key_index(presented: bytes, keys: tuple[bytes, ...]) -> int | None:
+    """The position of the key `presented` is, or None."""
+    found = None
+    for index, key in enumerate(keys):  # no early exit: every key is compared
+        if hmac.compare_digest(presented, key):
+            found = index
+    return found
 
 
 class Access:
-    def __init__(self, server: ServerConfig, api_keys: tuple[bytes, ...], admin_keys: tuple[bytes, ...]) -> None:
+    def __init__(
+        self, server: ServerConfig, api_keys: tuple[bytes, ...], admin_keys: tuple[bytes, ...],
+        api_key_names: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         self.api_keys = api_keys
+        self.api_key_names = api_key_names or tuple(f"key-{n}" for n in range(1, len(api_keys) + 1))
         self.admin_keys = admin_keys
         auth = server.auth
         self.open_paths = set() if auth is not None and auth.protect_health else set(HEALTH_PATHS)
+        self.open_paths.add(STATUS_PAGE_PATH)
         if auth is None or not auth.protect_metrics:
             self.open_paths.add("/metrics")
         self.admin_hosts = frozenset({*LOOPBACK_NAMES, *(h.lower() for h in server.admin_hosts)})
@@ -92,21 +112,31 @@ class Access:
         auth = server.auth
         if auth is None:
             return cls(server, (), ())
-        api_keys = load_keys(auth.api_keys_env, auth.api_keys_file, "api_keys", source)
+        api_keys = load_named_keys(auth.api_keys_env, auth.api_keys_file, "api_keys", source)
         admin_keys = load_keys(auth.admin_keys_env, auth.admin_keys_file, "admin_keys", source)
-        return cls(server, api_keys, admin_keys)
+        return cls(server, tuple(key for _, key in api_keys), admin_keys, tuple(name for name, _ in api_keys))
 
     @classmethod
     def open_to_all(cls, server: ServerConfig) -> Access:
         """No keys at all (the separate metrics port), admin rules as ever."""
         return cls(server, (), ())
 
-    def check(self, route: Route, scope: Scope) -> None:
-        """Raise Unauthorized or Forbidden unless this request may call `route`."""
+    def check(self, route: Route, scope: Scope) -> str | None:
+        """Raise Unauthorized or Forbidden unless this request may call `route`; answer the name of
+        the API key it opened a model or service route with (None where it needed none)."""
         if route.admin:
             self._check_admin(scope)
         elif self.api_keys and route.path not in self.open_paths:
-            self._require(self.api_keys, scope, "API key")
+            name = self.key_name(scope["headers"])
+            if name is None:
+                raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+            return name
+        return None
+
+    def key_name(self, headers: Headers) -> str | None:
+        """The name of the API key these headers (or gRPC metadata) present, or None."""
+        index = key_index(presented_key(headers), self.api_keys)
+        return None if index is None else self.api_key_names[index]
 
     def _require(self, keys: tuple[bytes, ...], scope: Scope, what: str) -> None:
         if not matches(presented_key(scope["headers"]), keys):

@@ -2,6 +2,8 @@
 
 Rules:
 - admission: at most `max_queue_size` requests wait; past that a request fails at once (429);
+- the queue is ordered by priority, FIFO within a level, and a request that has waited past the
+  model's promotion limit goes ahead of those that have not (priority_queue.py);
 - a batch forms only when a worker is idle: up to `max_batch_size` items from the head of the queue,
   only requests whose batch key (names, dtypes and non-batch shapes) matches the head's, in order;
 - a batch leaves at once, unless its model's learned `BatchWindow` says a short hold for company
@@ -19,7 +21,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -27,6 +28,8 @@ from typing import Protocol
 from inferd.batch_window import BatchWindow
 from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestError, RequestTimedOut
 from inferd.messages import Batch, BatchDone, Payload, RequestFailure
+from inferd.priority import PriorityPolicy
+from inferd.priority_queue import PriorityQueue
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,9 @@ class BatchObserver(Protocol):
 
     def request_cancelled(self) -> None: ...
 
+    def requests_promoted(self, count: int) -> None:
+        """Requests that waited past the promotion limit and went ahead of the rest."""
+
 
 class ModelError(RequestError):
     """The model failed on a batch whatever its input: the server's fault, not the caller's."""
@@ -72,6 +78,7 @@ class BatchPolicy:
     max_queue_size: int
     request_timeout_s: float
     fixed_wait: bool = False  # the classic dynamic batcher: every partial batch waits batch_timeout_s
+    priority: PriorityPolicy = field(default_factory=PriorityPolicy)
 
 
 @dataclass(eq=False)
@@ -81,6 +88,7 @@ class PendingRequest:
     key: Hashable
     arrived: float
     future: asyncio.Future[Payload]
+    level: int  # its priority level in the queue (priority_queue.py)
     attempts: int = 0
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -99,7 +107,9 @@ class Batcher:
         self._pool = pool
         self._observer = observer
         self._replace_worker = replace_worker
-        self._queue: deque[PendingRequest] = deque()
+        self._queue: PriorityQueue[PendingRequest] = PriorityQueue(
+            policy.priority.levels, policy.priority.promote_after_s
+        )
         self._batch_ids = itertools.count(1)
         self._waiter: asyncio.Future[None] | None = None
         self.inflight_requests = 0
@@ -130,8 +140,9 @@ class Batcher:
             self._drained = asyncio.get_running_loop().create_future()
             await asyncio.wait([self._drained], timeout=timeout_s)
 
-    async def infer(self, payload: Payload, items: int, key: Hashable) -> Payload:
-        """Queue one request and wait for its own outputs; raise a RequestError otherwise."""
+    async def infer(self, payload: Payload, items: int, key: Hashable, priority: int = 0) -> Payload:
+        """Queue one request and wait for its own outputs; raise a RequestError otherwise.
+        `priority` is checked already (priority.py): 0 is the model's default."""
         if items > self.policy.max_batch_size:
             raise _too_many_items(self.model, items, self.policy.max_batch_size)
         reason = self._pool.unavailable_reason
@@ -145,7 +156,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         self.window.request_arrived(now)
-        request = PendingRequest(payload, items, key, now, loop.create_future())
+        request = PendingRequest(payload, items, key, now, loop.create_future(), self.policy.priority.level(priority))
         request.timer = loop.call_later(self.policy.request_timeout_s, self._expire, request)
         self._queue.append(request)
         self.inflight_requests += 1
@@ -162,11 +173,8 @@ class Batcher:
                 self._drained.set_result(None)
 
     def _withdraw(self, request: PendingRequest) -> None:
-        try:
-            self._queue.remove(request)
-        except ValueError:
-            return  # already dispatched: its batch runs on
-        self._observer.request_cancelled()
+        if self._queue.remove(request):  # else already dispatched: its batch runs on
+            self._observer.request_cancelled()
 
     def wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -179,10 +187,9 @@ class Batcher:
         request.future.set_exception(
             RequestTimedOut(f"model {self.model!r} did not answer within {timeout_ms:g} ms (request_timeout_ms)")
         )
-        try:
-            self._queue.remove(request)  # queued requests are never computed once they expire
-        except ValueError:
-            pass  # already dispatched: the batch runs on, its answer for this request is dropped
+        # Queued requests are never computed once they expire; a dispatched one's batch runs on,
+        # its answer for this request dropped.
+        self._queue.remove(request)
 
     async def _run(self) -> None:
         while True:
@@ -192,11 +199,14 @@ class Batcher:
         worker = self._pool.idle_worker() if self._queue else None
         if worker is None:
             return await self._sleep(None)
+        promoted = self._queue.promote(time.monotonic())
+        if promoted:
+            self._observer.requests_promoted(promoted)
         chosen, full = self._take()
         wait_s = 0.0 if full else self._hold_deadline(chosen) - time.monotonic()
         if wait_s > 0:
             return await self._sleep(wait_s)
-        self._remove(chosen)
+        self._queue.remove_taken(chosen)
         self._dispatch(worker, chosen)
 
     def _hold_deadline(self, chosen: list[PendingRequest]) -> float:
@@ -227,7 +237,7 @@ class Batcher:
 
     def _take(self) -> tuple[list[PendingRequest], bool]:
         """The head request and those after it that may share its batch; whether it is full."""
-        head = self._queue[0]
+        head = self._queue.head()
         chosen: list[PendingRequest] = []
         items = 0
         for request in self._queue:
@@ -240,14 +250,6 @@ class Batcher:
             if items == self.policy.max_batch_size:
                 return chosen, True
         return chosen, False
-
-    def _remove(self, chosen: list[PendingRequest]) -> None:
-        if all(self._queue[i] is r for i, r in enumerate(chosen)):
-            for _ in chosen:
-                self._queue.popleft()
-        else:
-            taken = set(map(id, chosen))
-            self._queue = deque(r for r in self._queue if id(r) not in taken)
 
     def _dispatch(self, worker: Worker, chosen: list[PendingRequest]) -> None:
         now = time.monotonic()
@@ -286,7 +288,7 @@ class Batcher:
         live = [r for r in chosen if not r.future.done()]
         if self._pool.ready_count and all(r.attempts < 2 for r in live):
             log.warning("model %s: %s; retrying its %d request(s) once", self.model, error, len(live))
-            self._queue.extendleft(reversed(live))
+            self._queue.requeue_front(live)
             return
         for request in live:
             _fail(request, ModelUnavailable(f"model {self.model!r}: {error}"))

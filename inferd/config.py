@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inferd.cpuset import parse_cpu_list
 from inferd.errors import ConfigError
 from inferd.pipeline_graph import PIPELINE_INPUT, pipeline_entry_problems, pipeline_problems
+from inferd.priority import priority_problems
 from inferd.split_graph import split_entry_problems, split_problems
 from inferd.versions import inherited_error, plain_entry_problems, version_entry_problems, with_inherited_versions
 
@@ -37,7 +39,7 @@ DEFAULT_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 # Paths the server's own routes hold: a model's route may not take them.
-SERVICE_PATHS = frozenset({"/models", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v2"})
+SERVICE_PATHS = frozenset({"/models", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v2", "/", "/status.json"})
 RESERVED_PREFIXES = ("/v2/", "/admin/", "/v1/")  # /v1/: the OpenAI-compatible routes
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
@@ -70,6 +72,17 @@ class AuthConfig(_Section):
         return self
 
 
+class RateLimit(_Section):
+    """A token bucket: `burst` requests at once, refilled at `requests_per_s` (inferd/rate_limit.py)."""
+
+    requests_per_s: float = Field(gt=0)
+    burst: int | None = Field(None, ge=1)  # None: requests_per_s rounded up
+
+    @property
+    def capacity(self) -> int:
+        return self.burst if self.burst is not None else max(1, math.ceil(self.requests_per_s))
+
+
 class ServerConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
@@ -91,6 +104,28 @@ class ServerConfig(_Section):
     histogram_buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S
     auth: AuthConfig | None = None
     admin_hosts: tuple[str, ...] = ()  # Host names admin requests may carry besides loopback and `host`
+    # Each API key's own bucket, by the key's name; "*" for every key not named.
+    key_rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+
+    @field_validator("key_rate_limits")
+    @classmethod
+    def _limits_name_keys(cls, limits: dict[str, RateLimit]) -> dict[str, RateLimit]:
+        for name in limits:
+            if name != "*" and not _NAME.match(name):
+                raise ValueError(
+                    f"{name!r} is not a key's name (letters, digits, '_', '.', '-'), nor '*' for every key"
+                )
+        return limits
+
+    @model_validator(mode="after")
+    def _key_limits_need_keys(self) -> ServerConfig:
+        has_keys = self.auth is not None and (self.auth.api_keys_env or self.auth.api_keys_file)
+        if self.key_rate_limits and not has_keys:
+            raise ValueError(
+                "key_rate_limits are per API key: give server.auth.api_keys_env or api_keys_file, "
+                "or set a model's rate_limit instead"
+            )
+        return self
 
     @model_validator(mode="after")
     def _budget_holds_a_body(self) -> ServerConfig:
@@ -170,6 +205,9 @@ class GenerationConfig(_Section):
     max_prompt_tokens: int = Field(2048, ge=1)
     max_tokens: int = Field(512, ge=1)  # the most new tokens one request may ask for
     default_max_tokens: int = Field(128, ge=1)  # where a request names none
+    # Newcomers are prefilled in passes of at most this many prompt tokens (a longer prompt alone),
+    # each pass's first tokens sent before the next: the first ones need not wait for all of them.
+    prefill_tokens_per_pass: int = Field(64, ge=1)
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> GenerationConfig:
@@ -298,6 +336,12 @@ class ModelConfig(_Section):
             raise ValueError("a version is a name of letters, digits, '_', '.', '-' (e.g. '2')")
         return version
 
+    # Priorities as Triton numbers them (inferd/priority.py): 1 is the highest, 0 or none is the default.
+    priority_levels: int = Field(3, ge=1, le=100)
+    default_priority_level: int = Field(2, ge=1, le=100)
+    priority_promote_after_ms: float | None = Field(None, gt=0)  # None: half of request_timeout_ms, at most 1 s
+    rate_limit: RateLimit | None = None  # the model's own bucket, whoever calls
+
     @field_validator("name")
     @classmethod
     def _name_is_route_safe(cls, name: str) -> str:
@@ -382,8 +426,8 @@ class ConfigCheck:
 _SECTIONS: dict[str | None, type[BaseModel]] = {
     None: Config, "server": ServerConfig, "auth": AuthConfig, "models": ModelConfig,
     "inputs": TensorSpec, "outputs": TensorSpec, "warmup": WarmupSample, "pipeline": PipelineStep,
-    "generation": GenerationConfig, "versions": ModelConfig, "split": SplitConfig, "variants": SplitVariant,
-    "shadow": ShadowConfig,
+    "generation": GenerationConfig, "rate_limit": RateLimit, "versions": ModelConfig, "split": SplitConfig,
+    "variants": SplitVariant, "shadow": ShadowConfig,
 }  # fmt: skip
 
 
@@ -495,6 +539,7 @@ def _entry_rule_problems(entry: dict[Any, Any], where: str) -> list[str]:
         )
     if entry.get("generation") is not None and entry.get("handler") is None:
         problems.append(f"{where}.generation: a generative model needs 'handler' (a GenerativeHandler class)")
+    problems += priority_problems(entry, where)
     device = entry.get("device", "cpu")
     if not (isinstance(device, str) and _DEVICE.match(device)):
         return problems  # the device's own check names it

@@ -38,6 +38,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from inferd.protocols.disconnect import CLIENT_WATCH, ClientWatch
+
 log = logging.getLogger(__name__)
 
 # After answering a 4xx of its own: read and drop at most this much, for at most this long, so the
@@ -115,6 +117,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        if self.cycle is not None and not self.cycle.response_complete:
+            watch = self.cycle.scope.get(CLIENT_WATCH)
+            if isinstance(watch, ClientWatch):
+                watch.client_left()
         if self.admitted:
             self.admitted = False
             self.listener.release()
@@ -146,6 +152,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.in_head = False
         self.head_bytes = 0
         self._cancel_deadline()
+        self.scope[CLIENT_WATCH] = ClientWatch(self.flow.resume_reading)  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,10 @@ from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
 from inferd.pipeline import PipelineExecutor, PipelineSteps
 from inferd.placement import WorkerSlot
+from inferd.priority import priority_policy
 from inferd.protocols.shm import SharedMemory
+from inferd.rate_limit import RateLimits
+from inferd.segments import sweep_daemon
 from inferd.successor import Successor
 from inferd.supervisor import Supervisor
 from inferd.traffic_metrics import TrafficMetrics
@@ -52,6 +56,7 @@ class ServedModel:
     batcher: Batcher | PipelineExecutor | SplitRouter | Successor
     metrics: ModelMetrics
     generator: Scheduler | None = None  # a generative model's sequences (its batcher then stays idle)
+    streamer: Scheduler | None = None  # a handler model's streamed requests (where its predict yields)
 
     @property
     def name(self) -> str:
@@ -128,8 +133,9 @@ class ServedModel:
         if successor is not None and isinstance(batcher, Batcher):  # the others look up per request
             self.batcher = successor
         await batcher.drain(drain_timeout_s)
-        if self.generator is not None:
-            await self.generator.drain(drain_timeout_s)
+        for scheduler in (self.generator, self.streamer):
+            if scheduler is not None:
+                await scheduler.drain(drain_timeout_s)
         await batcher.stop()
         await self.supervisor.stop(WORKER_STOP_TIMEOUT_S)
 
@@ -177,6 +183,7 @@ class Daemon:
         self._oom_kills = OomKills.of_this_process()  # one for all models: they share the cgroup
         self.admission = Admission(config.server.max_request_bytes_held)
         self.shared_memory = SharedMemory()  # regions clients registered (v2 REST and gRPC)
+        self.rate_limits = RateLimits(config.server.key_rate_limits, self.metrics.registry)
         self.metrics.watch_request_bytes(self.admission, lambda: self.models)
         self.generation_metrics = GenerationMetrics(
             self.metrics.registry, config.server.histogram_buckets_s, lambda: self.models
@@ -205,6 +212,7 @@ class Daemon:
             model.max_queue_size,
             model.request_timeout_ms / 1000,
             fixed_wait=model.batch_wait == "fixed",
+            priority=priority_policy(model),
         )
         metrics = self.metrics.for_model(model.name)
         supervisor = Supervisor(model, specs, metrics, self._oom_kills)
@@ -214,13 +222,25 @@ class Daemon:
         generator = self._generator(model, supervisor)
         if generator is not None:
             supervisor.on_change = generator.wake
-        return ServedModel(model, own_slots, supervisor, batcher, metrics, generator)
+        streamer = self._streamer(model, supervisor, batcher)
+        return ServedModel(model, own_slots, supervisor, batcher, metrics, generator, streamer)
 
     def _generator(self, model: ModelConfig, supervisor: Supervisor) -> Scheduler | None:
         if model.generation is None:
             return None
-        policy = GenerationPolicy(model.max_batch_size, model.max_queue_size, model.request_timeout_ms / 1000)
+        policy = GenerationPolicy(
+            model.max_batch_size, model.max_queue_size, model.request_timeout_ms / 1000, priority_policy(model)
+        )
         return Scheduler(model.name, policy, supervisor, self.generation_metrics.for_model(model.name))
+
+    def _streamer(self, model: ModelConfig, supervisor: Supervisor, batcher: Batcher) -> Scheduler | None:
+        """Every handler model gets one: whether its predict yields is known once a worker is ready."""
+        if model.handler is None or model.generation is not None:
+            return None
+        policy = GenerationPolicy(model.max_batch_size, model.max_queue_size, model.request_timeout_ms / 1000)
+        streamer = Scheduler(model.name, policy, supervisor, self.generation_metrics.for_streams(model.name))
+        supervisor.on_change = functools.partial(_wake_both, batcher, streamer)
+        return streamer
 
     def _build_pipeline(self, model: ModelConfig) -> ServedModel:
         """A pipeline looks its steps up per request, so a reloaded step is used at once."""
@@ -248,16 +268,20 @@ class Daemon:
 
     async def start(self) -> None:
         """Start every model's workers; raises StartupError if any model cannot boot."""
+        _sweep_segments("left by an inferd no longer running")
         results = await asyncio.gather(*(m.start() for m in self.models.values()), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await self.stop()
             raise errors[0] if isinstance(errors[0], StartupError) else StartupError(str(errors[0]))
+        await self.admission.decoder_process.start()  # now, so the first large body does not wait for it
         log.info("all %d model(s) ready", len(self.models))
 
     async def stop(self) -> None:
         await asyncio.gather(*(m.retire(0.0) for m in self.models.values()))
         self.shared_memory.close()
+        self.admission.decoder_process.stop()
+        _sweep_segments("not taken by a worker")
 
     async def reload(self, config: Config, slots: list[WorkerSlot]) -> ReloadResult:
         async with self._reload_lock:
@@ -304,3 +328,13 @@ class Daemon:
         if old is not None:
             successor = Successor(name, lambda: self.models.get(name) or self.find(public_name(name)))
             await old.retire(self.config.server.drain_timeout_s, successor)
+
+
+def _sweep_segments(which: str) -> None:
+    if swept := sweep_daemon(os.getpid()):
+        log.info("unlinked %d shared-memory segment(s) %s", swept, which)
+
+
+def _wake_both(batcher: Batcher, streamer: Scheduler) -> None:
+    batcher.wake()
+    streamer.wake()

@@ -12,6 +12,13 @@ worker process, in this order:
 A request's `inputs` is a list of items (or one bare item); the batcher groups items of several
 requests into one `predict` call and gives each request back exactly its own outputs.
 
+A `predict` that is a generator function streams: each `yield` is a list with one chunk per item
+(in order), each chunk goes through `encode`, and a request with `"stream": true` on the native
+route gets its items' chunks as Server-Sent Events, one event per yield. Requests that arrive
+while a predict runs join the next call; a client that leaves stops its request at once, and the
+generator is closed (GeneratorExit at its `yield`) once no request of that call is left. A request
+without `"stream"` gets, per item, the list of its encoded chunks.
+
 A handler that declares several `inputs` in the YAML gets each item as a dict of them (input name
 -> that item's value: a number, a string, or nested lists for a tensor of more dimensions, BYTES
 as str where they are UTF-8); one that declares several `outputs` returns (after `encode`) a dict
@@ -54,7 +61,8 @@ class Handler:
         return item
 
     def predict(self, items: list[Any]) -> Sequence[Any]:
-        """Run one batch: return exactly one output per item, in order."""
+        """Run one batch: return exactly one output per item, in order; or, as a generator
+        function, yield a list of one chunk per item as many times as there are chunks."""
         raise NotImplementedError
 
     def encode(self, output: Any) -> Any:

@@ -8,6 +8,7 @@ dict of arrays or a list of encoded outputs, one per item.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,32 @@ class Items:
         return len(self.values)
 
 
-Payload = dict[str, np.ndarray] | list[Any] | Items
+@dataclass(frozen=True)
+class PackedItems:
+    """A handler request's items (a list or `Items`) as one pickle, unpickled only in its worker:
+    items decoded from a large JSON body would cost the main process as much to unpickle and
+    pickle again as to parse (see `inferd.decoder`)."""
+
+    blob: bytes | bytearray
+    count: int
+
+    @classmethod
+    def pack(cls, items: list[Any] | Items) -> PackedItems:
+        return cls(pickle.dumps(items, protocol=5), len(items))
+
+    def unpack(self) -> list[Any] | Items:
+        return pickle.loads(self.blob)  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # The blob as a PickleBuffer: the channel sends it as a frame of its own, never copied
+        # into a pickle, and the receiver keeps that frame as the blob.
+        return PackedItems, (pickle.PickleBuffer(self.blob), self.count)
+
+
+Payload = dict[str, np.ndarray] | list[Any] | Items | PackedItems
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,7 @@ class Ready:
     inputs: tuple[TensorInfo, ...] = ()
     outputs: tuple[TensorInfo, ...] = ()
     load_s: float = 0.0
+    streams: bool = False  # a handler whose predict yields: requests may ask for its chunks as they come
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,15 @@ class Generate:
 
 
 @dataclass(frozen=True)
+class StreamPredict:
+    """Start one streamed request on a handler whose predict yields (main -> worker): its items
+    join the next predict call; the worker answers Chunks for `sequence_id` until one ends it."""
+
+    sequence_id: int
+    payload: Payload
+
+
+@dataclass(frozen=True)
 class Cancel:
     """Drop a running sequence (main -> worker): its client left or its deadline passed."""
 
@@ -144,7 +180,8 @@ class Cancel:
 
 @dataclass(frozen=True)
 class Chunk:
-    """What one step made for one sequence: new text and tokens. `finish_reason` ("stop",
+    """What one step made for one sequence: new text and tokens, or, for a handler whose predict
+    yields, one encoded output per item of the request (`outputs`). `finish_reason` ("stop",
     "length") or `failure` ends the sequence; `prompt_tokens` is set on the first chunk."""
 
     sequence_id: int
@@ -153,6 +190,7 @@ class Chunk:
     prompt_tokens: int | None = None
     finish_reason: str | None = None
     failure: RequestFailure | None = None
+    outputs: list[Any] | None = None
 
     @property
     def final(self) -> bool:

@@ -52,6 +52,12 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.requests_promoted = Counter(
+            "inferd_requests_promoted",
+            "Queued requests that waited past priority_promote_after_ms and went ahead of higher priorities.",
+            ["model"],
+            registry=self.registry,
+        )
         self.request_duration = self._histogram(
             "inferd_request_duration_seconds", "End-to-end request time inside the server.", latency_buckets_s
         )
@@ -79,6 +85,11 @@ class Metrics:
         self.worker_memory_replacements = Counter(
             "inferd_worker_memory_replacements", "Workers replaced for passing max_worker_memory_mb.",
             ["model"], registry=self.registry,
+        )  # fmt: skip
+        self.channel_bytes = Counter(
+            "inferd_channel_bytes", "Tensor bytes between the main process and workers, by direction and path "
+            "(socket, segment: shared memory made for them, client_region: read by the worker from the client's region).",
+            ["model", "direction", "path"], registry=self.registry,
         )  # fmt: skip
         build = Gauge(
             "inferd_build_info", "inferd build: always 1.", ["version", "torch", "python"], registry=self.registry
@@ -155,6 +166,7 @@ class ModelMetrics:
         self._inference_duration = metrics.inference_duration.labels(model)
         self._batch_size = metrics.batch_size.labels(model)
         self._cancelled = metrics.requests_cancelled.labels(model)
+        self._promoted = metrics.requests_promoted.labels(model)
 
     def request_done(self, code: int, duration_s: float) -> None:
         self._metrics.requests.labels(self._model, str(code)).inc()
@@ -181,11 +193,17 @@ class ModelMetrics:
     def request_cancelled(self) -> None:
         self._cancelled.inc()
 
+    def requests_promoted(self, count: int) -> None:
+        self._promoted.inc(count)
+
     def worker_exited(self, cause: str) -> None:
         self._metrics.worker_exits.labels(self._model, cause).inc()
 
     def worker_replaced_for_memory(self) -> None:
         self._metrics.worker_memory_replacements.labels(self._model).inc()
+
+    def channel_bytes(self, direction: str, path: str, nbytes: int) -> None:
+        self._metrics.channel_bytes.labels(self._model, direction, path).inc(nbytes)
 
 
 @dataclass
@@ -207,6 +225,10 @@ class StateCollector(Collector):
 
     def record_gpu(self, handle: WorkerHandle, reading: GpuMemory) -> None:
         self._slot(handle).gpu = reading
+
+    def gpu_readings(self) -> dict[tuple[str, str], GpuMemory]:
+        """The last GPU memory reading of each (model, worker slot) that sent one (the status page)."""
+        return {key: totals.gpu for key, totals in self._slots.items() if totals.gpu is not None}
 
     def _slot(self, handle: WorkerHandle) -> _SlotTotals:
         return self._slots.setdefault((handle.spec.model.name, handle.name), _SlotTotals())

@@ -23,7 +23,7 @@ import numpy as np
 
 from inferd.datatypes import numpy_dtype
 from inferd.errors import ModelUnavailable, RequestError, RequestTimedOut
-from inferd.messages import Items, Payload, TensorInfo
+from inferd.messages import Items, PackedItems, Payload, TensorInfo
 from inferd.pipeline_graph import PIPELINE_INPUT, run_order
 
 if TYPE_CHECKING:
@@ -77,15 +77,16 @@ class PipelineExecutor:
     def model_of(self, step: PipelineStep) -> ServedModel | None:
         return self._lookup(step.model)
 
-    async def infer(self, payload: Payload, items: int, key: Hashable) -> Payload:
-        """The last step's outputs for one request, or the RequestError of the step that failed."""
+    async def infer(self, payload: Payload, items: int, key: Hashable, priority: int = 0) -> Payload:
+        """The last step's outputs for one request, or the RequestError of the step that failed;
+        every step queues it at `priority` (each step's model maps it onto its own levels)."""
         self.inflight_requests += 1
         self._idle.clear()
         try:
             if sys.version_info >= (3, 11):  # a deadline on this task, without wait_for's extra task
                 async with asyncio.timeout(self.timeout_s):
-                    return await self._run(payload)
-            return await asyncio.wait_for(self._run(payload), self.timeout_s)
+                    return await self._run(payload, priority)
+            return await asyncio.wait_for(self._run(payload, priority), self.timeout_s)
         except asyncio.TimeoutError:
             timeout_ms = self.timeout_s * 1000
             raise RequestTimedOut(
@@ -96,20 +97,20 @@ class PipelineExecutor:
             if not self.inflight_requests:
                 self._idle.set()
 
-    async def _run(self, payload: Payload) -> Payload:
+    async def _run(self, payload: Payload, priority: int) -> Payload:
         if self.is_chain:  # each step in turn on this task: no task per step to make and wait on
             for step in self.steps:
-                payload = await self._submit(step, [payload])
+                payload = await self._submit(step, [payload], priority)
             return payload
-        return await self._run_graph(payload)
+        return await self._run_graph(payload, priority)
 
-    async def _run_graph(self, payload: Payload) -> Payload:
+    async def _run_graph(self, payload: Payload, priority: int) -> Payload:
         request: asyncio.Future[Payload] = asyncio.get_running_loop().create_future()
         request.set_result(payload)
         done: dict[str, asyncio.Future[Payload]] = {PIPELINE_INPUT: request}
         tasks = []
         for step in self.steps:  # in run order: every source is already in `done`
-            task = asyncio.ensure_future(self._step(step, [done[name] for name in step.after or ()]))
+            task = asyncio.ensure_future(self._step(step, [done[name] for name in step.after or ()], priority))
             done[str(step.id)] = task
             tasks.append(task)
         try:
@@ -123,10 +124,10 @@ class PipelineExecutor:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _step(self, step: PipelineStep, sources: list[asyncio.Future[Payload]]) -> Payload:
-        return await self._submit(step, [await source for source in sources])
+    async def _step(self, step: PipelineStep, sources: list[asyncio.Future[Payload]], priority: int) -> Payload:
+        return await self._submit(step, [await source for source in sources], priority)
 
-    async def _submit(self, step: PipelineStep, given: list[Payload]) -> Payload:
+    async def _submit(self, step: PipelineStep, given: list[Payload], priority: int) -> Payload:
         model = self.model_of(step)
         if model is None:
             raise ModelUnavailable(f"pipeline {self.name!r}: step {step.id!r}: model {step.model!r} is not served")
@@ -137,7 +138,7 @@ class PipelineExecutor:
                 f"pipeline {self.name!r}: step {step.id!r} cannot take its inputs: {error}"
             ) from None
         try:
-            return await model.batcher.infer(data, items, key)
+            return await model.batcher.infer(data, items, key, priority)
         except RequestError as error:
             raise _named(error, f"pipeline {self.name!r}: step {step.id!r}: ") from None
 
@@ -174,6 +175,8 @@ def _as_items(given: list[Payload], names: list[str]) -> list[Any]:
 
 
 def _items_of(payload: Payload) -> list[Any]:
+    if isinstance(payload, PackedItems):  # a request's own items, joined with a step's output
+        payload = payload.unpack()
     if isinstance(payload, Items):  # a request's items with parameters: the steps take the items
         return payload.values
     return payload if isinstance(payload, list) else _rows_of(payload)

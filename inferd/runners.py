@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ import torch
 from inferd.config import ModelConfig, TensorSpec
 from inferd.datatypes import datatype_of_array, datatype_of_torch, numpy_dtype
 from inferd.handler import Handler, load_handler_class, load_model_file
-from inferd.messages import Items, Parameters, Payload, RequestFailure, TensorInfo
+from inferd.messages import Items, PackedItems, Parameters, Payload, RequestFailure, TensorInfo
+from inferd.segments import unreadable_input
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ class Runner:
     outputs: tuple[TensorInfo, ...] = ()
 
     def run_batch(self, payloads: list[Payload]) -> list[Payload | RequestFailure]:
+        unreadable = [unreadable_input(payload) for payload in payloads]
+        if any(unreadable):  # a client removed its region before this worker mapped it: that request fails alone
+            readable = iter(self.run_batch([p for p, gone in zip(payloads, unreadable) if gone is None]))
+            return [RequestFailure("RegionUnreadable", gone.message) if gone else next(readable) for gone in unreadable]
         try:
             return list(self._run(payloads))
         except ModelBroken as error:
@@ -206,7 +211,9 @@ def _info(name: str, value: Any) -> TensorInfo | None:
 
 class HandlerRunner(Runner):
     """A user's Handler: decode each item, predict the batch, encode each output. A `predict`
-    with a `parameters` argument gets each item's request parameters beside the items."""
+    with a `parameters` argument gets each item's request parameters beside the items. A `predict`
+    that yields (`streams`) is gathered here: each item's output is the list of its chunks, each
+    encoded (inferd.generation.handler_streams streams them instead)."""
 
     def __init__(self, model: ModelConfig, device: str, base_dir: Path) -> None:
         assert model.handler is not None
@@ -216,25 +223,53 @@ class HandlerRunner(Runner):
         self.inputs = _infos(model.inputs)
         self.outputs = _infos(model.outputs)
         self.takes_parameters = "parameters" in inspect.signature(self.handler.predict).parameters
+        self.streams = inspect.isgeneratorfunction(self.handler.predict)
         # Several declared outputs: each encoded output is a dict of them, checked here.
         self.output_names = [spec.name for spec in self.outputs] if len(self.outputs) > 1 else None
 
     def _run(self, payloads: list[Payload]) -> Sequence[Payload]:
-        requests = [_values_and_parameters(payload) for payload in payloads]
-        items = [self.handler.decode(item) for values, _ in requests for item in values]
-        if self.takes_parameters:
-            parameters = [given for values, given in requests for _ in values]
-            outputs = list(self.handler.predict(items, parameters=parameters))  # type: ignore[call-arg]
+        requests = [values_and_parameters(payload) for payload in payloads]
+        items, parameters = self.decoded(requests)
+        if self.streams:
+            encoded: list[Any] = [list(chunks) for chunks in zip(*self.chunks(items, parameters))] or [
+                [] for _ in items
+            ]
         else:
-            outputs = list(self.handler.predict(items))
-        if len(outputs) != len(items):
-            raise ModelBroken(f"predict returned {len(outputs)} outputs for {len(items)} items")
-        encoded = [self._checked(self.handler.encode(output)) for output in outputs]
+            outputs = list(self.predict(items, parameters))
+            if len(outputs) != len(items):
+                raise ModelBroken(f"predict returned {len(outputs)} outputs for {len(items)} items")
+            encoded = self.encoded(outputs)
         results, start = [], 0
         for values, _ in requests:
             results.append(encoded[start : start + len(values)])
             start += len(values)
         return results
+
+    def decoded(self, requests: list[tuple[list[Any], Parameters]]) -> tuple[list[Any], list[Parameters]]:
+        """The requests' items, decoded, and each item's parameters."""
+        items = [self.handler.decode(item) for values, _ in requests for item in values]
+        return items, [given for values, given in requests for _ in values]
+
+    def predict(self, items: list[Any], parameters: list[Parameters]) -> Any:
+        if self.takes_parameters:
+            return self.handler.predict(items, parameters=parameters)  # type: ignore[call-arg]
+        return self.handler.predict(items)
+
+    def chunks(self, items: list[Any], parameters: list[Parameters]) -> Generator[list[Any], None, None]:
+        """A yielding predict's chunks, each checked (one per item) and encoded. Closing this
+        closes the handler's generator at once (GeneratorExit at its yield)."""
+        generator = self.predict(items, parameters)
+        try:
+            for chunk in generator:
+                chunk = list(chunk)
+                if len(chunk) != len(items):
+                    raise ModelBroken(f"predict yielded {len(chunk)} chunks for {len(items)} items")
+                yield self.encoded(chunk)
+        finally:
+            generator.close()
+
+    def encoded(self, outputs: list[Any]) -> list[Any]:
+        return [self._checked(self.handler.encode(output)) for output in outputs]
 
     def _checked(self, encoded: Any) -> Any:
         names = self.output_names
@@ -250,7 +285,9 @@ class HandlerRunner(Runner):
         return []
 
 
-def _values_and_parameters(payload: Payload) -> tuple[list[Any], Parameters]:
+def values_and_parameters(payload: Payload) -> tuple[list[Any], Parameters]:
+    if isinstance(payload, PackedItems):
+        payload = payload.unpack()
     if isinstance(payload, Items):
         return payload.values, payload.parameters
     assert isinstance(payload, list)

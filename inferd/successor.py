@@ -28,11 +28,11 @@ class Successor:
         self.queue_depth = 0
         self.inflight_requests = 0
 
-    async def infer(self, payload: Payload, items: int, key: Hashable) -> Payload:
+    async def infer(self, payload: Payload, items: int, key: Hashable, priority: int = 0) -> Payload:
         model = self._lookup()
         if model is None:
             raise ModelUnavailable(f"model {self.name!r} was removed by a reload")
-        return await model.batcher.infer(payload, items, key)
+        return await model.batcher.infer(payload, items, key, priority)
 
     def start(self) -> None:
         """Nothing to start."""

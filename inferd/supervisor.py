@@ -13,7 +13,8 @@ Each worker is watched through two file descriptors registered with the loop: it
 - each slot has at most one restart pending; stopping cancels them;
 - a worker whose resident memory passed `max_worker_memory_mb` after a batch takes no further
   batch: its replacement starts at once and it is asked to stop; none of its requests is lost;
-- a SIGKILL the kernel's OOM-kill counter accounts for is reported as an OOM kill.
+- a SIGKILL the kernel's OOM-kill counter accounts for is reported as an OOM kill;
+- the shared-memory segments left for or by a worker that exited are unlinked once its exit is handled.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
 import socket
 import time
@@ -33,6 +35,7 @@ from inferd.config import ModelConfig
 from inferd.errors import StartupError
 from inferd.messages import Batch, BatchDone, BootFailed, Chunks, Ready, RequestFailure, Stats, Stop
 from inferd.process import StartFailed, WorkerProcess, discard, start_worker
+from inferd.segments import sweep_worker
 from inferd.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ class SupervisorObserver(Protocol):
     def worker_exited(self, cause: str) -> None: ...
 
     def worker_replaced_for_memory(self) -> None: ...
+
+    def channel_bytes(self, direction: str, path: str, nbytes: int) -> None: ...
 
 
 def restart_delay_s(failures: int) -> float:
@@ -236,8 +241,9 @@ class Supervisor:
         self._live.add(handle)
         loop.add_reader(process.exited_fd, self._on_process_exit, handle)
         handle.channel = await connect(
-            sock, functools.partial(self._handle_message, handle), functools.partial(self._on_exit, handle)
-        )
+            sock, functools.partial(self._handle_message, handle), functools.partial(self._on_exit, handle),
+            handle.pid, self._observer.channel_bytes,
+        )  # fmt: skip
         log.info("started worker %s (pid %d)", spec.slot.describe(), handle.pid)
 
     async def _start_process(self, spec: WorkerSpec) -> tuple[WorkerProcess, socket.socket]:
@@ -302,6 +308,8 @@ class Supervisor:
         handle.state = EXITED
         handle.exit_description = describe_exit(exit_code, oom_killed)
         handle.fail_pending(f"exited ({handle.exit_description}) while holding a batch")
+        if swept := sweep_worker(os.getpid(), handle.pid):
+            log.info("unlinked %d shared-memory segment(s) of worker %s (pid %d)", swept, handle.name, handle.pid)
         if handle.kill_timer is not None:
             handle.kill_timer.cancel()
         self._live.discard(handle)

@@ -113,8 +113,8 @@ class SplitRouter:
         if self.shadow is not None:
             await self.shadow.stop()
 
-    async def infer(self, payload: Payload, items: int, key: Hashable) -> Payload:
-        """The chosen variant's answer to this request, or its RequestError."""
+    async def infer(self, payload: Payload, items: int, key: Hashable, priority: int = 0) -> Payload:
+        """The chosen variant's answer to this request (queued there at `priority`), or its RequestError."""
         note = current_note()
         variant = self.choose(note)
         if note is not None:
@@ -125,16 +125,16 @@ class SplitRouter:
             raise ModelUnavailable(f"split {self.name!r}: variant {variant.label!r} is not served")
         if self.shadow is not None:
             self.shadow.offer(payload, items, key)
-        return await self._answer(model, variant, payload, items, key)
+        return await self._answer(model, variant, payload, items, key, priority)
 
     async def _answer(
-        self, model: ServedModel, variant: SplitVariant, payload: Payload, items: int, key: Hashable
+        self, model: ServedModel, variant: SplitVariant, payload: Payload, items: int, key: Hashable, priority: int
     ) -> Payload:
         self.inflight_requests += 1
         self._idle.clear()
         code = 200
         try:
-            return await model.batcher.infer(payload, items, key)
+            return await model.batcher.infer(payload, items, key, priority)
         except RequestError as error:
             code = error.status
             raise
@@ -189,7 +189,8 @@ class ShadowCopies:
         NOTE.set(None)  # this task's own context: the copy must not name the primary's variant
         started = time.perf_counter()
         try:
-            await model.batcher.infer(payload, items, key)
+            # The lowest priority: where the candidate serves traffic of its own, that goes first.
+            await model.batcher.infer(payload, items, key, model.config.priority_levels)
             outcome = "ok"
         except RequestError as error:
             outcome = "error"

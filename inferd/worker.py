@@ -6,6 +6,9 @@ Protocol, over the worker's one channel to the main process:
     main -> worker   Stop             the worker exits 0
   a generative model's worker instead runs a continuous batch:
     main -> worker   Generate, Cancel (any time)   worker -> main   Chunks, one per decode step
+  and so does a handler whose predict yields, for its streamed requests (its Batches too):
+    main -> worker   StreamPredict, Cancel         worker -> main   Chunks, one per yield
+  any other worker answers a StreamPredict at once with a failed Chunk
     worker -> main   Stats, every few seconds on a GPU (sent under the same lock as BatchDone)
 Invariants: the process pins itself and caps its thread pools before torch runs anything (a
 forkserver may have imported torch, idle, before forking it; torch's thread pools start on first
@@ -53,6 +56,7 @@ from inferd.messages import (
     RequestFailure,
     Stats,
     Stop,
+    StreamPredict,
 )
 from inferd.placement import WorkerSlot, pin_before_torch, set_torch_threads
 
@@ -143,6 +147,7 @@ def _boot(spec: WorkerSpec) -> tuple[Any, Ready]:
     ready = Ready(
         pid=os.getpid(), cpus=cpus, threads=torch.get_num_threads(),
         inputs=runner.inputs, outputs=runner.outputs, load_s=time.perf_counter() - started,
+        streams=getattr(runner, "streams", False),
     )  # fmt: skip
     return runner, ready
 
@@ -163,7 +168,11 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
     if gpu_reader is not None:
         _start_stats_thread(channel, send_lock, gpu_reader)
     if spec.model.generation is not None:
-        return _serve_generation(runner, spec.model.name, channel, send_lock)
+        return _serve_generation(runner, channel, send_lock)
+    if getattr(runner, "streams", False):
+        from inferd.generation.handler_streams import HandlerStreams
+
+        return _serve_generation(HandlerStreams(runner), channel, send_lock)
     while True:
         try:
             message = channel.recv()
@@ -173,6 +182,8 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
         if isinstance(message, Stop):
             log.info("stopping: %s", message.reason)
             return
+        if isinstance(message, StreamPredict):
+            _refuse_stream(message, spec.model.name, channel, send_lock)
         if isinstance(message, Batch):
             started = time.perf_counter()
             results = runner.run_batch(message.payloads)
@@ -187,9 +198,10 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
                     return
 
 
-def _serve_generation(runner: Any, spec_name: str, channel: Channel, send_lock: threading.Lock) -> None:
+def _serve_generation(runner: Any, channel: Channel, send_lock: threading.Lock) -> None:
     """Step the running batch while it holds sequences; messages that came meanwhile are taken
-    between steps (a reader thread queues them), so a new sequence joins at the next step."""
+    between steps (a reader thread queues them), so a new sequence joins at the next step. The
+    runner is a GenerationRunner or a HandlerStreams."""
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read_into, args=(channel, inbox), name="inferd-inbox", daemon=True).start()
     while True:
@@ -201,27 +213,34 @@ def _serve_generation(runner: Any, spec_name: str, channel: Channel, send_lock: 
             if message is None or isinstance(message, Stop):
                 log.info("stopping: %s", "the channel closed" if message is None else message.reason)
                 return
-            if isinstance(message, Generate) and (refused := runner.start(message)) is not None:
+            if isinstance(message, (Generate, StreamPredict)) and (refused := runner.start(message)) is not None:
                 chunks.append(refused)
             elif isinstance(message, Cancel):
                 runner.cancel(message.sequence_id)
-            elif isinstance(message, Batch):  # a predict route: this model only generates
-                _refuse_batch(message, spec_name, channel, send_lock)
-        if runner.running:
-            chunks += runner.step()
-        if chunks:
-            with send_lock:
-                try:
-                    channel.send(Chunks(chunks))
-                except ChannelClosed:
-                    return
+            elif isinstance(message, Batch) and not _send(channel, send_lock, runner.answer_batch(message)):
+                return
+        for part in runner.steps() if runner.running else ():
+            chunks += part
+            if chunks and not _send(channel, send_lock, Chunks(chunks)):
+                return
+            chunks = []
+        if chunks and not _send(channel, send_lock, Chunks(chunks)):
+            return
 
 
-def _refuse_batch(batch: Batch, model: str, channel: Channel, send_lock: threading.Lock) -> None:
-    text = f"model {model!r} generates text: POST /models/{model}/generate or /v1/completions"
-    failure = RequestFailure("NotGenerated", text)
+def _send(channel: Channel, send_lock: threading.Lock, message: Any) -> bool:
+    """Whether `message` went out (False once the main process closed the channel)."""
     with send_lock:
-        channel.send(BatchDone(batch.batch_id, [failure] * len(batch.payloads), 0.0))
+        try:
+            channel.send(message)
+        except ChannelClosed:
+            return False
+    return True
+
+
+def _refuse_stream(message: StreamPredict, model: str, channel: Channel, send_lock: threading.Lock) -> None:
+    text = f'model {model!r} does not stream: its predict does not yield; send the request without "stream"'
+    _send(channel, send_lock, Chunks([Chunk(message.sequence_id, failure=RequestFailure("NotStreamed", text))]))
 
 
 def _read_into(channel: Channel, inbox: queue.Queue[Any]) -> None:

@@ -90,7 +90,8 @@ class SmolLM2(GenerativeHandler):
             ids[row, longest - length :] = torch.tensor(sequence.prompt_tokens)
             mask[row, longest - length :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        # Only the last position's logits are read: the vocabulary projection of the others is waste.
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         self._keep_caches(sequences, lengths, longest, out.past_key_values)
         return self.choose(out.logits[:, -1], sequences)
 

@@ -160,7 +160,7 @@ def test_validate_names_missing_or_foreign_model_files(tmp_path: Path) -> None:
 
 
 def test_a_models_route_may_not_take_the_servers_own_paths() -> None:
-    for route in ("/healthz", "/models", "/v2", "/v2/models/x/infer", "/admin/reload"):
+    for route in ("/healthz", "/models", "/v2", "/v2/models/x/infer", "/admin/reload", "/", "/status.json"):
         found = problems(f"models: [{{name: a, path: x.pt, route: {route}}}]")
         assert len(found) == 1 and found[0].startswith("models[0].route:") and "server's own routes" in found[0], route
     assert parse_config("models: [{name: a, path: x.pt, route: /embed}]").models[0].url_path == "/embed"

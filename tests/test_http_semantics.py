@@ -27,6 +27,8 @@ ROUTES = [  # every route the server has, with the methods it takes
     ("/openapi.json", GET_ONLY),
     ("/metrics", GET_ONLY),
     ("/admin/reload", "POST"),
+    ("/", GET_ONLY),
+    ("/status.json", GET_ONLY),
     ("/models/tiny/predict", "POST"),
     ("/v2", GET_ONLY),
     ("/v2/", GET_ONLY),

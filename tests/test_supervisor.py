@@ -119,6 +119,9 @@ class Recorder:
     def worker_exited(self, cause: str) -> None:
         self.exits.append(cause)
 
+    def channel_bytes(self, direction: str, path: str, nbytes: int) -> None:
+        pass
+
     def worker_replaced_for_memory(self) -> None:
         self.memory_replacements += 1
 
@@ -194,4 +197,6 @@ def test_processes_carry_titles_in_ps(serve) -> None:
     assert {pid: _title(pid) for pid in workers} == {
         pid: f"inferd: worker echo {slot}" for pid, slot in workers.items()
     }
-    assert {p.pid for p in helpers[0].children()} == set(workers)  # forked by the helper, not by main
+    forked = {p.pid: _title(p.pid) for p in helpers[0].children()}  # by the helper, not by main
+    assert {pid for pid, title in forked.items() if title != "inferd: json decoder"} == set(workers)
+    assert list(forked.values()).count("inferd: json decoder") == 1

@@ -42,6 +42,9 @@ class GenerationMetrics:
     def for_model(self, model: str) -> ModelGenerationMetrics:
         return ModelGenerationMetrics(self, model)
 
+    def for_streams(self, model: str) -> StreamMetrics:
+        return StreamMetrics(self, model)
+
 
 class ModelGenerationMetrics:
     """One model's generation figures (the scheduler's observer)."""
@@ -64,6 +67,24 @@ class ModelGenerationMetrics:
 
     def request_cancelled(self) -> None:
         self._cancelled.inc()
+
+
+class StreamMetrics:
+    """A handler model's streamed requests: only their cancellations, counted once one happens
+    (a handler's chunks are no tokens, and most handler models never stream)."""
+
+    def __init__(self, metrics: GenerationMetrics, model: str) -> None:
+        self._cancelled = metrics.cancelled
+        self._model = model
+
+    def first_token(self, wait_s: float, prompt_tokens: int) -> None:
+        pass
+
+    def sequence_done(self, tokens: int, decode_s: float) -> None:
+        pass
+
+    def request_cancelled(self) -> None:
+        self._cancelled.labels(self._model).inc()
 
 
 class SequenceCollector(Collector):

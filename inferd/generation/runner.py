@@ -1,21 +1,29 @@
 """The worker side of a generative model: a continuous batch driven one step at a time.
 
 `start` admits a sequence (tokenizing its prompt and checking it against max_prompt_tokens before
-any compute); it joins the batch at the next `step`. Each `step` calls the handler once for every
+any compute); it joins the batch at the next step. Each step (`steps`) calls the handler for every
 running sequence, applies the stop rules and answers one Chunk per sequence; a sequence that
 ended (end token, max_tokens, a stop string, cancelled) leaves the batch in that same step.
+
+Where sequences joined, a step is several handler calls, each one's chunks sent before the next:
+the newcomers' prefill first, in passes of at most `prefill_tokens_per_pass` prompt tokens, then
+the decode of the sequences that were running. A newcomer's first token waits for its own pass
+only, never for the running batch's decode nor for the prefill of every prompt that came with it
+(bench/generation_steps.py measures why: a pass over one prompt costs about as much as a decode
+step, the weights' reading dominating, and a pass over k prompts grows with k).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from inferd.config import ModelConfig
 from inferd.errors import StartupError
 from inferd.generation.sequence import Sequence
 from inferd.handler import GenerativeHandler, load_handler_class
-from inferd.messages import Chunk, Generate, RequestFailure, TensorInfo
+from inferd.messages import Batch, BatchDone, Chunk, Generate, RequestFailure, TensorInfo
 from inferd.runners import caller_message, traceback_line
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,9 @@ class GenerationRunner:
             raise StartupError(
                 f"{model.handler}: a model with a 'generation' section needs a GenerativeHandler subclass"
             )
+        self.model_name = model.name
+        assert model.generation is not None
+        self.prefill_tokens_per_pass = model.generation.prefill_tokens_per_pass
         self.handler: GenerativeHandler = handler_class(**model.handler_args)
         self.handler.setup(device)
         self.end_tokens = self.handler.end_tokens()
@@ -50,13 +61,40 @@ class GenerationRunner:
         self.running[message.sequence_id] = sequence
         return None
 
+    def answer_batch(self, batch: Batch) -> BatchDone:
+        """A predict route's batch: refused, this model only generates."""
+        model = self.model_name
+        text = f"model {model!r} generates text: POST /models/{model}/generate or /v1/completions"
+        return BatchDone(batch.batch_id, [RequestFailure("NotGenerated", text)] * len(batch.payloads), 0.0)
+
     def cancel(self, sequence_id: int) -> None:
         sequence = self.running.pop(sequence_id, None)
         if sequence is not None:
             self.handler.release(sequence)
 
-    def step(self) -> list[Chunk]:
-        sequences = list(self.running.values())
+    def steps(self) -> Iterator[list[Chunk]]:
+        """One step's chunks, in the parts that go out one after the other."""
+        running = [s for s in self.running.values() if s.cache is not None]
+        passes = self._prefill_passes([s for s in self.running.values() if s.cache is None])
+        for part in [*passes, running] if running else passes:
+            yield self.step([s for s in part if s.sequence_id in self.running])
+
+    def _prefill_passes(self, joining: list[Sequence]) -> list[list[Sequence]]:
+        """The newcomers in arrival order, cut into passes of at most prefill_tokens_per_pass."""
+        passes: list[list[Sequence]] = []
+        tokens = 0
+        for sequence in joining:
+            size = len(sequence.prompt_tokens)
+            if not passes or tokens + size > self.prefill_tokens_per_pass:
+                passes.append([])
+                tokens = 0
+            passes[-1].append(sequence)
+            tokens += size
+        return passes
+
+    def step(self, sequences: list[Sequence]) -> list[Chunk]:
+        if not sequences:
+            return []
         try:
             next_tokens = list(self.handler.step(sequences))
             if len(next_tokens) != len(sequences):

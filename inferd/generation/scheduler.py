@@ -1,7 +1,11 @@
 """The main-process side of a generative model: a bounded queue of sequences and their placement
 on workers, each worker running at most `max_running` sequences at once (its continuous batch).
+The same scheduler carries the streamed requests of a handler whose predict yields: there a
+request is one sequence that takes one slot per item it carries.
 
 Invariants:
+- queued sequences start by priority, FIFO within a level, a long-waiting one promoted (as a
+  batched model's requests: inferd/priority_queue.py);
 - a sequence is queued, or running on exactly one worker, or ended; `Stream` is its chunks as an
   async iterator, and every stream ends with one final chunk (finish_reason or failure), also
   when its worker dies (a sequence that delivered nothing yet is retried once, like a batch),
@@ -17,20 +21,23 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from inferd.batching import ModelError
 from inferd.channel import ChannelClosed
 from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestError, RequestTimedOut
-from inferd.messages import Cancel, Chunk, Chunks, Generate, RequestFailure, Sampling
+from inferd.messages import Cancel, Chunk, Chunks, Generate, RequestFailure, Sampling, StreamPredict
+from inferd.priority import PriorityPolicy
+from inferd.priority_queue import PriorityQueue
 from inferd.supervisor import READY, Supervisor, WorkerHandle
 
 log = logging.getLogger(__name__)
 
 DEADLINE = "DeadlineExceeded"
 LOST = "WorkerLost"
+NOT_STREAMED = "NotStreamed"  # a streamed request to a model whose predict does not yield
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class GenerationPolicy:
     max_running: int  # sequences per worker: the model's max_batch_size
     max_queue_size: int
     deadline_s: float  # the model's request_timeout_ms: a whole generation must end by then
+    priority: PriorityPolicy = field(default_factory=PriorityPolicy)
 
 
 class GenerationObserver(Protocol):
@@ -51,8 +59,10 @@ class GenerationObserver(Protocol):
 class Stream:
     """One request's chunks as they come, ending with its final chunk."""
 
-    def __init__(self, scheduler: Scheduler, message: Generate) -> None:
+    def __init__(self, scheduler: Scheduler, message: Generate | StreamPredict, level: int = 0, slots: int = 1) -> None:
         self.message = message
+        self.level = level  # its place in the queue (priority_queue.py)
+        self.slots = slots  # of its worker's max_running: a handler request's items
         self.worker: WorkerHandle | None = None
         self.retried = False
         self.delivered = 0  # chunks put in the queue: a retry is safe only while none was
@@ -67,6 +77,10 @@ class Stream:
     @property
     def sequence_id(self) -> int:
         return self.message.sequence_id
+
+    @property
+    def arrived(self) -> float:
+        return self.submitted_at
 
     def __aiter__(self) -> Stream:
         return self
@@ -98,7 +112,7 @@ class Scheduler:
         self.policy = policy
         self._supervisor = supervisor
         self._observer = observer
-        self._queue: deque[Stream] = deque()
+        self._queue: PriorityQueue[Stream] = PriorityQueue(policy.priority.levels, policy.priority.promote_after_s)
         self._open: dict[int, Stream] = {}  # queued or running, by sequence id
         self._running: dict[WorkerHandle, set[int]] = {}
         self._ids = itertools.count(1)
@@ -116,9 +130,18 @@ class Scheduler:
 
     def submit(
         self, prompt: str | list[dict[str, str]], max_tokens: int, max_prompt_tokens: int,
-        sampling: Sampling, stop: tuple[str, ...],
+        sampling: Sampling, stop: tuple[str, ...], priority: int = 0,
     ) -> Stream:  # fmt: skip
-        """Queue one sequence; QueueFull or ModelUnavailable at once where it cannot be."""
+        """Queue one sequence; QueueFull or ModelUnavailable at once where it cannot be.
+        `priority` is checked already (priority.py): 0 is the model's default."""
+        return self.open(
+            lambda sequence_id: Generate(sequence_id, prompt, max_tokens, max_prompt_tokens, sampling, stop),
+            priority=priority,
+        )
+
+    def open(self, make: Callable[[int], Generate | StreamPredict], slots: int = 1, priority: int = 0) -> Stream:
+        """Queue the message `make` builds for a new sequence id, taking `slots` of a worker's
+        max_running; QueueFull or ModelUnavailable at once where it cannot be."""
         reason = self._supervisor.unavailable_reason
         if reason and not self._supervisor.ready_count:
             raise ModelUnavailable(f"model {self.model!r} is unavailable: {reason}")
@@ -127,8 +150,7 @@ class Scheduler:
                 f"model {self.model!r} has {len(self._queue)} sequences queued (max_queue_size); retry later",
                 headers={"Retry-After": "1"},
             )
-        message = Generate(next(self._ids), prompt, max_tokens, max_prompt_tokens, sampling, stop)
-        stream = Stream(self, message)
+        stream = Stream(self, make(next(self._ids)), self.policy.priority.level(priority), slots)
         stream.timer = asyncio.get_running_loop().call_later(self.policy.deadline_s, self._expire, stream)
         self._open[stream.sequence_id] = stream
         self._queue.append(stream)
@@ -137,18 +159,23 @@ class Scheduler:
 
     def wake(self) -> None:
         """Place queued sequences on workers with a free slot, least loaded first."""
+        if self._queue:
+            self._queue.promote(time.monotonic())
         while self._queue:
-            worker = self._free_worker()
+            worker = self._free_worker(self._queue.head().slots)
             if worker is None:
                 return
             self._start_on(worker, self._queue.popleft())
 
-    def _free_worker(self) -> WorkerHandle | None:
+    def _free_worker(self, slots: int) -> WorkerHandle | None:
         free = [
             h for h in self._supervisor.handles.values()
-            if h.state == READY and len(self._running.get(h, ())) < self.policy.max_running
+            if h.state == READY and self._load(h) + slots <= self.policy.max_running
         ]  # fmt: skip
-        return min(free, key=lambda h: len(self._running.get(h, ()))) if free else None
+        return min(free, key=self._load) if free else None
+
+    def _load(self, worker: WorkerHandle) -> int:
+        return sum(self._open[i].slots for i in self._running.get(worker, ()) if i in self._open)
 
     def _start_on(self, worker: WorkerHandle, stream: Stream) -> None:
         stream.worker = worker
@@ -220,7 +247,7 @@ class Scheduler:
         retry = [s for s in held if not s.delivered and not s.retried]
         for stream in retry:
             stream.retried, stream.worker = True, None
-            self._queue.appendleft(stream)
+            self._queue.requeue_front([stream])
         if retry:
             log.warning("model %s: worker %s died; retrying %d sequence(s) once", self.model, worker.name, len(retry))
         for stream in held:
@@ -246,7 +273,7 @@ class Scheduler:
 def failure_error(model: str, failure: RequestFailure) -> RequestError:
     """The HTTP error a stream's failure becomes when nothing was sent yet."""
     message = f"model {model!r}: {failure.message}"
-    if failure.error_type == "PromptTooLong":
+    if failure.error_type in ("PromptTooLong", NOT_STREAMED):
         return BadRequest(failure.message)
     if failure.error_type == DEADLINE:
         return RequestTimedOut(message)

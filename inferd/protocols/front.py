@@ -1,16 +1,20 @@
 """The ASGI application in front of every route: one pure-ASGI layer, no middleware stack.
 
 Per HTTP request, in order: take the client's X-Request-ID if it is sane (else make one); match the
-path (404) and the method (405 with Allow); check access (401/403); run the endpoint; turn any
-error into its JSON answer (`http.answer`, the only place that does); count inference requests in
-their model's metrics; send, with X-Request-ID on every response. An answer to a client that has
-gone (499) is counted and logged but not sent. Lifespan events go to `lifespan`
-(a starlette Router's), websockets are refused.
+path (404) and the method (405 with Allow); check access (401/403); on an inference route, take
+from the rate limits' buckets (429, inferd/rate_limit.py), all before the body is read; run the
+endpoint; turn any error into its JSON answer (`http.answer`, the only place that does); count
+inference requests in their model's metrics; send, with X-Request-ID on every response. An answer
+to a client that has gone (499) is counted and logged but not sent. Lifespan events go to
+`lifespan` (a starlette Router's), websockets are refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -21,10 +25,13 @@ from starlette.responses import Response
 from starlette.routing import Router as StarletteRouter
 
 from inferd.auth import Access
-from inferd.errors import ClientGone
+from inferd.errors import ClientGone, ModelUnavailable
 from inferd.protocols.http import Call, answer
 from inferd.protocols.routing import Match, Router
+from inferd.rate_limit import RateLimits
 from inferd.request_note import NOTE, VARIANT_HEADER, RequestNote
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -35,9 +42,12 @@ _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}")
 
 
 class Front:
-    def __init__(self, router: Router, access: Access, lifespan: ASGIApp | None = None) -> None:
+    def __init__(
+        self, router: Router, access: Access, lifespan: ASGIApp | None = None, limits: RateLimits | None = None
+    ) -> None:
         self.router = router
         self.access = access
+        self.limits = limits
         self.other = lifespan or StarletteRouter()  # lifespan, and a refusal for websockets
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -53,6 +63,8 @@ class Front:
         token = NOTE.set(note)
         try:
             response = await answer(call, lambda call: self._serve(call, match))
+        except asyncio.CancelledError:
+            response = await answer(call, _cancelled_by_shutdown)
         finally:
             NOTE.reset(token)
         if note.variant is not None:  # a traffic split answered: name its variant
@@ -68,8 +80,21 @@ class Front:
         if match is None:
             raise self.router.not_found(call.path)
         endpoint = match.route.endpoint(call.method, call.path)
-        self.access.check(match.route, call.request.scope)
+        call.key_name = self.access.check(match.route, call.request.scope)
+        if match.route.inference and self.limits is not None:
+            self.limits.admit(call.key_name, match.model.config if match.model is not None else None)
         return await endpoint(call)
+
+
+async def _cancelled_by_shutdown(call: Call) -> Response:
+    """uvicorn cancels what still runs once the drain timeout has passed: a 503 for each, and one
+    log line, instead of a traceback per request from uvicorn."""
+    task = asyncio.current_task()
+    if task is not None and sys.version_info >= (3, 11):
+        task.uncancel()
+    log.warning("%s %s (request %s): cancelled, still running when the drain timeout passed",
+                call.method, call.path, call.request_id)  # fmt: skip
+    raise ModelUnavailable("the server stopped before this request was answered (server.drain_timeout_s); retry")
 
 
 def request_id_of(headers: Any) -> str:

@@ -15,13 +15,18 @@ from inferd.errors import BadRequest, ModelNotFound
 from inferd.generation.params import GenerationParams, read_messages, read_params, read_prompt
 from inferd.generation.scheduler import Stream
 from inferd.messages import Chunk
-from inferd.protocols.http import BodyLimits, Call, Endpoint, json_response, parse_json, read_body
+from inferd.priority import header_priority
+from inferd.protocols.http import BodyLimits, Call, Endpoint, json_response, read_json_document
 from inferd.protocols.routing import Match, Resolver, Route
 from inferd.protocols.streaming import Completion, EventStream, collect, first_chunk, sse
 
 
+def route_of(daemon: Daemon) -> Route:
+    return Route("/models/{name}/generate", {"POST": _generate(daemon)}, inference=True)
+
+
 def resolver(daemon: Daemon) -> Resolver:
-    route = Route("/models/{name}/generate", {"POST": _generate(daemon)}, inference=True)
+    route = route_of(daemon)
 
     def resolve(path: str) -> Match | None:
         parts = path.split("/")
@@ -50,25 +55,29 @@ async def read_json_body(call: Call, daemon: Daemon, model: ServedModel | None) 
     limits = BodyLimits(server.max_request_bytes, server.body_timeout_s, "max_request_bytes")
     fraction = model.config.request_bytes_fraction if model is not None else 0.5
     with daemon.admission.hold(model.name if model else "-", fraction) as held:
-        body = parse_json(await read_body(call.request, limits, held))
+        body = await read_json_document(call.request, limits, daemon.admission, held)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
 
 
-def submit(model: ServedModel, prompt: str | list[dict[str, str]], params: GenerationParams) -> Stream:
+def submit(
+    model: ServedModel, prompt: str | list[dict[str, str]], params: GenerationParams, priority: int = 0
+) -> Stream:
     assert model.generator is not None
-    return model.generator.submit(prompt, params.max_tokens, params.max_prompt_tokens, params.sampling, params.stop)
+    generator = model.generator
+    return generator.submit(prompt, params.max_tokens, params.max_prompt_tokens, params.sampling, params.stop, priority)
 
 
 def _generate(daemon: Daemon) -> Endpoint:
     async def generate(call: Call) -> Response:
         model = generative_model(daemon, call.params["name"])
         assert model.config.generation is not None
+        priority = header_priority(call.request.headers, model.config)
         body = await read_json_body(call, daemon, model)
         prompt = read_messages(body["messages"]) if "messages" in body else read_prompt(body.get("prompt"))
         params = read_params(body, model.name, model.config.generation)
-        stream = submit(model, prompt, params)
+        stream = submit(model, prompt, params, priority)
         if params.stream:
             first = await first_chunk(model.name, stream, call.request.receive)
             return EventStream(_events(model.name, first, stream), stream)

@@ -123,7 +123,7 @@ def _decode_input(
     ref = _region_ref(tensor.parameters, what)
     try:
         if ref is not None:
-            return array_from_binary(memoryview(regions.read(ref, what)), datatype, shape)
+            return regions.tensor(ref, datatype, shape, what)
         if raw_entries is not None:
             return array_from_binary(memoryview(next(raw_entries)), datatype, shape)
         return _from_contents(tensor, datatype, shape)

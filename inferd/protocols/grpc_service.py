@@ -3,7 +3,9 @@
 Each call is checked the way its REST twin is (the same API keys, read from the call's metadata
 `authorization: Bearer <key>` or `x-api-key`; ServerLive and ServerReady open unless
 `protect_health`), then goes to the same batcher; a ModelInfer counts in its model's request
-metrics under the HTTP status its outcome has over REST. A call's gRPC deadline bounds its wait
+metrics under the HTTP status its outcome has over REST, after the same rate limits (a refusal
+is UNAVAILABLE with `retry-after` in the trailing metadata) and with the same priorities (the
+request's `priority` parameter, else `x-priority` metadata). A call's gRPC deadline bounds its wait
 for the model (DEADLINE_EXCEEDED, and the request leaves the queue); a cancelled call leaves the
 queue too. A RequestError becomes the gRPC status Triton gives for it (`STATUS_CODES`), with one
 log line; RPCs without an HTTP twin in inferd answer UNIMPLEMENTED.
@@ -25,17 +27,19 @@ from grpc.aio import ServicerContext as Context
 
 from inferd import __version__
 from inferd.admission import payload_bytes
-from inferd.auth import Access, matches, presented_key
+from inferd.auth import Access
 from inferd.daemon import Daemon, ServedModel
 from inferd.errors import BadRequest, ClientGone, ModelNotFound, RequestError, RequestTimedOut, Unauthorized
 from inferd.messages import Payload
-from inferd.protocols import grpc_codec, v2
+from inferd.priority import header_priority, request_priority
+from inferd.protocols import grpc_codec, grpc_generate, v2
 from inferd.protocols.grpc_pb import grpc_service_pb2 as pb
 from inferd.protocols.grpc_pb import grpc_service_pb2_grpc as pb_grpc
 from inferd.protocols.grpc_pb import model_config_pb2
 from inferd.protocols.http import QUIET_STATUSES
 from inferd.protocols.shm import RegionExists
 from inferd.protocols.v2_codec import V2DecodeError
+from inferd.protocols.v2_stats import statistics
 from inferd.request_note import NOTE, VARIANT_HEADER, RequestNote
 from inferd.versions import public_names
 
@@ -74,6 +78,8 @@ async def _abort(context: Context, rpc: str, error: RequestError) -> None:
                 rpc, code.name, error.message, error.detail.rstrip())  # fmt: skip
     else:
         log.log(level, "grpc %s: %s: %s", rpc, code.name, error.message)
+    if "Retry-After" in error.headers:
+        context.set_trailing_metadata((("retry-after", error.headers["Retry-After"]),))
     await context.abort(code, error.message)
 
 
@@ -113,8 +119,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def _authorize(self, context: Context, health: bool) -> None:
         if not self._access.api_keys or (health and self._open_health):
             return
-        if not matches(presented_key(_metadata(context)), self._access.api_keys):
+        if self._key_name(context) is None:
             raise Unauthorized("missing or wrong API key: send the metadata 'authorization: Bearer <key>'")
+
+    def _key_name(self, context: Context) -> str | None:
+        if not self._access.api_keys:
+            return None
+        return self._access.key_name(_metadata(context))
 
     def _find(self, name: str, version: str) -> ServedModel:
         model = self._daemon.find(name, version)
@@ -182,23 +193,49 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """One answer per request, in order; a failed request answers its error and the stream goes on."""
+        """One answer per request, in order (a generative model's: one per generated chunk, see
+        grpc_generate.py); a failed request answers its error and the stream goes on."""
         try:
             self._authorize(context, health=False)
         except RequestError as error:
             await _abort(context, "ModelStreamInfer", error)
         async for request in requests:
-            try:
-                response = await self._counted(request, context)
-            except RequestError as error:
-                log.info("grpc ModelStreamInfer: %s: %s", status_code(error).name, error.message)
-                yield pb.ModelStreamInferResponse(error_message=error.message)
-                continue
-            except Exception as error:  # a bug of ours: answered, logged in one line, and the stream goes on
-                log.error("grpc ModelStreamInfer: internal error: %s", _one_line(error))
-                yield pb.ModelStreamInferResponse(error_message="internal server error; see the server log")
-                continue
-            yield pb.ModelStreamInferResponse(infer_response=response)
+            async for response in self._stream_answers(request, context):
+                yield response
+
+    async def _stream_answers(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        try:
+            model = self._find(request.model_name, request.model_version)
+            if model.generator is not None:
+                async for response in self._generated(model, request):
+                    yield response
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=await self._counted(request, context))
+        except RequestError as error:
+            log.info("grpc ModelStreamInfer: %s: %s", status_code(error).name, error.message)
+            yield pb.ModelStreamInferResponse(error_message=error.message)
+        except Exception as error:  # a bug of ours: answered, logged in one line, and the stream goes on
+            log.error("grpc ModelStreamInfer: internal error: %s", _one_line(error))
+            yield pb.ModelStreamInferResponse(error_message="internal server error; see the server log")
+
+    async def _generated(
+        self, model: ServedModel, request: pb.ModelInferRequest
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """A generative model's chunks, the request counted in its metrics with its REST status."""
+        started, status = time.perf_counter(), 200
+        try:
+            async for response in grpc_generate.generate(model, request, self._daemon.shared_memory):
+                yield response
+        except RequestError as error:
+            status = error.status
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            status = ClientGone.status
+            raise
+        finally:
+            model.metrics.request_done(status, time.perf_counter() - started)
 
     async def _counted(
         self, request: pb.ModelInferRequest, context: Context, unary: bool = False
@@ -211,6 +248,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         note = RequestNote(_metadata(context))
         token = NOTE.set(note)
         try:
+            self._daemon.rate_limits.admit(self._key_name(context), model.config)
             response = await self._infer(model, request, context)
             if unary and note.variant is not None:
                 context.set_trailing_metadata(((VARIANT_HEADER, note.variant),))
@@ -237,13 +275,28 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             if model.outputs:
                 _check(request.check_requested_outputs, [o.name for o in model.outputs])
             payload, items, key = v2.to_payload(model, request)
-            result = await _within_deadline(model.batcher.infer(payload, items, key), context.time_remaining())
+            priority = request_priority(request.parameters, model.config, _metadata_priority(model, context))
+            infer = model.batcher.infer(payload, items, key, priority)
+            result = await _within_deadline(infer, context.time_remaining())
             outputs = v2.handler_outputs(model, result) if isinstance(result, list) else result
             selected, _ = _check(request.select_outputs, outputs)
             datatypes = {spec.name: spec.datatype for spec in model.outputs}
             return grpc_codec.encode_infer_response(
                 model.public_name, model.version, request.id, selected, datatypes, targets, regions
             )
+
+    # ---- statistics -------------------------------------------------------------------------
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> pb.ModelStatisticsResponse:
+        """Triton's statistics of one model (or all, when no name is given), as GET .../stats gives them."""
+
+        async def stats() -> pb.ModelStatisticsResponse:
+            named = [self._find(request.name, request.version)] if request.name else None
+            models = named or list(self._daemon.models.values())
+            document = statistics((model.public_name, model.version, model.metrics.tally) for model in models)
+            return json_format.ParseDict(document, pb.ModelStatisticsResponse())
+
+        return await self._guarded("ModelStatistics", context, stats)
 
     # ---- system shared memory ---------------------------------------------------------------
 
@@ -280,7 +333,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- not served -------------------------------------------------------------------------
 
-    ModelStatistics = _unimplemented("ModelStatistics", "read the inferd_* metrics at /metrics")
     RepositoryIndex = _unimplemented("RepositoryIndex", "GET /models lists the models")
     RepositoryModelLoad = _unimplemented("RepositoryModelLoad", "models come from the config (POST /admin/reload)")
     RepositoryModelUnload = _unimplemented("RepositoryModelUnload", "models come from the config (POST /admin/reload)")
@@ -289,6 +341,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory", "use system shared memory")
     TraceSetting = _unimplemented("TraceSetting", "inferd has no tracing")
     LogSettings = _unimplemented("LogSettings", "set server.log_level in the config")
+
+
+def _metadata_priority(model: ServedModel, context: Context) -> int:
+    metadata = {str(k).lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    return header_priority(metadata, model.config)
 
 
 async def _within_deadline(work: Awaitable[Payload], remaining_s: float | None) -> Payload:

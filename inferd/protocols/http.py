@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from inferd.admission import Admission, Reservation, TensorLimits, body_bound_bytes
 from inferd.config import ServerConfig
+from inferd.decoder import DECODE_IN_PROCESS_BYTES
 from inferd.errors import BadRequest, BodyTooSlow, ClientGone, PayloadTooLarge, RequestError
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class Call:
     request_id: str
     model: ServedModel | None = None  # the model a model route's path names, if it exists
     params: Mapping[str, str] = field(default_factory=dict)  # e.g. a v2 path's name and version
+    key_name: str | None = None  # the name of the API key that opened the route, if any
 
     @property
     def path(self) -> str:
@@ -49,6 +51,7 @@ class Call:
 Endpoint = Callable[[Call], Awaitable[Response]]
 
 T = TypeVar("T")
+MAX_DOCUMENT_VALUES = 50_000  # a route's own JSON (a chat, a list of texts to embed) needs far fewer
 _MAX_LENGTH_DIGITS = 19  # a longer length is refused unconverted: int() raises past 4,300 digits
 
 
@@ -113,11 +116,18 @@ async def read_decoded(
     admission: Admission,
     decode: Callable[[bytes], T],
     measure: Callable[[T, bytes], int],
+    in_process: Callable[[bytes], Callable[[bytes], T] | None] | None = None,
 ) -> T:
     """Read the body within `limits` and the memory budget, decode it (off the loop when large),
-    and leave `held` at what the decoded payload holds; the raw body is dropped on return."""
+    and leave `held` at what the decoded payload holds; the raw body is dropped on return.
+    `in_process(body)` gives the (picklable) decode to run in the decoder process if the body is
+    large, or None where this body must be decoded here."""
     body = await read_body(request, limits, held)
-    decoded, payload_bytes = await admission.decode(len(body), _decode_and_measure, decode, measure, body)
+    remote = in_process(body) if in_process is not None and len(body) >= DECODE_IN_PROCESS_BYTES else None
+    if remote is not None:
+        decoded, payload_bytes = await admission.decode(len(body), True, _decode_and_measure, remote, measure, body)
+    else:
+        decoded, payload_bytes = await admission.decode(len(body), False, _decode_and_measure, decode, measure, body)
     held.resize(payload_bytes)
     return decoded
 
@@ -184,7 +194,42 @@ def _too_large(size: str, limits: BodyLimits) -> PayloadTooLarge:
     return PayloadTooLarge(f"the body has {size} bytes; this route takes at most {limits.max_bytes} ({limits.source})")
 
 
-def parse_json(body: bytes) -> Any:
+async def read_json_document(
+    request: Request, limits: BodyLimits, admission: Admission, held: Reservation | None = None
+) -> Any:
+    """A body that is one JSON document for the route itself (a prompt, a region to register),
+    parsed off the loop when large: in the decoder process, so no parse holds the loop's GIL."""
+    body = await read_body(request, limits, held)
+    return await admission.decode(len(body), True, parse_bounded_json, body)
+
+
+def parse_bounded_json(body: bytes | bytearray) -> Any:
+    """`parse_json`, refusing a large document of more than MAX_DOCUMENT_VALUES values: taking
+    it into the main process would cost about as much as the parse it avoided."""
+    document = parse_json(body)
+    if len(body) >= DECODE_IN_PROCESS_BYTES and _has_more_values(document, MAX_DOCUMENT_VALUES):
+        raise PayloadTooLarge(
+            f"the JSON body has more than {MAX_DOCUMENT_VALUES} values; this route takes at most that"
+        )
+    return document
+
+
+def _has_more_values(document: Any, limit: int) -> bool:
+    pending, seen = [document], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            pending.extend(value.values())
+            seen += len(value)  # the keys
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
+def parse_json(body: bytes | bytearray) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:

@@ -10,15 +10,16 @@ items (or one bare item) and answer with one encoded output per item (or the bar
 handler with several declared inputs takes them as columns, `{"inputs": {"a": [...], "b": [...]}}`
 (one element per item, the same count in each), or as rows, `{"inputs": [{"a": ..., "b": ...}]}`;
 with several declared outputs it answers in the same form. An optional `"parameters"` object
-reaches a handler's `predict`; tensor models ignore it.
+reaches a handler's `predict`; tensor models ignore it. `"stream": true` asks a handler whose
+predict yields for its chunks as Server-Sent Events (inferd.protocols.predict_stream).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from inferd.admission import Reservation, payload_bytes
 from inferd.datatypes import bf16_bits_from_float32, float32_from_bf16_bits, numpy_dtype
 from inferd.errors import BadRequest, RequestError
-from inferd.messages import Items, Parameters, Payload, TensorInfo
+from inferd.messages import Items, PackedItems, Parameters, Payload, TensorInfo
 from inferd.protocols.http import body_limits, parse_json, read_body, read_decoded
 
 if TYPE_CHECKING:
@@ -48,13 +49,14 @@ class UnsupportedMediaType(RequestError):
     status = 415
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class DecodedRequest:
     payload: Payload
     items: int
     key: Hashable  # requests with different keys never share a batch
     bare_item: bool = False  # a handler request that sent one item, not a list
     columns: bool = False  # a handler request that sent its named inputs as columns
+    stream: bool = False  # "stream": true: the chunks of a handler whose predict yields, as they come
 
 
 async def read_request(request: Request, daemon: Daemon, model: ServedModel, held: Reservation) -> DecodedRequest:
@@ -62,7 +64,8 @@ async def read_request(request: Request, daemon: Daemon, model: ServedModel, hel
     max_batch_size, inputs = model.config.max_batch_size, model.inputs
     limits = body_limits(daemon.config.server, model.name, max_batch_size, () if model.is_handler else inputs)
     decode = functools.partial(decode_body, inputs=inputs, is_handler=model.is_handler, max_batch_size=max_batch_size)
-    return await read_decoded(request, limits, held, daemon.admission, decode, held_bytes)
+    in_process = functools.partial(decode_body, pack_items=True, **decode.keywords)
+    return await read_decoded(request, limits, held, daemon.admission, decode, held_bytes, lambda _: in_process)
 
 
 def is_raw(content_type: str | None) -> bool:
@@ -87,9 +90,15 @@ async def read_raw(request: Request, daemon: Daemon, model: ServedModel, held: R
     return DecodedRequest([body], 1, None, bare_item=True)
 
 
-def decode_body(body: bytes, inputs: tuple[TensorInfo, ...], is_handler: bool, max_batch_size: int) -> DecodedRequest:
-    """A native request body, parsed and decoded; counts are checked before any per-element work."""
-    return decode(parse_json(body), inputs, is_handler, max_batch_size)
+def decode_body(
+    body: bytes, inputs: tuple[TensorInfo, ...], is_handler: bool, max_batch_size: int, pack_items: bool = False
+) -> DecodedRequest:
+    """A native request body, parsed and decoded; counts are checked before any per-element work.
+    With `pack_items` (in the decoder process), a handler's items come back as one PackedItems."""
+    decoded = decode(parse_json(body), inputs, is_handler, max_batch_size)
+    if pack_items and isinstance(decoded.payload, list | Items):
+        return dataclasses.replace(decoded, payload=PackedItems.pack(decoded.payload))
+    return decoded
 
 
 def held_bytes(decoded: DecodedRequest, body: bytes) -> int:
@@ -104,6 +113,11 @@ def decode(
 ) -> DecodedRequest:
     if not isinstance(document, dict) or "inputs" not in document:
         raise BadRequest('the body must be a JSON object with an "inputs" field')
+    stream = document.get("stream", False)
+    if not isinstance(stream, bool) or (stream and not is_handler):
+        raise BadRequest(
+            f'"stream" must be true or false (true only for a handler whose predict yields), got {stream!r}'
+        )
     if not is_handler:
         return decode_tensors(document["inputs"], inputs, max_batch_size)
     raw = document["inputs"]
@@ -112,7 +126,7 @@ def decode(
     decoded = decode_items(_rows(raw, names) if columns else raw, max_batch_size)
     if len(names) > 1:
         _check_named_items(decoded.payload, names)
-    return _with_parameters(decoded, document.get("parameters"), columns)
+    return _with_parameters(decoded, document.get("parameters"), columns, stream)
 
 
 def _rows(columns: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
@@ -132,14 +146,14 @@ def _check_named_items(items: Any, names: list[str]) -> None:
             raise BadRequest(f"item {index}: this model takes inputs {names} (an object of them), got {given}")
 
 
-def _with_parameters(decoded: DecodedRequest, parameters: Any, columns: bool) -> DecodedRequest:
+def _with_parameters(decoded: DecodedRequest, parameters: Any, columns: bool, stream: bool) -> DecodedRequest:
     if parameters is not None and not isinstance(parameters, dict):
         raise BadRequest('"parameters" must be a JSON object')
     payload = decoded.payload
     if parameters:
         assert isinstance(payload, list)
         payload = Items(payload, Parameters(request=parameters))
-    return DecodedRequest(payload, decoded.items, decoded.key, decoded.bare_item, columns)
+    return DecodedRequest(payload, decoded.items, decoded.key, decoded.bare_item, columns, stream)
 
 
 def decode_items(raw: Any, max_batch_size: int | None = None) -> DecodedRequest:

@@ -10,7 +10,8 @@ from starlette.responses import Response
 
 from inferd.daemon import Daemon
 from inferd.errors import ModelNotFound, NotFound, RequestError
-from inferd.protocols import native
+from inferd.priority import header_priority
+from inferd.protocols import native, predict_stream
 from inferd.protocols.disconnect import unless_client_leaves
 from inferd.protocols.http import Call, Endpoint, json_response
 from inferd.protocols.routing import Match, Resolver, Route
@@ -30,13 +31,16 @@ def _predict(daemon: Daemon) -> Endpoint:
     async def predict(call: Call) -> Response:
         model = call.model
         assert model is not None  # the resolver matched it
+        priority = header_priority(call.request.headers, model.config)
         with daemon.admission.hold(model.name, model.config.request_bytes_fraction) as held:
             if native.is_raw(call.request.headers.get("content-type")):
                 decoded = await native.read_raw(call.request, daemon, model, held)
             else:
                 decoded = await native.read_request(call.request, daemon, model, held)
-            infer = model.batcher.infer(decoded.payload, decoded.items, decoded.key)
-            result = await unless_client_leaves(call.request.receive, infer)
+            if decoded.stream:
+                return await predict_stream.answer(call, model, decoded)
+            infer = model.batcher.infer(decoded.payload, decoded.items, decoded.key, priority)
+            result = await unless_client_leaves(call.request.receive, infer, call.request.scope)
             return json_response(native.encode(result, model.outputs, decoded))
 
     return predict

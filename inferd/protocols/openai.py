@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 from starlette.responses import Response
 
+from inferd.config import ModelConfig
 from inferd.daemon import Daemon
 from inferd.errors import BadRequest, ModelNotFound
 from inferd.generation.params import read_messages, read_params, read_prompt
 from inferd.generation.scheduler import Stream
 from inferd.messages import Chunk
+from inferd.priority import header_priority
 from inferd.protocols import native
 from inferd.protocols.disconnect import unless_client_leaves
 from inferd.protocols.generate import generative_model, read_json_body, submit
@@ -32,9 +34,9 @@ Render = Callable[[Chunk | None, Completion], dict[str, Any]]  # one stream chun
 def routes(daemon: Daemon) -> list[Route]:
     return [
         Route("/v1/models", {"GET": _models(daemon)}),
-        Route("/v1/chat/completions", {"POST": _completions(daemon, chat=True)}),
-        Route("/v1/completions", {"POST": _completions(daemon, chat=False)}),
-        Route("/v1/embeddings", {"POST": _embeddings(daemon)}),
+        Route("/v1/chat/completions", {"POST": _completions(daemon, chat=True)}, inference=True),
+        Route("/v1/completions", {"POST": _completions(daemon, chat=False)}, inference=True),
+        Route("/v1/embeddings", {"POST": _embeddings(daemon)}, inference=True),
     ]
 
 
@@ -51,9 +53,10 @@ def _completions(daemon: Daemon, chat: bool) -> Endpoint:
         body = await read_json_body(call, daemon, None)
         model = generative_model(daemon, body.get("model"))
         assert model.config.generation is not None
+        priority = _admitted(daemon, call, model.config)
         prompt = read_messages(body.get("messages")) if chat else read_prompt(body.get("prompt"))
         params = read_params(body, model.name, model.config.generation)
-        stream = submit(model, prompt, params)
+        stream = submit(model, prompt, params, priority)
         head = _head(call, model.name, chat)
         if params.stream:
             first = await first_chunk(model.name, stream, call.request.receive)
@@ -64,6 +67,14 @@ def _completions(daemon: Daemon, chat: bool) -> Endpoint:
         return json_response({**head, "choices": [choice], "usage": completion.usage()})
 
     return completions
+
+
+def _admitted(daemon: Daemon, call: Call, model: ModelConfig) -> int:
+    """The request's priority, once the model its body names has a token for it (the key's was
+    taken before the body was read)."""
+    priority = header_priority(call.request.headers, model)
+    daemon.rate_limits.admit(call.key_name, model, key_met_already=True)
+    return priority
 
 
 def _head(call: Call, model: str, chat: bool) -> dict[str, Any]:
@@ -117,13 +128,15 @@ def _embeddings(daemon: Daemon) -> Endpoint:
         if model is None or not model.is_handler or model.generator is not None:
             names = sorted(n for n, m in daemon.models.items() if m.is_handler and m.generator is None)
             raise ModelNotFound(f"no embedding model named {name!r}; handler models: {names}")
+        priority = _admitted(daemon, call, model.config)
         texts = _texts(body.get("input"))
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise BadRequest(f"encoding_format must be 'float' or 'base64', got {encoding!r}")
         native.check_rows(len(texts), model.config.max_batch_size)
-        vectors = await unless_client_leaves(call.request.receive, model.batcher.infer(texts, len(texts), None))
-        data = [_embedding(i, vector, encoding) for i, vector in enumerate(vectors)]  # type: ignore[arg-type]
+        infer = model.batcher.infer(texts, len(texts), None, priority)
+        vectors = await unless_client_leaves(call.request.receive, infer)
+        data = [_embedding(model.name, i, vector, encoding) for i, vector in enumerate(vectors)]  # type: ignore[arg-type]
         usage = {"prompt_tokens": 0, "total_tokens": 0}
         return json_response({"object": "list", "data": data, "model": model.name, "usage": usage})
 
@@ -137,7 +150,10 @@ def _texts(value: Any) -> list[str]:
     return texts
 
 
-def _embedding(index: int, vector: Any, encoding: str) -> dict[str, Any]:
-    array = np.asarray(vector, dtype="<f4").reshape(-1)
+def _embedding(model: str, index: int, vector: Any, encoding: str) -> dict[str, Any]:
+    try:
+        array = np.asarray(vector, dtype="<f4").reshape(-1)
+    except (ValueError, TypeError):  # a handler model that answers something else than vectors
+        raise BadRequest(f"model {model!r} does not answer vectors: it has no embeddings") from None
     value: Any = base64.b64encode(array.tobytes()).decode() if encoding == "base64" else array
     return {"object": "embedding", "index": index, "embedding": value}

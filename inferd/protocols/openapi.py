@@ -1,9 +1,11 @@
 """The OpenAPI 3.0 document of every route this server answers, built from the models it serves now.
 
-Each model gets concrete paths (its native route, and /v2/models/<name>/... with and without the
-version) whose request schemas name its own inputs, datatypes and fixed dims, so a client generator
-or a fuzzer builds requests the model can take. Every error answer is `{"error": str, "request_id":
-str}`. The document is rebuilt per request: a reload that adds or removes a model changes it at
+Each model gets concrete paths (its native route, /v2/models/<name>/... with and without the
+version, and a generative model's /models/<name>/generate) whose request schemas name its own
+inputs, datatypes and fixed dims, so a client generator or a fuzzer builds requests the model can
+take. The v2 model routes, the OpenAI-compatible, v2 statistics and shared-memory routes are
+listed from the same route tables the router serves (inferd.protocols.openapi_routes). Every
+error answer is `{"error": str, "request_id": str}`. The document is rebuilt per request: a reload that adds or removes a model changes it at
 once. Where API keys are set, it needs one, like the routes it describes.
 """
 
@@ -16,11 +18,18 @@ from inferd import __version__
 from inferd.daemon import Daemon, ServedModel
 from inferd.datatypes import DATATYPES
 from inferd.messages import TensorInfo
+from inferd.protocols import generate, openai, shm_routes, v2
+from inferd.protocols.openapi_routes import (
+    Schema,
+    described,
+    generate_operation,
+    json_content,
+    object_schema,
+    operation,
+    stats_operation,
+)
 from inferd.protocols.v2 import HEADER_LENGTH
 
-Schema = dict[str, Any]
-
-ERROR_REF = {"$ref": "#/components/schemas/Error"}
 _SMALL_ROW_ELEMENTS = 256  # rows up to this size are described exactly; larger ones only by nesting
 _INTEGER_RANGES = {
     "UINT8": (0, 2**8 - 1), "UINT16": (0, 2**16 - 1), "UINT32": (0, 2**32 - 1), "UINT64": (0, 2**64 - 1),
@@ -32,13 +41,17 @@ _FLOAT_LIMITS = {"FP16": 65504.0, "FP32": 3.4028234663852886e38, "BF16": 3.38953
 
 def document(daemon: Daemon, metrics_route: bool = True) -> Schema:
     models = list(daemon.models.values())
-    paths: dict[str, Any] = {**_service_paths(metrics_route), **_v2_server_paths()}
+    paths: dict[str, Any] = {**_service_paths(metrics_route), **_v2_server_paths(), **_table_paths(daemon)}
+    by_suffix, _ = v2.model_routes(daemon)
     for model in models:
         paths[model.config.url_path] = {"post": _native_predict(model)}
         versioned = f"/v2/models/{model.public_name}/versions/{model.version}"
         is_default = daemon.find(model.public_name) is model
         for prefix in (f"/v2/models/{model.public_name}", versioned) if is_default else (versioned,):
-            paths.update(_v2_model_paths(model, prefix))
+            paths.update(_v2_model_paths(model, prefix, by_suffix))
+        if model.generator is not None:
+            route = generate.route_of(daemon).path.replace("{name}", model.name)
+            paths[route] = {"post": generate_operation(model.name)}
     spec: Schema = {
         "openapi": "3.0.3",
         "info": {"title": "inferd", "version": __version__},
@@ -82,20 +95,21 @@ def _components() -> Schema:
     }  # fmt: skip
 
 
-def _object(properties: Schema, required: Iterable[str] = ()) -> Schema:
-    schema: Schema = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = list(required)
-    return schema
+_object, _json, _operation = object_schema, json_content, operation
 
 
-def _json(schema: Schema, description: str = "OK") -> Schema:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _html() -> Schema:
+    return {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
-def _operation(summary: str, ok: Schema, errors: Iterable[int] = (), **extra: Any) -> Schema:
-    responses = {"200": ok, **{str(status): _json(ERROR_REF, "error") for status in errors}}
-    return {"summary": summary, "responses": responses, **extra}
+def _table_paths(daemon: Daemon) -> dict[str, Any]:
+    """The OpenAI-compatible, every-model statistics and shared-memory routes, from their tables."""
+    context = {
+        "generative_models": sorted(n for n, m in daemon.models.items() if m.generator is not None),
+        "embedding_models": sorted(n for n, m in daemon.models.items() if m.is_handler and m.generator is None),
+    }
+    _, every_model = v2.model_routes(daemon)
+    return described([*openai.routes(daemon), every_model, *shm_routes.table(daemon).values()], context)
 
 
 def _get(summary: str, ok: Schema, errors: Iterable[int] = ()) -> Schema:
@@ -113,6 +127,11 @@ def _service_paths(metrics_route: bool) -> dict[str, Any]:
         "/healthz": _get("the process is alive", _json(_object({"status": {"type": "string"}}, ["status"]))),
         "/readyz": _get("200 when every model has a ready worker, else 503", _json(
             _object({"ready": {"type": "boolean"}, "models": {"type": "object"}}, ["ready", "models"])), [503]),
+        "/": _get("the status page: one HTML file whose script shows /status.json", _html()),
+        "/status.json": _get("each model and version: state, queue depth, workers and their CPUs and devices, "
+                             "live requests/s and p50/p99, GPU memory; and the machine's CPUs and GPUs", _json(
+            _object({"models": {"type": "array", "items": {"type": "object"}}, "machine": {"type": "object"}},
+                    ["models", "machine"]))),
         "/admin/reload": {"post": _operation(
             "re-read the config file and apply the difference (loopback only unless admin keys are set)",
             _json({"type": "object"}), [400, 401, 403])},
@@ -148,8 +167,11 @@ def _native_predict(model: ServedModel) -> Schema:
         inputs["additionalProperties"] = False
         example = {spec.name: _example_rows(spec) for spec in model.inputs}
     body = _object({"inputs": inputs}, ["inputs"])
-    request = {"required": True, "content": {"application/json": {"schema": body, "example": {"inputs": example}}}}
     ok = _json(_object({"outputs": {}}, ["outputs"]))
+    if model.is_handler:  # a handler whose predict yields streams its chunks as events
+        body["properties"]["stream"] = {"type": "boolean"}
+        ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    request = {"required": True, "content": {"application/json": {"schema": body, "example": {"inputs": example}}}}
     return _operation(f"run {model.name!r}: the batch dimension first", ok, _REQUEST_ERRORS, requestBody=request)
 
 
@@ -206,14 +228,17 @@ def _example_rows(spec: TensorInfo) -> list[Any]:
 # ---- v2 model routes ------------------------------------------------------------------------
 
 
-def _v2_model_paths(model: ServedModel, prefix: str) -> dict[str, Any]:
-    return {
-        prefix: _get("model metadata", _json({"$ref": "#/components/schemas/ModelMetadata"}), [404]),
-        f"{prefix}/ready": _get("model readiness", _json(
+def _v2_model_paths(model: ServedModel, prefix: str, by_suffix: dict[str, Any]) -> dict[str, Any]:
+    """The model's v2 routes (the router's own table) under `prefix`."""
+    operations = {
+        "": _get("model metadata", _json({"$ref": "#/components/schemas/ModelMetadata"}), [404]),
+        "ready": _get("model readiness", _json(
             _object({"name": {"type": "string"}, "ready": {"type": "boolean"}}, ["name", "ready"])), [404, 503]),
-        f"{prefix}/config": _get("Triton-style model configuration", _json({"type": "object"}), [404]),
-        f"{prefix}/infer": {"post": _v2_infer(model)},
+        "config": _get("Triton-style model configuration", _json({"type": "object"}), [404]),
+        "infer": {"post": _v2_infer(model)},
+        "stats": {"get": stats_operation(f"v2 statistics of {model.name!r}")},
     }  # fmt: skip
+    return {f"{prefix}/{suffix}".rstrip("/"): operations[suffix] for suffix in by_suffix}
 
 
 def _v2_infer(model: ServedModel) -> Schema:

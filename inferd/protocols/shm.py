@@ -5,20 +5,27 @@ The client creates the POSIX shared-memory object (`shm_open`, e.g. with
 `tritonclient.utils.shared_memory`) and owns it: inferd maps it on register, unmaps it on
 unregister or when it stops, and never unlinks it. Every reference a request makes (region, offset,
 byte size) is checked against the registered window before a byte is touched, so a bad reference is
-a 400, never a fault. Data read is copied out of the mapping, so unregistering never races a tensor
-still in use.
+a 400, never a fault. An input of fixed-size elements stays in the region: the request holds a view
+of it that crosses to the worker as a descriptor (inferd.segments), and the worker maps the
+client's object itself; BYTES inputs are copied out and parsed here. A region unregistered while a
+view of it is in flight stays mapped until that request is done.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
 import re
 import stat
 from dataclasses import dataclass
 
+import numpy as np
+
+from inferd.datatypes import Datatype, TensorDataError, array_from_binary, shape_text
 from inferd.errors import BadRequest
+from inferd.segments import region_view
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +82,7 @@ class SharedMemory:
         for region_name in [name] if name is not None else list(self._regions):
             region = self._regions.pop(region_name, None)
             if region is not None:
-                region.mapping.close()
+                _unmap(region)
                 log.info("shared-memory region %r unregistered", region_name)
 
     def status(self, name: str | None = None) -> list[dict[str, object]]:
@@ -88,6 +95,24 @@ class SharedMemory:
         start = self._window(ref, what)
         try:
             return self._regions[ref.name].mapping[start : start + ref.byte_size]
+        except (ValueError, KeyError):  # unregistered by another request meanwhile (decoding runs off the loop)
+            raise BadRequest(f"{what}: shared-memory region {ref.name!r} was unregistered while in use") from None
+
+    def tensor(self, ref: RegionRef, datatype: Datatype, shape: tuple[int, ...], what: str) -> np.ndarray:
+        """The input `ref` names: a view of the region where its elements have a fixed size (checked
+        to fill `ref` exactly), else parsed from a copy."""
+        if datatype.itemsize_bytes is None:
+            return array_from_binary(memoryview(self.read(ref, what)), datatype, shape)
+        needed = math.prod(shape) * datatype.itemsize_bytes
+        if ref.byte_size != needed:
+            raise TensorDataError(
+                f"shared_memory_byte_size is {ref.byte_size} but shape {shape_text(shape)} of "
+                f"{datatype.name} needs {needed} bytes"
+            )
+        start = self._window(ref, what)
+        try:
+            region = self._regions[ref.name]
+            return region_view(region.mapping, region.key, start, datatype.numpy_dtype, shape)
         except (ValueError, KeyError):  # unregistered by another request meanwhile (decoding runs off the loop)
             raise BadRequest(f"{what}: shared-memory region {ref.name!r} was unregistered while in use") from None
 
@@ -123,6 +148,13 @@ class SharedMemory:
                 f"{ref.name!r} of {region.byte_size} bytes"
             )
         return region.offset + ref.offset
+
+
+def _unmap(region: Region) -> None:
+    try:
+        region.mapping.close()
+    except BufferError:  # a request in flight still views it: the mapping goes with its last view
+        log.debug("shared-memory region %r is still in use; unmapped once its requests are done", region.name)
 
 
 def _check_names(name: str, key: str) -> None:

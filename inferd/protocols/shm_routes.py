@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from inferd.daemon import Daemon
 from inferd.errors import BadRequest
-from inferd.protocols.http import Call, body_limits, json_response, parse_json, read_body
+from inferd.protocols.http import Call, body_limits, json_response, read_json_document
 from inferd.protocols.routing import Match, Resolver, Route
 
 PREFIX = "/v2/systemsharedmemory"
@@ -23,29 +23,7 @@ _REGISTER_BODY_BYTES = 64 * 1024
 
 
 def resolver(daemon: Daemon) -> Resolver:
-    regions = daemon.shared_memory
-
-    async def status(call: Call) -> Response:
-        return json_response(regions.status(call.params.get("name")))
-
-    async def unregister(call: Call) -> Response:
-        regions.unregister(call.params.get("name"))
-        return json_response({})
-
-    async def register(call: Call) -> Response:
-        limits = body_limits(daemon.config.server, "", 1, ())
-        document = parse_json(await read_body(call.request, limits))
-        key, offset, byte_size = _register_fields(document)
-        regions.register(call.params["name"], key, offset, byte_size)
-        return json_response({})
-
-    routes = {
-        "status": Route(f"{PREFIX}/status", {"GET": status}),
-        "unregister": Route(f"{PREFIX}/unregister", {"POST": unregister}),
-        "region/status": Route(f"{PREFIX}/region/{{name}}/status", {"GET": status}),
-        "region/register": Route(f"{PREFIX}/region/{{name}}/register", {"POST": register}),
-        "region/unregister": Route(f"{PREFIX}/region/{{name}}/unregister", {"POST": unregister}),
-    }
+    routes = table(daemon)
 
     def resolve(path: str) -> Match | None:
         rest = path.removeprefix(PREFIX).strip("/").split("/")
@@ -58,6 +36,33 @@ def resolver(daemon: Daemon) -> Resolver:
         return None
 
     return resolve
+
+
+def table(daemon: Daemon) -> dict[str, Route]:
+    """The routes by what follows PREFIX ("region/" + the action for one region's)."""
+    regions = daemon.shared_memory
+
+    async def status(call: Call) -> Response:
+        return json_response(regions.status(call.params.get("name")))
+
+    async def unregister(call: Call) -> Response:
+        regions.unregister(call.params.get("name"))
+        return json_response({})
+
+    async def register(call: Call) -> Response:
+        limits = body_limits(daemon.config.server, "", 1, ())
+        document = await read_json_document(call.request, limits, daemon.admission)
+        key, offset, byte_size = _register_fields(document)
+        regions.register(call.params["name"], key, offset, byte_size)
+        return json_response({})
+
+    return {
+        "status": Route(f"{PREFIX}/status", {"GET": status}),
+        "unregister": Route(f"{PREFIX}/unregister", {"POST": unregister}),
+        "region/status": Route(f"{PREFIX}/region/{{name}}/status", {"GET": status}),
+        "region/register": Route(f"{PREFIX}/region/{{name}}/register", {"POST": register}),
+        "region/unregister": Route(f"{PREFIX}/region/{{name}}/unregister", {"POST": unregister}),
+    }
 
 
 def _register_fields(document: Any) -> tuple[str, int, int]:

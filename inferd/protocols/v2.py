@@ -21,8 +21,10 @@ from starlette.responses import Response
 from inferd import __version__
 from inferd.admission import Reservation, payload_bytes
 from inferd.daemon import Daemon, ServedModel
+from inferd.decoder import DECODE_IN_PROCESS_BYTES
 from inferd.errors import BadRequest, ModelNotFound
 from inferd.messages import Payload
+from inferd.priority import header_priority, request_priority
 from inferd.protocols import native, shm_routes
 from inferd.protocols.disconnect import unless_client_leaves
 from inferd.protocols.http import Call, Endpoint, body_limits, json_response, read_decoded
@@ -70,8 +72,8 @@ def routes(daemon: Daemon) -> list[Route]:
     ]
 
 
-def resolver(daemon: Daemon) -> Resolver:
-    """/v2/models/<name>[/versions/<version>][/ready|/config|/infer]: the model it names, if served."""
+def model_routes(daemon: Daemon) -> tuple[dict[str, Route], Route]:
+    """Each model's routes by suffix ("" is its metadata), and the stats route of every model."""
     by_suffix = {
         "": Route(_MODEL_PREFIX, {"GET": lambda call: _metadata(daemon, _find(daemon, call))}),
         "ready": Route(f"{_MODEL_PREFIX}/ready", {"GET": lambda call: _model_ready(_find(daemon, call))}),
@@ -79,8 +81,12 @@ def resolver(daemon: Daemon) -> Resolver:
         "infer": Route(f"{_MODEL_PREFIX}/infer", {"POST": infer_endpoint(daemon)}, inference=True),
         "stats": Route(f"{_MODEL_PREFIX}/stats", {"GET": lambda call: _stats(daemon, [_find(daemon, call)])}),
     }
-    every_model = Route("/v2/models/stats", {"GET": lambda call: _stats(daemon, list(daemon.models.values()))})
+    return by_suffix, Route("/v2/models/stats", {"GET": lambda call: _stats(daemon, list(daemon.models.values()))})
 
+
+def resolver(daemon: Daemon) -> Resolver:
+    """/v2/models/<name>[/versions/<version>][/ready|/config|/infer]: the model it names, if served."""
+    by_suffix, every_model = model_routes(daemon)
     shared_memory = shm_routes.resolver(daemon)
 
     def resolve(path: str) -> Match | None:
@@ -160,12 +166,15 @@ def infer_endpoint(daemon: Daemon) -> Endpoint:
         model = _find(daemon, call)
         request = call.request
         header_length = _parse(parse_header_length, request.headers.get(HEADER_LENGTH))
+        priority = header_priority(request.headers, model.config)
         with daemon.admission.hold(model.name, model.config.request_bytes_fraction) as held:
             decoded = await _read_infer_request(request, daemon, model, held, header_length)
+            priority = request_priority(decoded.parameters, model.config, priority)
             if model.outputs:
                 _check(decoded.check_requested_outputs, [o.name for o in model.outputs])
             payload, items, key = to_payload(model, decoded)
-            result = await unless_client_leaves(request.receive, model.batcher.infer(payload, items, key))
+            infer = model.batcher.infer(payload, items, key, priority)
+            result = await unless_client_leaves(request.receive, infer, request.scope)
             return _respond(model, decoded, result, daemon)
 
     return infer
@@ -182,7 +191,24 @@ async def _read_infer_request(
     decode = functools.partial(
         _parse, decode_infer_request, header_length=header_length, limits=input_limits, regions=daemon.shared_memory
     )
-    return await read_decoded(request, limits, held, daemon.admission, decode, _held_bytes)
+    in_process = functools.partial(_decode_in_process, header_length=header_length, limits=input_limits)
+    return await read_decoded(request, limits, held, daemon.admission, decode, _held_bytes, in_process)
+
+
+def _decode_in_process(
+    body: bytes, header_length: int | None, limits: InputLimits
+) -> Callable[[bytes], V2InferRequest] | None:
+    """The decode for the decoder process when the body's JSON is large (its parse would stall the
+    loop); None when it is small (binary data after a short JSON header decodes here, as views)."""
+    json_end = len(body) if header_length is None else min(header_length, len(body))
+    if json_end < DECODE_IN_PROCESS_BYTES:
+        return None
+    if body.find(b'"shared_memory_region"', 0, json_end) >= 0:  # regions are mapped in this process only
+        raise BadRequest(
+            f"the request's JSON has {json_end} bytes and names shared-memory regions; a request whose "
+            f"data is in shared memory keeps its JSON under {DECODE_IN_PROCESS_BYTES} bytes"
+        )
+    return functools.partial(_parse, decode_infer_request, header_length=header_length, limits=limits, regions=None)
 
 
 def _parse(parse: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -411,7 +411,7 @@ def _decode_data(header: _InputHeader, reader: _BinaryReader, regions: SharedMem
     what = f"input {header.name!r}"
     try:
         if header.region is not None and regions is not None:
-            return array_from_binary(memoryview(regions.read(header.region, what)), header.datatype, header.shape)
+            return regions.tensor(header.region, header.datatype, header.shape, what)
         if header.binary_size is None:
             return _array_from_json_rows(header.data, header.datatype, header.shape)
         return array_from_binary(reader.take(header.binary_size, what), header.datatype, header.shape)

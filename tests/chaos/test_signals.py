@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.chaos.load import Load, by_status, latency_figures, report, rss_mib
 from tests.chaos.logs import assert_clean_log
@@ -92,3 +93,27 @@ def test_sighup_with_a_changed_model_under_load_fails_no_request(serve) -> None:
     assert set(tags[first_v2 + 50 :]) == {"v2"}  # once switched, the old generation only finishes its own
     assert not old_pids & set(server.worker_pids("echo"))
     assert_clean_log(server.log())
+
+
+def test_a_request_still_running_past_the_drain_timeout_gets_a_503_and_one_log_line(serve) -> None:
+    import httpx
+
+    server = serve("""
+server: {host: 127.0.0.1, port: 1, drain_timeout_s: 1}
+models:
+  - {name: slow, handler: "{HANDLERS}:Echo", handler_args: {delay_s: 30}, request_timeout_ms: 60000}
+""")
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, server.url + "/models/slow/predict", json={"inputs": ["x"]}, timeout=60)
+        wait_until(lambda: _busy(server, "slow"), 30, "the request to reach the worker")
+        server.process.send_signal(signal.SIGTERM)
+        response = answer.result(timeout=30)
+    assert server.process.wait(30) == 0
+    assert response.status_code == 503, response.text
+    assert "drain_timeout_s" in response.json()["error"]
+    assert "still running when the drain timeout passed" in server.log()
+    assert_clean_log(server.log())
+
+
+def _busy(server, model: str) -> bool:
+    return any(w["busy"] for w in server.models()[model]["workers"])

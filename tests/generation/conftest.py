@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import RunningServer, start_server
 
 GENERATORS = Path(__file__).resolve().parent / "generators.py"
+YIELDERS = Path(__file__).resolve().parent / "yielders.py"  # handlers whose predict yields
 
 
 def capitals_config(

@@ -38,6 +38,13 @@ def test_defaults() -> None:
     assert (model.generation.max_prompt_tokens, model.generation.max_tokens, model.generation.default_max_tokens) == (
         2048, 512, 128,
     )  # fmt: skip
+    assert model.generation.prefill_tokens_per_pass == 64
+
+
+def test_prefill_tokens_per_pass_is_at_least_one() -> None:
+    found = problems("models: [{name: m, handler: 'h.py:H', generation: {prefill_tokens_per_pass: 0}}]")
+    assert len(found) == 1 and found[0].startswith("models[0].generation.prefill_tokens_per_pass: ")
+    assert "0" in found[0]
 
 
 def test_a_plain_handler_with_generation_stops_start_up(serve: Callable[..., RunningServer]) -> None:

@@ -131,3 +131,40 @@ class Identity(Handler):
 
     def predict(self, items: list[Any]) -> list[Any]:
         return items
+
+
+class Gated(Handler):
+    """Holds each batch until the file handler_args["gate"] exists, then echoes it: a batch kept
+    running, and requests kept queued behind it, for exactly as long as a test needs."""
+
+    def predict(self, items: list[Any]) -> list[Any]:
+        while not os.path.exists(self.handler_args["gate"]):
+            time.sleep(0.01)
+        return items
+
+
+class Turns(Handler):
+    """Holds a batch with the item "hold" until the file handler_args["gate"] exists (a minute at
+    most), so the worker stays busy while a test queues requests behind it. Answers each item as
+    "<item>#<n>", n its place in the order this worker ran items."""
+
+    def setup(self, device: str) -> None:
+        self.ran = 0
+
+    def predict(self, items: list[Any]) -> list[str]:
+        if "hold" in items:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(self.handler_args["gate"]) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        answers = []
+        for item in items:
+            self.ran += 1
+            answers.append(f"{item}#{self.ran}")
+        return answers
+
+
+class Lengths(Handler):
+    """An embedding model of sorts: each text as the vector [its length, 1.0]."""
+
+    def predict(self, items: list[Any]) -> list[list[float]]:
+        return [[float(len(item)), 1.0] for item in items]

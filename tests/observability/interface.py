@@ -47,6 +47,16 @@ METRIC_NAMES = frozenset(
         "inferd_shadow_requests_total",
         "inferd_shadow_duration_seconds",
         "inferd_model_version_info",
+        "inferd_rate_limited_total",
+        "inferd_requests_promoted_total",
+        "inferd_channel_bytes_total",
+        "inferd_time_to_first_token_seconds",
+        "inferd_time_per_output_token_seconds",
+        "inferd_prompt_tokens_total",
+        "inferd_generated_tokens_total",
+        "inferd_sequences_cancelled_total",
+        "inferd_running_sequences",
+        "inferd_queued_sequences",
     }
 )
 
@@ -56,6 +66,8 @@ EVENT_METRIC_NAMES = frozenset(
         "inferd_worker_exits_total",
         "inferd_worker_memory_replacements_total",
         "inferd_connections_closed_total",
+        "inferd_rate_limited_total",
+        "inferd_channel_bytes_total",
     }
 )
 
@@ -102,9 +114,9 @@ def standin_registry() -> CollectorRegistry:
     _add_gpu_metrics(registry)
     _add_front_metrics(registry)
     _add_traffic_metrics(registry)
-    info = Gauge(
-        "inferd_build_info", "Build information", ["version", "torch", "python"], registry=registry
-    )
+    _add_qos_metrics(registry)
+    _add_generation_metrics(registry)
+    info = Gauge("inferd_build_info", "Build information", ["version", "torch", "python"], registry=registry)
     info.labels("0.1.0", "2.13.0", "3.11.2").set(1)
     return registry
 
@@ -147,14 +159,10 @@ def _add_request_metrics(registry: CollectorRegistry) -> None:
 
 
 def _add_worker_metrics(registry: CollectorRegistry) -> None:
-    ready = Gauge(
-        "inferd_model_ready", "1 when the model has a ready worker", ["model"], registry=registry
-    )
+    ready = Gauge("inferd_model_ready", "1 when the model has a ready worker", ["model"], registry=registry)
     workers = Gauge("inferd_workers", "Workers by state", ["model", "state"], registry=registry)
     restarts = Counter("inferd_worker_restarts", "Worker restarts", ["model"], registry=registry)
-    cpu = Counter(
-        "inferd_worker_cpu_seconds", "Worker CPU time", ["model", "worker"], registry=registry
-    )
+    cpu = Counter("inferd_worker_cpu_seconds", "Worker CPU time", ["model", "worker"], registry=registry)
     rss = Gauge(
         "inferd_worker_resident_memory_bytes",
         "Worker resident memory",
@@ -173,18 +181,14 @@ def _add_worker_metrics(registry: CollectorRegistry) -> None:
 
 def _add_gpu_metrics(registry: CollectorRegistry) -> None:
     labels = ["model", "device", "worker"]
-    allocated = Gauge(
-        "inferd_gpu_memory_allocated_bytes", "Memory held by tensors", labels, registry=registry
-    )
+    allocated = Gauge("inferd_gpu_memory_allocated_bytes", "Memory held by tensors", labels, registry=registry)
     reserved = Gauge(
         "inferd_gpu_memory_reserved_bytes",
         "Memory held by the caching allocator",
         labels,
         registry=registry,
     )
-    used = Gauge(
-        "inferd_gpu_memory_used_bytes", "Device memory in use", ["device"], registry=registry
-    )
+    used = Gauge("inferd_gpu_memory_used_bytes", "Device memory in use", ["device"], registry=registry)
     total = Gauge("inferd_gpu_memory_total_bytes", "Device memory", ["device"], registry=registry)
     allocated.labels("minilm", "0", "0").set(1 * GIB)
     reserved.labels("minilm", "0", "0").set(2 * GIB)
@@ -196,18 +200,16 @@ def _add_front_metrics(registry: CollectorRegistry) -> None:
     """Connections, memory admission, cancellations and unasked worker exits."""
     cancelled = Counter("inferd_requests_cancelled", "Queued requests dropped", ["model"], registry=registry)
     exits = Counter("inferd_worker_exits", "Unasked worker exits", ["model", "cause"], registry=registry)
-    replaced = Counter(
-        "inferd_worker_memory_replacements", "Workers replaced for memory", ["model"], registry=registry
-    )
+    replaced = Counter("inferd_worker_memory_replacements", "Workers replaced for memory", ["model"], registry=registry)
     connections = Gauge("inferd_connections", "Open connections", ["listener"], registry=registry)
-    closed = Counter(
-        "inferd_connections_closed", "Connections closed", ["listener", "reason"], registry=registry
-    )
+    closed = Counter("inferd_connections_closed", "Connections closed", ["listener", "reason"], registry=registry)
     held = Gauge("inferd_request_bytes_held", "Request bytes held", registry=registry)
     limit = Gauge("inferd_request_bytes_held_limit", "Their budget", registry=registry)
-    by_model = Gauge(
-        "inferd_model_request_bytes_held", "Request bytes held per model", ["model"], registry=registry
+    by_model = Gauge("inferd_model_request_bytes_held", "Request bytes held per model", ["model"], registry=registry)
+    channel = Counter(
+        "inferd_channel_bytes", "Tensor bytes to and from workers", ["model", "direction", "path"], registry=registry
     )
+    channel.labels("tiny", "to_worker", "segment").inc(4 * 1024**2)
     for model in ("tiny", "minilm"):
         cancelled.labels(model).inc(3)
         exits.labels(model, "SIGKILL").inc(1)
@@ -221,13 +223,9 @@ def _add_front_metrics(registry: CollectorRegistry) -> None:
 
 def _add_traffic_metrics(registry: CollectorRegistry) -> None:
     """A split "ab" sending 90/10 to two models, shadowing to a third, and one served version."""
-    requests = Counter(
-        "inferd_split_requests", "Requests per variant", ["split", "variant", "code"], registry=registry
-    )
+    requests = Counter("inferd_split_requests", "Requests per variant", ["split", "variant", "code"], registry=registry)
     weight = Gauge("inferd_split_weight", "Variant weight", ["split", "variant"], registry=registry)
-    shadow = Counter(
-        "inferd_shadow_requests", "Shadow copies", ["split", "variant", "outcome"], registry=registry
-    )
+    shadow = Counter("inferd_shadow_requests", "Shadow copies", ["split", "variant", "outcome"], registry=registry)
     shadow_duration = Histogram(
         "inferd_shadow_duration_seconds", "Shadow latency", ["split", "variant"], registry=registry
     )
@@ -244,3 +242,38 @@ def _add_traffic_metrics(registry: CollectorRegistry) -> None:
     shadow.labels("ab", "tiny", "dropped").inc(1)
     shadow_duration.labels("ab", "tiny").observe(0.004)
     version.labels("minilm", "minilm", "2", "true").set(1)
+
+
+def _add_qos_metrics(registry: CollectorRegistry) -> None:
+    """Rate limits' refusals and priority promotions."""
+    limited = Counter(
+        "inferd_rate_limited", "Requests refused by a rate limit", ["key", "model", "limit"], registry=registry
+    )
+    promoted = Counter(
+        "inferd_requests_promoted", "Requests promoted past higher priorities", ["model"], registry=registry
+    )
+    limited.labels("tenant-a", "tiny", "key").inc(7)
+    limited.labels("tenant-b", "-", "key").inc(1)
+    for model in ("tiny", "minilm"):
+        limited.labels("tenant-b", model, "model").inc(2)
+        promoted.labels(model).inc(4)
+
+
+def _add_generation_metrics(registry: CollectorRegistry) -> None:
+    """Generative models' figures (inferd/generation/metrics.py)."""
+    labels = ["model"]
+    first_token = Histogram("inferd_time_to_first_token_seconds", "To first token", labels, registry=registry)
+    per_token = Histogram("inferd_time_per_output_token_seconds", "Between tokens", labels, registry=registry)
+    prompt = Counter("inferd_prompt_tokens", "Prompt tokens prefilled", labels, registry=registry)
+    generated = Counter("inferd_generated_tokens", "Tokens generated", labels, registry=registry)
+    cancelled = Counter("inferd_sequences_cancelled", "Sequences stopped early", labels, registry=registry)
+    running = Gauge("inferd_running_sequences", "Sequences running", labels, registry=registry)
+    queued = Gauge("inferd_queued_sequences", "Sequences waiting", labels, registry=registry)
+    for model in ("tiny", "minilm"):
+        first_token.labels(model).observe(0.08)
+        per_token.labels(model).observe(0.02)
+        prompt.labels(model).inc(1200)
+        generated.labels(model).inc(6400)
+        cancelled.labels(model).inc(2)
+        running.labels(model).set(8)
+        queued.labels(model).set(1)

@@ -242,7 +242,7 @@ def test_bad_requests_get_triton_status_codes(client: grpcclient.InferenceServer
     assert output.status() == "StatusCode.INVALID_ARGUMENT" and "'x'" in output.message()
     too_many = refused(lambda: client.infer("tiny", [tensor("input", np.ones((33, 16), np.float32), "FP32")]))
     assert too_many.status() == "StatusCode.INVALID_ARGUMENT" and "max_batch_size" in too_many.message()
-    unserved = refused(lambda: client.get_inference_statistics("tiny"))
+    unserved = refused(lambda: client.get_cuda_shared_memory_status())
     assert unserved.status() == "StatusCode.UNIMPLEMENTED"
 
 

@@ -103,3 +103,50 @@ def test_a_large_valid_json_body_decodes_off_the_loop(server: RunningServer) -> 
     answer = _attack(server, "native 32 x 32768 floats to wide (valid, the model refuses the width)",
                      "/models/wide/predict", body, {})  # fmt: skip
     assert answer.status_code == 422, answer.text  # decoded and queued: Linear(16, 16) refuses the width
+
+
+def test_a_handler_gets_an_800k_key_item_without_the_loop_parsing_it(server: RunningServer) -> None:
+    """Accepted this time: the decoder process parses it and packs the item; only the worker unpickles it."""
+    item = {f"k{i}": i for i in range(800_000)}  # about 13 MiB, within max_request_bytes
+    body = orjson.dumps({"inputs": [item, [1, 2, 3]]})
+    answer = _attack(server, "native handler item with 800 k keys (sizes, valid)", "/models/sizes/predict", body, {})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == [800_000, 3]
+
+
+def test_large_v2_json_naming_shared_memory_is_refused_unparsed(server: RunningServer) -> None:
+    data = [0.5] * 40_000
+    inputs = [{"name": "input", "datatype": "FP32", "shape": [32, 1250], "data": data,
+               "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 160_000}}]  # fmt: skip
+    answer = _attack(server, "v2 JSON of 200 KiB naming a region (wide)", "/v2/models/wide/infer",
+                     orjson.dumps({"inputs": inputs}), {})  # fmt: skip
+    assert answer.status_code == 400, answer.text
+    assert "names shared-memory regions" in answer.json()["error"]
+
+
+def test_the_decoder_process_comes_back_after_a_kill(server: RunningServer) -> None:
+    import psutil
+
+    body = orjson.dumps({"inputs": ["x" * 200_000, "y"]})  # past the size decoded in the decoder process
+
+    def send() -> httpx.Response:
+        return httpx.post(server.url + "/models/sizes/predict", content=body, timeout=60)
+
+    assert send().json()["outputs"] == [200_000, 1]
+    main = psutil.Process(server.process.pid)
+    decoders = [p for p in main.children(recursive=True) if "json decoder" in " ".join(p.cmdline())]
+    assert len(decoders) == 1, [p.cmdline() for p in main.children(recursive=True)]
+    decoders[0].kill()
+    decoders[0].wait(10)
+    answer = send()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == [200_000, 1]
+
+
+def test_a_chat_of_a_million_values_is_refused_off_the_loop(server: RunningServer) -> None:
+    messages = [{"role": "user", "content": str(i)} for i in range(300_000)]
+    body = orjson.dumps({"model": "sizes", "messages": messages})
+    answer = _attack(server, "OpenAI chat with 300,000 messages", "/v1/chat/completions", body,
+                     {"Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 413, answer.text
+    assert "more than 50000 values" in answer.json()["error"]
