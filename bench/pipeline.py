@@ -165,7 +165,7 @@ class Echo(Handler):
 class _Echo:
     """A batcher that answers at once: what is left is the executor's own cost."""
 
-    async def infer(self, payload: object, items: int, key: object) -> object:
+    async def infer(self, payload: object, items: int, key: object, priority: int = 0) -> object:
         await asyncio.sleep(0)
         return payload
 

@@ -40,7 +40,8 @@ def build_app(
     reload: Reloader,
     metrics_route: bool = True,
 ) -> Front:
-    """The daemon's HTTP app; raises ConfigError if the configured keys cannot be read."""
+    """The daemon's HTTP app; raises ConfigError if the configured keys cannot be read or a
+    configured middleware cannot be built."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
@@ -55,7 +56,9 @@ def build_app(
     router = Router(routes, resolvers, native_routes.not_found(daemon))
     access = Access.from_config(daemon.config.server, daemon.config.source)
     daemon.rate_limits.check_key_names(access.api_key_names, daemon.config.source)
-    return Front(router, access, lifespan=StarletteRouter(lifespan=lifespan), limits=daemon.rate_limits)
+    return Front(
+        router, access, lifespan=StarletteRouter(lifespan=lifespan), limits=daemon.rate_limits, config=daemon.config
+    )
 
 
 def _service_routes(daemon: Daemon, reload: Reloader, metrics_route: bool) -> list[Route]:

@@ -182,6 +182,7 @@ async def _run(
 
     async def reload() -> dict[str, object]:
         new_config = load_config(config_path)
+        app.model_middleware.prepare(new_config)  # a middleware that cannot be built rejects the reload
         result = await daemon.reload(new_config, plan(new_config, Host.detect()))
         return dataclasses.asdict(result)
 

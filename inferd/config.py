@@ -104,6 +104,7 @@ class ServerConfig(_Section):
     histogram_buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S
     auth: AuthConfig | None = None
     admin_hosts: tuple[str, ...] = ()  # Host names admin requests may carry besides loopback and `host`
+    middleware: tuple[MiddlewareSpec, ...] = ()  # around every HTTP request, the first outermost
     # Each API key's own bucket, by the key's name; "*" for every key not named.
     key_rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
 
@@ -149,6 +150,28 @@ class ServerConfig(_Section):
         if not buckets or any(b <= a for a, b in itertools.pairwise(buckets)) or buckets[0] <= 0:
             raise ValueError("buckets must be positive and strictly increasing")
         return buckets
+
+
+class MiddlewareSpec(_Section):
+    """One ASGI middleware, built once as `Class(app, **args)` (Starlette's convention); `class` is
+    `package.module:Class` or `file.py:Class` (relative to the config file). A bare string is the class."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    factory: str = Field(alias="class")
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _class_alone(cls, value: Any) -> Any:
+        return {"class": value} if isinstance(value, str) else value
+
+    @field_validator("factory")
+    @classmethod
+    def _import_form(cls, factory: str) -> str:
+        module, colon, attr = factory.rpartition(":")
+        if not (colon and module and attr.isidentifier()):
+            raise ValueError("expected 'package.module:Class' or 'file.py:Class'")
+        return factory
 
 
 class TensorSpec(_Section):
@@ -294,6 +317,9 @@ class ModelConfig(_Section):
     warmup: tuple[WarmupSample, ...] = ()
     warmup_runs: int = Field(1, ge=1, le=1000)
     max_worker_memory_mb: int | None = Field(None, ge=1)  # MiB of RSS; past it a worker is replaced
+    # Batches one worker holds at once: above 1 only for a handler whose predict is `async def`.
+    max_concurrency: int = Field(1, ge=1, le=1024)
+    middleware: tuple[MiddlewareSpec, ...] = ()  # around this model's HTTP routes only
     # Models of this config run in turn (or as a small graph) on one request; see inferd/pipeline.py.
     pipeline: tuple[PipelineStep, ...] | None = None
 
@@ -426,8 +452,8 @@ class ConfigCheck:
 _SECTIONS: dict[str | None, type[BaseModel]] = {
     None: Config, "server": ServerConfig, "auth": AuthConfig, "models": ModelConfig,
     "inputs": TensorSpec, "outputs": TensorSpec, "warmup": WarmupSample, "pipeline": PipelineStep,
-    "generation": GenerationConfig, "rate_limit": RateLimit, "versions": ModelConfig, "split": SplitConfig,
-    "variants": SplitVariant, "shadow": ShadowConfig,
+    "generation": GenerationConfig, "rate_limit": RateLimit, "middleware": MiddlewareSpec, "versions": ModelConfig,
+    "split": SplitConfig, "variants": SplitVariant, "shadow": ShadowConfig,
 }  # fmt: skip
 
 
@@ -540,6 +566,7 @@ def _entry_rule_problems(entry: dict[Any, Any], where: str) -> list[str]:
     if entry.get("generation") is not None and entry.get("handler") is None:
         problems.append(f"{where}.generation: a generative model needs 'handler' (a GenerativeHandler class)")
     problems += priority_problems(entry, where)
+    problems += _concurrency_problems(entry, where)
     device = entry.get("device", "cpu")
     if not (isinstance(device, str) and _DEVICE.match(device)):
         return problems  # the device's own check names it
@@ -551,6 +578,19 @@ def _entry_rule_problems(entry: dict[Any, Any], where: str) -> list[str]:
     if entry.get("gpu_memory_fraction") is not None and device == "cpu":
         problems.append(f"{where}.gpu_memory_fraction: applies only to a CUDA device (this model's device is 'cpu')")
     return problems
+
+
+def _concurrency_problems(entry: dict[Any, Any], where: str) -> list[str]:
+    concurrency = entry.get("max_concurrency", 1)
+    if not isinstance(concurrency, int) or concurrency <= 1:
+        return []  # 1, or a value its own check names
+    if entry.get("handler") is None or entry.get("generation") is not None:
+        kind = "a generative model" if entry.get("generation") is not None else "a model file"
+        return [
+            f"{where}.max_concurrency: {concurrency} batches at once need a handler whose predict is "
+            f"'async def' (this is {kind}); remove max_concurrency"
+        ]
+    return []
 
 
 def _uniqueness_problems(entries: list[Any]) -> list[str]:
@@ -641,7 +681,7 @@ def _unknown_key(location: tuple[int | str, ...]) -> str:
     key = str(location[-1])
     parent = next((p for p in reversed(location[:-1]) if isinstance(p, str)), None)
     section = _SECTIONS.get(parent, Config)
-    known = [name for name in section.model_fields if name != "source"]
+    known = [field.alias or name for name, field in section.model_fields.items() if name != "source"]
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(known)}"
     return f"{yaml_path(location)}: unknown key{hint}"

@@ -27,6 +27,7 @@ from inferd.handler import TORCHSCRIPT, detect_format
 from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
 from inferd.pipeline import PipelineExecutor, PipelineSteps
+from inferd.pipeline_metrics import PipelineMetrics
 from inferd.placement import WorkerSlot
 from inferd.priority import priority_policy
 from inferd.protocols.shm import SharedMemory
@@ -157,7 +158,8 @@ class ServedModel:
                     "slot": h.name,
                     "pid": h.pid,
                     "state": h.state,
-                    "busy": h.pending is not None,
+                    "busy": bool(h.pending),
+                    "batches": len(h.pending),
                     "cpus": list(h.spec.slot.cpus),
                     "threads": h.spec.slot.threads,
                 }
@@ -188,6 +190,7 @@ class Daemon:
         self.generation_metrics = GenerationMetrics(
             self.metrics.registry, config.server.histogram_buckets_s, lambda: self.models
         )
+        self.pipeline_metrics = PipelineMetrics(self.metrics.registry, config.server.histogram_buckets_s)
         self.traffic_metrics = TrafficMetrics(self.metrics.registry, config.server.histogram_buckets_s)
         self.versions = VersionTable.of(config.models)
         self.traffic_metrics.watch(lambda: self.models, lambda: self.versions)
@@ -244,7 +247,9 @@ class Daemon:
 
     def _build_pipeline(self, model: ModelConfig) -> ServedModel:
         """A pipeline looks its steps up per request, so a reloaded step is used at once."""
-        executor = PipelineExecutor(model, lambda name: self.find(name))
+        assert model.pipeline is not None
+        step_done = self.pipeline_metrics.for_pipeline(model.name, [str(step.id) for step in model.pipeline])
+        executor = PipelineExecutor(model, lambda name: self.find(name), step_done)
         return ServedModel(model, (), PipelineSteps(executor), executor, self.metrics.for_model(model.name))
 
     def route(self, path: str) -> ServedModel | None:

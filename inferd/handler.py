@@ -25,14 +25,16 @@ as str where they are UTF-8); one that declares several `outputs` returns (after
 of them per item. A `predict(self, items, parameters)` also gets, per item, the request's
 `inferd.messages.Parameters` (its own and each requested output's parameters).
 
+A `predict` may be `async def` (a step that waits on I/O, such as a call to another service): the
+worker then runs it on an event loop of its own, with up to the model's `max_concurrency` batches
+in flight at once; `decode` and `encode` stay plain functions.
+
 This module imports torch only inside functions, so the main process can use `detect_format`.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
+import inspect
 import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -41,6 +43,7 @@ from typing import Any
 
 from inferd.config import ModelConfig
 from inferd.errors import StartupError
+from inferd.importer import import_named
 
 TORCHSCRIPT = "torchscript"
 EXPORTED = "torch.export"
@@ -142,6 +145,21 @@ def handler_problem(spec: str, base_dir: Path) -> str | None:
     return None
 
 
+def predicts_async(handler_class: type[Handler]) -> bool:
+    """Whether the handler's `predict` is `async def`: its worker then runs batches on an event loop."""
+    return inspect.iscoroutinefunction(handler_class.predict)
+
+
+def concurrency_problem(model: ModelConfig, handler_class: type[Handler]) -> str | None:
+    """Why this handler cannot hold `max_concurrency` batches at once, or None."""
+    if model.max_concurrency <= 1 or predicts_async(handler_class):
+        return None
+    return (
+        f"{model.max_concurrency} batches at once need a predict that is 'async def' (one that awaits I/O); "
+        f"{handler_class.__name__}.predict is a plain function: make it async or remove max_concurrency"
+    )
+
+
 def load_model_file(path: Path, device: str) -> tuple[Any, Any]:
     """Load a model file onto `device`; returns (callable module, ExportedProgram or None).
 
@@ -215,11 +233,7 @@ def _same_outputs(left: Any, right: Any) -> bool:
 
 def load_handler_class(spec: str, base_dir: Path) -> type[Handler]:
     """Import `package.module:Class` or `relative/file.py:Class` (relative to the config file)."""
-    module_name, _, class_name = spec.rpartition(":")
-    if module_name.endswith(".py") or "/" in module_name:
-        module = _import_file(base_dir / module_name)
-    else:
-        module = _import_module(module_name, base_dir)
+    module, module_name, class_name = import_named(spec, base_dir, "handler")
     handler_class = getattr(module, class_name, None)
     if handler_class is None:
         raise StartupError(f"handler {spec!r}: {module_name} has no attribute {class_name!r}{_classes_hint(module)}")
@@ -234,38 +248,3 @@ def _classes_hint(module: Any) -> str:
         if isinstance(value, type) and issubclass(value, Handler) and value is not Handler
     ]  # fmt: skip
     return f" (its Handler subclasses: {', '.join(sorted(names))})" if names else " (it defines no Handler subclass)"
-
-
-def _import_module(name: str, base_dir: Path) -> Any:
-    if str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name and (name == error.name or name.startswith(error.name + ".")):
-            raise StartupError(f"handler module {name!r} not found (searched {base_dir} and sys.path)") from None
-        raise StartupError(f"handler module {name!r} failed to import {error.name!r}: {error}") from None
-    except Exception as error:  # the user's module raised while it was imported
-        raise StartupError(f"handler module {name!r} raised on import: {_one_line(error)}") from None
-
-
-def _import_file(path: Path) -> Any:
-    if not path.is_file():
-        raise StartupError(f"handler file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"inferd_handler_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise StartupError(f"handler file {path} cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except ModuleNotFoundError as error:
-        raise StartupError(f"handler file {path} failed to import {error.name!r}: {error}") from None
-    except Exception as error:  # the user's file raised (or does not parse) while it was imported
-        raise StartupError(f"handler file {path} raised on import: {_one_line(error)}") from None
-    return module
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1]}" if text else type(error).__name__

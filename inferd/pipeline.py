@@ -9,13 +9,15 @@ and every step keeps its own metrics. Invariants:
   step to fail cancels the others and answers the request with its own status and the step's name;
 - the pipeline's `request_timeout_ms` bounds the whole request, and a client that leaves cancels
   every step still queued (a step's batch already running finishes, its answer dropped);
-- steps are looked up per request, so a reload that replaces a step's model changes it at once.
+- steps are looked up per request, so a reload that replaces a step's model changes it at once;
+- each step that answers is timed as part of its pipeline (inferd/pipeline_metrics.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ from inferd.datatypes import numpy_dtype
 from inferd.errors import ModelUnavailable, RequestError, RequestTimedOut
 from inferd.messages import Items, PackedItems, Payload, TensorInfo
 from inferd.pipeline_graph import PIPELINE_INPUT, run_order
+from inferd.pipeline_metrics import StepObserver
 
 if TYPE_CHECKING:
     from inferd.config import ModelConfig, PipelineStep
@@ -42,7 +45,7 @@ class StepOutputsDoNotFit(RequestError):
 class PipelineExecutor:
     """What a pipeline's route submits to, in place of a batcher."""
 
-    def __init__(self, config: ModelConfig, lookup: Lookup) -> None:
+    def __init__(self, config: ModelConfig, lookup: Lookup, step_done: StepObserver | None = None) -> None:
         assert config.pipeline is not None
         self.name = config.name
         self.steps = run_order(config.pipeline)
@@ -54,6 +57,7 @@ class PipelineExecutor:
             for before, step in zip((None, *config.pipeline), config.pipeline)
         )
         self._lookup = lookup
+        self._step_done = step_done or (lambda step, duration_s: None)
         self.inflight_requests = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -128,6 +132,12 @@ class PipelineExecutor:
         return await self._submit(step, [await source for source in sources], priority)
 
     async def _submit(self, step: PipelineStep, given: list[Payload], priority: int) -> Payload:
+        started = time.perf_counter()
+        answer = await self._submit_untimed(step, given, priority)
+        self._step_done(str(step.id), time.perf_counter() - started)
+        return answer
+
+    async def _submit_untimed(self, step: PipelineStep, given: list[Payload], priority: int) -> Payload:
         model = self.model_of(step)
         if model is None:
             raise ModelUnavailable(f"pipeline {self.name!r}: step {step.id!r}: model {step.model!r} is not served")

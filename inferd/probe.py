@@ -29,7 +29,7 @@ from inferd import logs
 from inferd.channel import Channel
 from inferd.config import ModelConfig, TensorSpec
 from inferd.errors import StartupError
-from inferd.handler import handler_problem
+from inferd.handler import concurrency_problem, handler_problem, load_handler_class
 from inferd.placement import pin_before_torch, set_torch_threads
 from inferd.process import start_worker
 from inferd.worker import WorkerSpec, exit_with_main_process, select_device
@@ -101,7 +101,19 @@ def _problems(probe: Probe) -> list[str]:
     if probe.load:
         return _load_problems(probe)  # which resolves the handler class where the worker does
     problem = handler_problem(probe.spec.model.handler, probe.spec.base_dir) if probe.spec.model.handler else None
-    return [f"{_subject(probe)}: {problem}"] if problem else []
+    return [f"{_subject(probe)}: {problem}"] if problem else _concurrency_problems(probe)
+
+
+def _concurrency_problems(probe: Probe) -> list[str]:
+    """max_concurrency above 1 on a handler whose predict is a plain function."""
+    model = probe.spec.model
+    if model.handler is None or model.max_concurrency <= 1:
+        return []
+    try:
+        problem = concurrency_problem(model, load_handler_class(model.handler, probe.spec.base_dir))
+    except StartupError:
+        return []  # the handler's own problem is reported at its path
+    return [f"models[{probe.index}].max_concurrency: {problem}"] if problem else []
 
 
 def _load_problems(probe: Probe) -> list[str]:
@@ -118,6 +130,9 @@ def _load_problems(probe: Probe) -> list[str]:
         select_device(spec.slot, torch)
     except Exception as error:
         return [f"{where}.device: cannot use {spec.slot.device}: {_one_line(error)}"]
+    concurrency = _concurrency_problems(probe)
+    if concurrency:
+        return concurrency
     try:
         runner = build_runner(spec.model, spec.slot.device, spec.base_dir)
     except StartupError as error:  # the handler class or the model file, named as `validate` names it

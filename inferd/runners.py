@@ -21,7 +21,8 @@ import torch
 
 from inferd.config import ModelConfig, TensorSpec
 from inferd.datatypes import datatype_of_array, datatype_of_torch, numpy_dtype
-from inferd.handler import Handler, load_handler_class, load_model_file
+from inferd.errors import StartupError
+from inferd.handler import Handler, concurrency_problem, load_handler_class, load_model_file, predicts_async
 from inferd.messages import Items, PackedItems, Parameters, Payload, RequestFailure, TensorInfo
 from inferd.segments import unreadable_input
 
@@ -43,16 +44,23 @@ class Runner:
             return [RequestFailure("RegionUnreadable", gone.message) if gone else next(readable) for gone in unreadable]
         try:
             return list(self._run(payloads))
-        except ModelBroken as error:
-            return [RequestFailure("ModelBroken", str(error), bad_input=False) for _ in payloads]
         except Exception as error:
-            if len(payloads) == 1:
-                return [_failure(error)]
-            log.info("batch of %d requests raised %s; running them apart", len(payloads), error)
-            return [self.run_batch([payload])[0] for payload in payloads]
+            failures = batch_failures(error, payloads)
+            return failures if failures is not None else [self.run_batch([payload])[0] for payload in payloads]
 
     def _run(self, payloads: list[Payload]) -> Sequence[Payload]:
         raise NotImplementedError
+
+
+def batch_failures(error: Exception, payloads: list[Payload]) -> list[Payload | RequestFailure] | None:
+    """What a batch that raised `error` answers, or None where its requests must be run apart
+    (several requests: only the one whose data broke the model should fail)."""
+    if isinstance(error, ModelBroken):
+        return [RequestFailure("ModelBroken", str(error), bad_input=False) for _ in payloads]
+    if len(payloads) == 1:
+        return [_failure(error)]
+    log.info("batch of %d requests raised %s; running them apart", len(payloads), error)
+    return None
 
 
 def _failure(error: Exception) -> RequestFailure:
@@ -234,11 +242,17 @@ class HandlerRunner(Runner):
             encoded: list[Any] = [list(chunks) for chunks in zip(*self.chunks(items, parameters))] or [
                 [] for _ in items
             ]
-        else:
-            outputs = list(self.predict(items, parameters))
-            if len(outputs) != len(items):
-                raise ModelBroken(f"predict returned {len(outputs)} outputs for {len(items)} items")
-            encoded = self.encoded(outputs)
+            return self.split(requests, encoded)
+        return self.split(requests, self.checked_outputs(items, list(self.predict(items, parameters))))
+
+    def checked_outputs(self, items: list[Any], outputs: list[Any]) -> list[Any]:
+        """One encoded output per item, or ModelBroken."""
+        if len(outputs) != len(items):
+            raise ModelBroken(f"predict returned {len(outputs)} outputs for {len(items)} items")
+        return self.encoded(outputs)
+
+    def split(self, requests: list[tuple[list[Any], Parameters]], encoded: list[Any]) -> list[Any]:
+        """Each request's own share of the batch's encoded outputs."""
         results, start = [], 0
         for values, _ in requests:
             results.append(encoded[start : start + len(values)])
@@ -295,9 +309,17 @@ def values_and_parameters(payload: Payload) -> tuple[list[Any], Parameters]:
 
 
 def build_runner(model: ModelConfig, device: str, base_dir: Path) -> TensorRunner | HandlerRunner:
-    if model.handler is not None:
-        return HandlerRunner(model, device, base_dir)
-    return TensorRunner(model, device)
+    if model.handler is None:
+        return TensorRunner(model, device)
+    handler_class = load_handler_class(model.handler, base_dir)
+    problem = concurrency_problem(model, handler_class)
+    if problem is not None:
+        raise StartupError(f"max_concurrency: {problem}")
+    if predicts_async(handler_class):
+        from inferd.async_runner import AsyncHandlerRunner  # it builds on this module
+
+        return AsyncHandlerRunner(model, device, base_dir)
+    return HandlerRunner(model, device, base_dir)
 
 
 def warm_up(runner: TensorRunner | HandlerRunner, model: ModelConfig) -> float:

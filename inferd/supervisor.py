@@ -3,9 +3,10 @@ process's event loop.
 
 Each worker is watched through two file descriptors registered with the loop: its channel
 (messages) and its exit fd (a pidfd: it fires whoever the worker's parent is). Invariants:
-- a worker holds at most one batch; `WorkerHandle.submit` refuses a second;
-- when a worker exits, the future of the batch it held fails with `WorkerLost` at once, so the
-  batcher can retry or fail its requests; nothing waits on a dead process;
+- a worker holds at most its model's `max_concurrency` batches (1 unless its handler's predict is
+  `async def`); `WorkerHandle.submit` refuses one more;
+- when a worker exits, the future of every batch it held fails with `WorkerLost` at once, so the
+  batcher can retry or fail their requests; nothing waits on a dead process;
 - a worker that fails to boot during start-up stops start-up (`StartupError`), never a restart loop;
   one that dies after it was ready is restarted at once; one that then dies again before it is
   ready is restarted with exponential backoff (`restart_delay_s`) while it keeps failing; a model
@@ -111,7 +112,8 @@ class WorkerHandle:
         self.state = STARTING
         self.boot_failure: BootFailed | None = None
         self.last_dispatch = 0.0  # monotonic time of its last batch: the idle one used least recently goes next
-        self.pending: asyncio.Future[BatchDone] | None = None
+        self.capacity = spec.model.max_concurrency
+        self.pending: dict[int, asyncio.Future[BatchDone]] = {}  # the batches it holds, by batch_id
         self.exit_description = ""
         self.kill_timer: asyncio.TimerHandle | None = None
 
@@ -121,13 +123,14 @@ class WorkerHandle:
 
     @property
     def idle(self) -> bool:
-        return self.state == READY and self.pending is None
+        """Whether it takes another batch now."""
+        return self.state == READY and len(self.pending) < self.capacity
 
     def submit(self, batch: Batch) -> asyncio.Future[BatchDone]:
         if not self.idle:
             raise RuntimeError(f"worker {self.name} is not idle")
         future: asyncio.Future[BatchDone] = asyncio.get_running_loop().create_future()
-        self.pending = future
+        self.pending[batch.batch_id] = future
         self.last_dispatch = time.monotonic()
         try:
             assert self.channel is not None
@@ -137,14 +140,17 @@ class WorkerHandle:
         except Exception as error:  # e.g. RecursionError while pickling: nothing was sent, the worker is fine
             log.error("batch %d for worker %s could not be sent: %r", batch.batch_id, self.name, error)
             failure = RequestFailure(type(error).__name__, f"the batch could not be sent to a worker: {error}", False)
-            self.pending = None
+            del self.pending[batch.batch_id]
             future.set_result(BatchDone(batch.batch_id, [failure] * len(batch.payloads), 0.0))
         return future
 
     def fail_pending(self, reason: str) -> None:
-        future, self.pending = self.pending, None
-        if future is not None and not future.done():
-            future.set_exception(WorkerLost(f"worker {self.name} (pid {self.pid}) {reason}"))
+        """Fail every batch it holds, the latest first: each batch's retry goes back to the head of
+        the queue, so the earliest ends up first."""
+        futures, self.pending = list(self.pending.values()), {}
+        for future in reversed(futures):
+            if not future.done():
+                future.set_exception(WorkerLost(f"worker {self.name} (pid {self.pid}) {reason}"))
 
     def ask_to_stop(self, reason: str) -> None:
         self.state = STOPPING
@@ -188,8 +194,9 @@ class Supervisor:
     # ---- the pool the batcher reads --------------------------------------------------------------
 
     def idle_worker(self) -> WorkerHandle | None:
+        """The free worker holding the fewest batches, the one used least recently among those."""
         idle = [h for h in self.handles.values() if h.idle]
-        return min(idle, key=lambda h: h.last_dispatch) if idle else None
+        return min(idle, key=lambda h: (len(h.pending), h.last_dispatch)) if idle else None
 
     @property
     def ready_count(self) -> int:
@@ -271,7 +278,7 @@ class Supervisor:
             handle.boot_failure = message
 
     def _on_batch_done(self, handle: WorkerHandle, done: BatchDone) -> None:
-        future, handle.pending = handle.pending, None
+        future = handle.pending.pop(done.batch_id, None)
         if done.gpu is not None:
             self.on_stats(handle, done.gpu)
         if future is not None and not future.done():

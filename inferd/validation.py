@@ -4,8 +4,8 @@ YAML path.
 No check hides another: the schema is checked entry by entry (`config.check_config`); each model
 entry that passes it then has its model file, its placement (CPUs and GPUs) and its handler class
 checked; with `load`, each model that has no problem so far is started in a child process as a
-worker would start it and warmed up (`probe.py`). Handler classes are resolved in a child process
-too, so this process never runs a user's module.
+worker would start it and warmed up (`probe.py`). Handler classes are resolved, and middleware
+imported and built, in child processes too, so this process never runs a user's module.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from inferd.config import Config, ConfigCheck, ModelConfig, by_entry, check_config
 from inferd.errors import ConfigError
 from inferd.handler import model_file_problems
+from inferd.middleware_probe import run_middleware_probe
 from inferd.placement import Host, WorkerSlot, placement_problems, plan
 from inferd.probe import Probe, run_probe
 from inferd.versions import at_versions
@@ -35,6 +36,7 @@ def validate(path: str | Path, machine: bool = True, load: bool = False, timeout
     problems = list(check.problems)
     if machine or load:
         problems += _machine_problems(check, Host.detect(), load, timeout_s)
+        problems += _middleware_problems(check, timeout_s)
     if problems or check.config is None:
         raise ConfigError(check.source, by_entry(problems))
     return check.config
@@ -74,6 +76,11 @@ def _plain_machine_problems(check: ConfigCheck, host: Host, load: bool, timeout_
     for probe in probes:
         found[probe.index] += run_probe(probe, timeout_s)
     return [problem for index, _ in check.models for problem in found[index]]
+
+
+def _middleware_problems(check: ConfigCheck, timeout_s: float) -> list[str]:
+    server = check.config.server.middleware if check.config is not None else ()
+    return run_middleware_probe(server, list(check.models), Path(check.source).resolve().parent, timeout_s)
 
 
 def _probes(check: ConfigCheck, models: list[tuple[int, ModelConfig]], host: Host, load: bool) -> list[Probe]:

@@ -4,6 +4,8 @@ Protocol, over the worker's one channel to the main process:
     worker -> main   Ready, once the model is loaded and warmed up; or BootFailed, then exit 3
     main -> worker   Batch            worker -> main   BatchDone (one per Batch, in order)
     main -> worker   Stop             the worker exits 0
+  a handler whose predict is `async def` holds up to max_concurrency batches at once and answers
+  each as it finishes (inferd/async_worker.py); Stop lets those in flight finish first
   a generative model's worker instead runs a continuous batch:
     main -> worker   Generate, Cancel (any time)   worker -> main   Chunks, one per decode step
   and so does a handler whose predict yields, for its streamed requests (its Batches too):
@@ -173,6 +175,16 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
         from inferd.generation.handler_streams import HandlerStreams
 
         return _serve_generation(HandlerStreams(runner), channel, send_lock)
+    from inferd.async_runner import AsyncHandlerRunner  # torch is loaded by now
+
+    if isinstance(runner, AsyncHandlerRunner):
+        from inferd.async_worker import serve_concurrently
+
+        def finish(batch_id: int, results: list[Any], compute_s: float) -> BatchDone:
+            resident = _resident_bytes() if watch_memory else None
+            return BatchDone(batch_id, results, compute_s, gpu_reader() if gpu_reader else None, resident)
+
+        return serve_concurrently(runner, channel, send_lock, finish)
     while True:
         try:
             message = channel.recv()

@@ -1,4 +1,6 @@
-"""The ASGI application in front of every route: one pure-ASGI layer, no middleware stack.
+"""The ASGI application in front of every route: one pure-ASGI layer; the only middleware is what
+the config names (inferd/protocols/middleware.py): the server's around all of this, a model's
+around what follows the match of a path that names the model.
 
 Per HTTP request, in order: take the client's X-Request-ID if it is sane (else make one); match the
 path (404) and the method (405 with Allow); check access (401/403); on an inference route, take
@@ -25,8 +27,10 @@ from starlette.responses import Response
 from starlette.routing import Router as StarletteRouter
 
 from inferd.auth import Access
+from inferd.config import Config
 from inferd.errors import ClientGone, ModelUnavailable
 from inferd.protocols.http import Call, answer
+from inferd.protocols.middleware import ModelMiddleware, build_all
 from inferd.protocols.routing import Match, Router
 from inferd.rate_limit import RateLimits
 from inferd.request_note import NOTE, VARIANT_HEADER, RequestNote
@@ -43,19 +47,40 @@ _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}")
 
 class Front:
     def __init__(
-        self, router: Router, access: Access, lifespan: ASGIApp | None = None, limits: RateLimits | None = None
+        self,
+        router: Router,
+        access: Access,
+        lifespan: ASGIApp | None = None,
+        limits: RateLimits | None = None,
+        config: Config | None = None,
     ) -> None:
         self.router = router
         self.access = access
         self.limits = limits
         self.other = lifespan or StarletteRouter()  # lifespan, and a refusal for websockets
+        self.model_middleware = ModelMiddleware(self._rematched)
+        self._http: ASGIApp = self._route
+        if config is not None:  # raises ConfigError where a middleware cannot be built
+            self._http = build_all(self._route, config, self.model_middleware)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.other(scope, receive, send)
+        await self._http(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Any, send: Any) -> None:
+        match = self.router.match(scope["path"])
+        if match is not None and match.model is not None and match.model.config.middleware:
+            return await self.model_middleware.chain_for(match.model.config)(scope, receive, send)
+        await self._respond(scope, receive, send, match)
+
+    async def _rematched(self, scope: Scope, receive: Any, send: Any) -> None:
+        """Inside a model's middleware, which may have changed the path."""
+        await self._respond(scope, receive, send, self.router.match(scope["path"]))
+
+    async def _respond(self, scope: Scope, receive: Any, send: Any, match: Match | None) -> None:
         request_id = request_id_of(scope["headers"])
         started = time.perf_counter()
-        match = self.router.match(scope["path"])
         call = Call(Request(scope, receive), request_id)
         if match is not None:
             call.model, call.params = match.model, match.params

@@ -168,3 +168,26 @@ class Lengths(Handler):
 
     def predict(self, items: list[Any]) -> list[list[float]]:
         return [[float(len(item)), 1.0] for item in items]
+
+
+class AsyncWait(Handler):
+    """An async predict that waits on I/O: `wait_s`, or until the file `release` exists when it is
+    set, then answers each item with the batches this worker held at once; "hang" never returns."""
+
+    def setup(self, device: str) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def predict(self, items: list[Any]) -> list[Any]:
+        import asyncio
+
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            release = self.handler_args.get("release")
+            while "hang" in items or (release is not None and not os.path.exists(release)):
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(float(self.handler_args.get("wait_s", 0.0)))
+        finally:
+            self.in_flight -= 1
+        return [{"item": item, "pid": os.getpid(), "most_in_flight": self.most_in_flight} for item in items]

@@ -78,6 +78,9 @@ def test_a_fan_out_joins_its_branches_by_name(chain_server: RunningServer) -> No
     assert chain_server.post("/models/both/predict", {"inputs": "1,2,3"}).json() == {
         "outputs": {"double": 12.0, "triple": 18.0}
     }
+    metrics = chain_server.get("/metrics").text
+    for step in ("parse", "double", "triple", "total"):  # each branch timed as part of its pipeline
+        assert _sample(metrics, f'inferd_pipeline_step_seconds_count{{model="both",step="{step}"}}') >= 1.0
 
 
 def test_v2_takes_the_bytes_as_a_bytes_input(chain_server: RunningServer) -> None:
@@ -114,6 +117,10 @@ def test_each_step_and_the_pipeline_keep_their_own_series(chain_server: RunningS
         'inferd_requests_total{code="200",model="chain"}',
         'inferd_request_duration_seconds_count{model="chain"}',
         *(f'inferd_batch_size_count{{model="{step}"}}' for step in ("parse", "double", "total")),
+        *(
+            f'inferd_pipeline_step_seconds_count{{model="chain",step="{step}"}}'
+            for step in ("parse", "double", "total")
+        ),
     ]
     before = chain_server.get("/metrics").text
     chain_server.post("/models/chain/predict", {"inputs": "1"})

@@ -1,0 +1,159 @@
+"""ASGI middleware named in the config, each built once as `Class(app, **args)` (Starlette's
+convention): `server.middleware` around every HTTP request, a model's own `middleware` around the
+requests whose path names that model (its native route, its v2 routes, its generate route). In
+each list the first is the outermost. Lifespan events never pass through them. The OpenAI routes
+name their model in the body, so only server-wide middleware sees them; gRPC has no ASGI layer.
+
+Every chain is built before it serves: at start-up (a problem stops `serve`) and for a reload's new
+config before the reload applies (a problem rejects it). A middleware that cannot be imported, is
+not callable or whose constructor raises is a problem at its YAML path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from inferd.config import Config, MiddlewareSpec, ModelConfig
+from inferd.errors import ConfigError, StartupError
+from inferd.importer import import_named, one_line
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+class MiddlewareProblem(Exception):
+    """Middleware entries that cannot be built, each worded at its YAML path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def load_factory(spec: MiddlewareSpec, base_dir: Path, where: str) -> Callable[..., Any]:
+    """What `class` names: a class or function that takes the app (and `args`) and returns an app."""
+    try:
+        module, module_name, attribute = import_named(spec.factory, base_dir, "middleware")
+    except StartupError as error:
+        raise MiddlewareProblem([f"{where}.class: {error}"]) from None
+    factory = getattr(module, attribute, None)
+    if factory is None:
+        raise MiddlewareProblem([f"{where}.class: middleware module {module_name!r} has no attribute {attribute!r}"])
+    if not callable(factory):
+        kind = type(factory).__name__
+        raise MiddlewareProblem([f"{where}.class: {spec.factory} is a {kind}, not a class that takes the app"])
+    return factory
+
+
+def wrap(app: ASGIApp, specs: Sequence[MiddlewareSpec], base_dir: Path, where: str) -> ASGIApp:
+    """`app` inside each middleware of `specs`, the first outermost; MiddlewareProblem naming
+    every entry that cannot be built (the rest are still built, so none hides another)."""
+    problems: list[str] = []
+    for index in reversed(range(len(specs))):
+        try:
+            app = _built(app, specs[index], base_dir, f"{where}[{index}]")
+        except MiddlewareProblem as problem:
+            problems = problem.problems + problems
+    if problems:
+        raise MiddlewareProblem(problems)
+    return app
+
+
+def _built(app: ASGIApp, spec: MiddlewareSpec, base_dir: Path, where: str) -> ASGIApp:
+    factory = load_factory(spec, base_dir, where)
+    try:
+        return factory(app, **spec.args)  # type: ignore[no-any-return]
+    except Exception as error:  # the user's constructor: wrong arguments, a failed check
+        raise MiddlewareProblem([f"{where}.args: {spec.factory}(app, **args) raised {one_line(error)}"]) from None
+
+
+def base_dir_of(config: Config) -> Path:
+    return Path(config.source).resolve().parent
+
+
+def build_all(app: ASGIApp, config: Config, models: ModelMiddleware) -> ASGIApp:
+    """`app` inside the server-wide middleware, with every model's chain prepared in `models`;
+    ConfigError naming every entry that cannot be built."""
+    problems = []
+    try:
+        app = wrap(app, config.server.middleware, base_dir_of(config), "server.middleware")
+    except MiddlewareProblem as problem:
+        problems += problem.problems
+    try:
+        models.prepare(config)
+    except ConfigError as error:
+        problems += error.problems
+    if problems:
+        raise ConfigError(config.source, problems)
+    return app
+
+
+class ModelMiddleware:
+    """Each model's chain around `inner` (the front's handling of a matched request), by model."""
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self._inner = inner
+        self._chains: dict[str, list[tuple[tuple[MiddlewareSpec, ...], ASGIApp]]] = {}
+
+    def prepare(self, config: Config) -> None:
+        """Build every chain `config` names that is not built yet; ConfigError naming each problem."""
+        built, problems = {}, []
+        for index, model in enumerate(config.models):
+            if model.middleware and self._built(model) is None:
+                try:
+                    built[model.name] = wrap(
+                        self._inner, model.middleware, base_dir_of(config), f"models[{index}].middleware"
+                    )
+                except MiddlewareProblem as problem:
+                    problems += problem.problems
+        if problems:
+            raise ConfigError(config.source, problems)
+        for model in config.models:
+            if model.name in built:  # the chain before it stays, for a model whose reload fails
+                self._chains[model.name] = [
+                    (model.middleware, built[model.name]),
+                    *self._chains.get(model.name, [])[:1],
+                ]
+
+    def chain_for(self, model: ModelConfig) -> ASGIApp:
+        chain = self._built(model)
+        if chain is None:  # not prepared: a config applied without `prepare`, a bug of ours
+            log.error("model %r: its middleware was never built; answering 503", model.name)
+            return _unavailable(model.name)
+        return chain
+
+    def _built(self, model: ModelConfig) -> ASGIApp | None:
+        return next((app for specs, app in self._chains.get(model.name, []) if specs == model.middleware), None)
+
+
+def _unavailable(model: str) -> ASGIApp:
+    return JSONResponse({"error": f"model {model!r}: its middleware is not built; see the server log"}, 503)
+
+
+def middleware_problems(
+    server: Sequence[MiddlewareSpec], models: Sequence[tuple[int, ModelConfig]], base_dir: Path
+) -> list[str]:
+    """Each middleware entry that cannot be built, for `inferd validate` (which runs this in a
+    child process: it imports and constructs the user's classes)."""
+    problems = _problems_of(server, base_dir, "server.middleware")
+    for index, model in models:
+        problems += _problems_of(model.middleware, base_dir, f"models[{index}].middleware")
+    return problems
+
+
+def _problems_of(specs: Sequence[MiddlewareSpec], base_dir: Path, where: str) -> list[str]:
+    try:
+        wrap(_answer_nothing, specs, base_dir, where)
+    except MiddlewareProblem as problem:
+        return problem.problems
+    return []
+
+
+async def _answer_nothing(scope: Scope, receive: Any, send: Any) -> None:
+    """The app a middleware wraps while it is only checked."""
