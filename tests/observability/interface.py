@@ -118,7 +118,9 @@ def standin_registry() -> CollectorRegistry:
     _add_qos_metrics(registry)
     _add_generation_metrics(registry)
     _add_pipeline_metrics(registry)
-    info = Gauge("inferd_build_info", "Build information", ["version", "torch", "python"], registry=registry)
+    info = Gauge(
+        "inferd_build_info", "Build information", ["version", "torch", "python"], registry=registry
+    )
     info.labels("0.1.0", "2.13.0", "3.11.2").set(1)
     return registry
 
@@ -161,10 +163,14 @@ def _add_request_metrics(registry: CollectorRegistry) -> None:
 
 
 def _add_worker_metrics(registry: CollectorRegistry) -> None:
-    ready = Gauge("inferd_model_ready", "1 when the model has a ready worker", ["model"], registry=registry)
+    ready = Gauge(
+        "inferd_model_ready", "1 when the model has a ready worker", ["model"], registry=registry
+    )
     workers = Gauge("inferd_workers", "Workers by state", ["model", "state"], registry=registry)
     restarts = Counter("inferd_worker_restarts", "Worker restarts", ["model"], registry=registry)
-    cpu = Counter("inferd_worker_cpu_seconds", "Worker CPU time", ["model", "worker"], registry=registry)
+    cpu = Counter(
+        "inferd_worker_cpu_seconds", "Worker CPU time", ["model", "worker"], registry=registry
+    )
     rss = Gauge(
         "inferd_worker_resident_memory_bytes",
         "Worker resident memory",
@@ -183,14 +189,18 @@ def _add_worker_metrics(registry: CollectorRegistry) -> None:
 
 def _add_gpu_metrics(registry: CollectorRegistry) -> None:
     labels = ["model", "device", "worker"]
-    allocated = Gauge("inferd_gpu_memory_allocated_bytes", "Memory held by tensors", labels, registry=registry)
+    allocated = Gauge(
+        "inferd_gpu_memory_allocated_bytes", "Memory held by tensors", labels, registry=registry
+    )
     reserved = Gauge(
         "inferd_gpu_memory_reserved_bytes",
         "Memory held by the caching allocator",
         labels,
         registry=registry,
     )
-    used = Gauge("inferd_gpu_memory_used_bytes", "Device memory in use", ["device"], registry=registry)
+    used = Gauge(
+        "inferd_gpu_memory_used_bytes", "Device memory in use", ["device"], registry=registry
+    )
     total = Gauge("inferd_gpu_memory_total_bytes", "Device memory", ["device"], registry=registry)
     allocated.labels("minilm", "0", "0").set(1 * GIB)
     reserved.labels("minilm", "0", "0").set(2 * GIB)
@@ -202,12 +212,18 @@ def _add_front_metrics(registry: CollectorRegistry) -> None:
     """Connections, memory admission, cancellations and unasked worker exits."""
     cancelled = Counter("inferd_requests_cancelled", "Queued requests dropped", ["model"], registry=registry)
     exits = Counter("inferd_worker_exits", "Unasked worker exits", ["model", "cause"], registry=registry)
-    replaced = Counter("inferd_worker_memory_replacements", "Workers replaced for memory", ["model"], registry=registry)
+    replaced = Counter(
+        "inferd_worker_memory_replacements", "Workers replaced for memory", ["model"], registry=registry
+    )
     connections = Gauge("inferd_connections", "Open connections", ["listener"], registry=registry)
-    closed = Counter("inferd_connections_closed", "Connections closed", ["listener", "reason"], registry=registry)
+    closed = Counter(
+        "inferd_connections_closed", "Connections closed", ["listener", "reason"], registry=registry
+    )
     held = Gauge("inferd_request_bytes_held", "Request bytes held", registry=registry)
     limit = Gauge("inferd_request_bytes_held_limit", "Their budget", registry=registry)
-    by_model = Gauge("inferd_model_request_bytes_held", "Request bytes held per model", ["model"], registry=registry)
+    by_model = Gauge(
+        "inferd_model_request_bytes_held", "Request bytes held per model", ["model"], registry=registry
+    )
     channel = Counter(
         "inferd_channel_bytes", "Tensor bytes to and from workers", ["model", "direction", "path"], registry=registry
     )
@@ -223,29 +239,6 @@ def _add_front_metrics(registry: CollectorRegistry) -> None:
     limit.set(GIB)
 
 
-def _add_traffic_metrics(registry: CollectorRegistry) -> None:
-    """A split "ab" sending 90/10 to two models, shadowing to a third, and one served version."""
-    requests = Counter("inferd_split_requests", "Requests per variant", ["split", "variant", "code"], registry=registry)
-    weight = Gauge("inferd_split_weight", "Variant weight", ["split", "variant"], registry=registry)
-    shadow = Counter("inferd_shadow_requests", "Shadow copies", ["split", "variant", "outcome"], registry=registry)
-    shadow_duration = Histogram(
-        "inferd_shadow_duration_seconds", "Shadow latency", ["split", "variant"], registry=registry
-    )
-    version = Gauge(
-        "inferd_model_version_info",
-        "Served versions",
-        ["model", "name", "version", "default"],
-        registry=registry,
-    )
-    for variant, share in (("tiny", 90), ("minilm", 10)):
-        requests.labels("ab", variant, "200").inc(share)
-        weight.labels("ab", variant).set(share)
-    shadow.labels("ab", "tiny", "ok").inc(5)
-    shadow.labels("ab", "tiny", "dropped").inc(1)
-    shadow_duration.labels("ab", "tiny").observe(0.004)
-    version.labels("minilm", "minilm", "2", "true").set(1)
-
-
 def _add_qos_metrics(registry: CollectorRegistry) -> None:
     """Rate limits' refusals and priority promotions."""
     limited = Counter(
@@ -259,8 +252,6 @@ def _add_qos_metrics(registry: CollectorRegistry) -> None:
     for model in ("tiny", "minilm"):
         limited.labels("tenant-b", model, "model").inc(2)
         promoted.labels(model).inc(4)
-
-
 def _add_generation_metrics(registry: CollectorRegistry) -> None:
     """Generative models' figures (inferd/generation/metrics.py)."""
     labels = ["model"]
@@ -289,3 +280,26 @@ def _add_pipeline_metrics(registry: CollectorRegistry) -> None:
     )
     for step, seconds in (("decode", 0.004), ("network", 0.02)):
         steps.labels("tiny", step).observe(seconds)
+
+
+def _add_traffic_metrics(registry: CollectorRegistry) -> None:
+    """A split "ab" sending 90/10 to two models, shadowing to a third, and one served version."""
+    requests = Counter("inferd_split_requests", "Requests per variant", ["split", "variant", "code"], registry=registry)
+    weight = Gauge("inferd_split_weight", "Variant weight", ["split", "variant"], registry=registry)
+    shadow = Counter("inferd_shadow_requests", "Shadow copies", ["split", "variant", "outcome"], registry=registry)
+    shadow_duration = Histogram(
+        "inferd_shadow_duration_seconds", "Shadow latency", ["split", "variant"], registry=registry
+    )
+    version = Gauge(
+        "inferd_model_version_info",
+        "Served versions",
+        ["model", "name", "version", "default"],
+        registry=registry,
+    )
+    for variant, share in (("tiny", 90), ("minilm", 10)):
+        requests.labels("ab", variant, "200").inc(share)
+        weight.labels("ab", variant).set(share)
+    shadow.labels("ab", "tiny", "ok").inc(5)
+    shadow.labels("ab", "tiny", "dropped").inc(1)
+    shadow_duration.labels("ab", "tiny").observe(0.004)
+    version.labels("minilm", "minilm", "2", "true").set(1)
