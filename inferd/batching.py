@@ -120,10 +120,7 @@ class Batcher:
         self._hold_s = 0.0
         # Told of each request before it queues; may refuse it (a RequestError), e.g. an unloaded model.
         self.on_request: Callable[[], None] = lambda: None
-        # The next generation's batcher once a reload replaced this one: a request that found this
-        # generation on its route but reached `infer` only after it stopped goes there.
-        self.successor: Batcher | None = None
-        self._stopped = False
+        self._stopped = False  # a request reaching it after that is refused, never left queued
 
     @property
     def queue_depth(self) -> int:
@@ -157,9 +154,7 @@ class Batcher:
         """Queue one request and wait for its own outputs; raise a RequestError otherwise.
         `priority` is checked already (priority.py): 0 is the model's default."""
         if self._stopped:
-            if self.successor is None:
-                raise ModelUnavailable(f"model {self.model!r} is shutting down")
-            return await self.successor.infer(payload, items, key, priority)
+            raise ModelUnavailable(f"model {self.model!r} is shutting down")
         if items > self.policy.max_batch_size:
             raise _too_many_items(self.model, items, self.policy.max_batch_size)
         self.on_request()

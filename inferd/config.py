@@ -27,6 +27,8 @@ from inferd.errors import ConfigError
 from inferd.pipeline_graph import PIPELINE_INPUT, pipeline_entry_problems, pipeline_problems
 from inferd.pool_config import PoolConfig, pool_entry_problems, pool_problems
 from inferd.priority import priority_problems
+from inferd.split_graph import split_entry_problems, split_problems
+from inferd.versions import inherited_error, plain_entry_problems, version_entry_problems, with_inherited_versions
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -241,6 +243,58 @@ class GenerationConfig(_Section):
         return self
 
 
+def _version_text(value: Any) -> Any:
+    """YAML reads `version: 2` as a number; a version is a name."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class SplitVariant(_Section):
+    """One variant of a traffic split: a model of this config (one version of it, or its default)."""
+
+    model: str
+    version: str | None = None
+    weight: float = Field(ge=0)
+
+    _version_is_text = field_validator("version", mode="before")(_version_text)
+
+    @property
+    def label(self) -> str:
+        """How series, logs and the X-Inferd-Variant header name this variant."""
+        return self.model if self.version is None else f"{self.model}@{self.version}"
+
+
+class ShadowConfig(_Section):
+    """A candidate that gets a copy of `share` of a split's requests; its answers are discarded."""
+
+    model: str
+    version: str | None = None
+    share: float = Field(1.0, gt=0, le=1)
+    # Copies waiting or running at once; past it (or with a full batch queued at the candidate)
+    # a copy is dropped, never queued. Default: the candidate's max_batch_size per worker, twice.
+    max_inflight: int | None = Field(None, ge=1)
+
+    _version_is_text = field_validator("version", mode="before")(_version_text)
+
+    @property
+    def label(self) -> str:
+        return self.model if self.version is None else f"{self.model}@{self.version}"
+
+
+class SplitConfig(_Section):
+    """A route whose requests go to several models or versions by weight (inferd/traffic_split.py)."""
+
+    variants: tuple[SplitVariant, ...]
+    key_header: str | None = None  # requests with the same value of this header go to the same variant
+    shadow: ShadowConfig | None = None
+
+    @field_validator("key_header")
+    @classmethod
+    def _header_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+            raise ValueError("expected an HTTP header name, e.g. X-User-Id")
+        return name
+
+
 class ModelConfig(_Section):
     name: str
     route: str | None = None
@@ -297,6 +351,22 @@ class ModelConfig(_Section):
 
     # A generative model: its handler is a GenerativeHandler; max_batch_size sequences run together.
     generation: GenerationConfig | None = None
+    # Versions, each its own file or handler, inheriting every other key (inferd/versions.py).
+    versions: tuple[ModelConfig, ...] | None = None
+    default_version: str | None = None  # default: the highest
+    version: str | None = None  # set within an entry of `versions`
+    split: SplitConfig | None = None  # traffic to other models by weight (inferd/traffic_split.py)
+
+    _inherit = model_validator(mode="before")(with_inherited_versions)
+    _version_is_text = field_validator("version", "default_version", mode="before")(_version_text)
+
+    @field_validator("version", "default_version")
+    @classmethod
+    def _version_name(cls, version: str | None) -> str | None:
+        if version is not None and not _NAME.match(version):
+            raise ValueError("a version is a name of letters, digits, '_', '.', '-' (e.g. '2')")
+        return version
+
     # Priorities as Triton numbers them (inferd/priority.py): 1 is the highest, 0 or none is the default.
     priority_levels: int = Field(3, ge=1, le=100)
     default_priority_level: int = Field(2, ge=1, le=100)
@@ -388,6 +458,7 @@ _SECTIONS: dict[str | None, type[BaseModel]] = {
     None: Config, "server": ServerConfig, "auth": AuthConfig, "models": ModelConfig,
     "inputs": TensorSpec, "outputs": TensorSpec, "warmup": WarmupSample, "pipeline": PipelineStep,
     "generation": GenerationConfig, "rate_limit": RateLimit, "middleware": MiddlewareSpec, "pool": PoolConfig,
+    "versions": ModelConfig, "split": SplitConfig, "variants": SplitVariant, "shadow": ShadowConfig,
 }  # fmt: skip
 
 
@@ -426,7 +497,7 @@ def check_config_text(text: str, source: str = "<config>", base_dir: Path | None
     shell, problems = _check_top_level(document, source)
     entries, list_problems = _model_entries(document)
     models = [(i, _resolve_path(m, base_dir)) for i, m in _check_models(entries, problems)]
-    problems += pipeline_problems(entries, dict(models))
+    problems += pipeline_problems(entries, dict(models)) + split_problems(entries, dict(models))
     problems += pool_problems(shell.server.pool if shell else None, [model for _, model in models])
     problems = by_entry(problems + list_problems + _uniqueness_problems(entries))
     config = None
@@ -470,7 +541,8 @@ def _check_models(entries: list[Any], problems: list[str]) -> list[tuple[int, Mo
         try:
             model = ModelConfig.model_validate(entry)
         except ValidationError as error:
-            found = [_describe({**e, "loc": ("models", index, *e["loc"])}) for e in error.errors()] + found
+            errors = [e for e in error.errors() if not inherited_error(entry, e["loc"])]  # named at the base key
+            found = [_describe({**e, "loc": ("models", index, *e["loc"])}) for e in errors] + found
         problems += found
         if not found:
             models.append((index, model))
@@ -482,10 +554,17 @@ def _rule_problems(entry: Any, index: int) -> list[str]:
     hold even where a field's own value is wrong."""
     if not isinstance(entry, dict):
         return []
-    where = f"models[{index}]"
-    problems = pool_entry_problems(entry, where)
+    return _entry_rule_problems(entry, f"models[{index}]")
+
+
+def _entry_rule_problems(entry: dict[Any, Any], where: str) -> list[str]:
+    if entry.get("versions") is not None:
+        return version_entry_problems(entry, where, _entry_rule_problems)
+    if entry.get("split") is not None:
+        return split_entry_problems(entry, where)
     if entry.get("pipeline") is not None:
         return pipeline_entry_problems(entry, where)
+    problems = pool_entry_problems(entry, where) + plain_entry_problems(entry, where)
     if (entry.get("path") is None) == (entry.get("handler") is None):
         problems.append(
             f"{where}: give exactly one of 'path' (a model file), 'handler' (a class) or 'pipeline' (models in turn)"
@@ -559,6 +638,8 @@ def _route_clash(route: str, first: tuple[int, bool], later: tuple[int, bool]) -
 def _resolve_path(model: ModelConfig, base_dir: Path | None) -> ModelConfig:
     if base_dir is None:
         return model
+    if model.versions:
+        model = model.model_copy(update={"versions": tuple(_resolve_path(v, base_dir) for v in model.versions)})
     if model.outputs and any(spec.label_filename for spec in model.outputs):
         outputs = tuple(_resolve_labels(spec, base_dir) for spec in model.outputs)
         model = model.model_copy(update={"outputs": outputs})

@@ -34,7 +34,11 @@ from inferd.priority import priority_policy
 from inferd.protocols.shm import SharedMemory
 from inferd.rate_limit import RateLimits
 from inferd.segments import sweep_daemon
+from inferd.successor import Successor
 from inferd.supervisor import Supervisor
+from inferd.traffic_metrics import TrafficMetrics
+from inferd.traffic_split import SplitRouter, SplitVariants
+from inferd.versions import ONLY_VERSION, VersionTable, public_name, served_models
 from inferd.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -50,8 +54,8 @@ class ServedModel:
 
     config: ModelConfig
     slots: tuple[WorkerSlot, ...]
-    supervisor: Supervisor | PipelineSteps
-    batcher: Batcher | PipelineExecutor
+    supervisor: Supervisor | PipelineSteps | SplitVariants
+    batcher: Batcher | PipelineExecutor | SplitRouter | Successor
     metrics: ModelMetrics
     generator: Scheduler | None = None  # a generative model's sequences (its batcher then stays idle)
     streamer: Scheduler | None = None  # a handler model's streamed requests (where its predict yields)
@@ -61,8 +65,17 @@ class ServedModel:
         return self.config.name
 
     @property
-    def workers(self) -> Supervisor | PipelineSteps:
+    def workers(self) -> Supervisor | PipelineSteps | SplitVariants:
         return self.supervisor
+
+    @property
+    def public_name(self) -> str:
+        """The name the config gives: a version's served name is '<name>@<version>'."""
+        return public_name(self.name)
+
+    @property
+    def version(self) -> str:
+        return self.config.version or ONLY_VERSION
 
     @property
     def is_handler(self) -> bool:
@@ -71,8 +84,9 @@ class ServedModel:
         return entry.is_handler if entry is not None else self.config.handler is not None
 
     def _pipeline_model(self, which: str) -> ServedModel | None:
-        """A pipeline's first ("entry_step") or answering ("last_step") step's model."""
-        if isinstance(self.batcher, PipelineExecutor):
+        """A pipeline's first ("entry_step") or answering ("last_step") step's model (a split's
+        heaviest variant's)."""
+        if isinstance(self.batcher, (PipelineExecutor, SplitRouter)):
             return self.batcher.model_of(getattr(self.batcher, which))
         return None
 
@@ -114,18 +128,24 @@ class ServedModel:
         self.batcher.start()
         await self.supervisor.start()
 
-    async def retire(self, drain_timeout_s: float) -> None:
-        """Finish what was accepted (bounded), then stop the batcher and the workers."""
-        await self.batcher.drain(drain_timeout_s)
+    async def retire(self, drain_timeout_s: float, successor: Successor | None = None) -> None:
+        """Finish what was accepted (bounded), then stop the batcher and the workers; requests
+        that still hold this model and submit later go to `successor` (inferd/successor.py)."""
+        batcher = self.batcher
+        if successor is not None and isinstance(batcher, Batcher):  # the others look up per request
+            self.batcher = successor
+        await batcher.drain(drain_timeout_s)
         for scheduler in (self.generator, self.streamer):
             if scheduler is not None:
                 await scheduler.drain(drain_timeout_s)
-        await self.batcher.stop()
+        await batcher.stop()
         await self.supervisor.stop(WORKER_STOP_TIMEOUT_S)
 
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,
+            **({"version": self.config.version} if self.config.version else {}),
+            **({"split": self.config.split.model_dump()} if self.config.split else {}),
             **({"pipeline": [s.model_dump() for s in self.config.pipeline]} if self.config.pipeline else {}),
             "route": self.config.url_path,
             "state": self.workers.state,
@@ -160,7 +180,7 @@ class ReloadResult:
 class Daemon:
     def __init__(self, config: Config, slots: list[WorkerSlot]) -> None:
         self.config = config
-        largest_batch = max(m.max_batch_size for m in config.models)
+        largest_batch = max(m.max_batch_size for m in served_models(config.models))
         self.metrics = Metrics(config.server.histogram_buckets_s, largest_batch)
         self.state = self.metrics.watch(lambda: self.models)
         self._oom_kills = OomKills.of_this_process()  # one for all models: they share the cgroup
@@ -172,11 +192,14 @@ class Daemon:
             self.metrics.registry, config.server.histogram_buckets_s, lambda: self.models
         )
         self.pipeline_metrics = PipelineMetrics(self.metrics.registry, config.server.histogram_buckets_s)
+        self.traffic_metrics = TrafficMetrics(self.metrics.registry, config.server.histogram_buckets_s)
+        self.versions = VersionTable.of(config.models)
+        self.traffic_metrics.watch(lambda: self.models, lambda: self.versions)
         self.pool = ModelPool(
             config.server.pool, config.server.drain_timeout_s, lambda: self.models, self.metrics.registry,
             self.state,
         )  # fmt: skip
-        self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in config.models}
+        self.models: dict[str, ServedModel] = {m.name: self._build(m, slots) for m in served_models(config.models)}
         for served in self.models.values():
             self.pool.adopt(served)
         self._reload_lock = asyncio.Lock()
@@ -186,6 +209,9 @@ class Daemon:
     def _build(self, model: ModelConfig, slots: list[WorkerSlot]) -> ServedModel:
         if model.pipeline is not None:
             return self._build_pipeline(model)
+        if model.split is not None:
+            router = SplitRouter(model, self.find, self.traffic_metrics)
+            return ServedModel(model, (), SplitVariants(router), router, self.metrics.for_model(model.name))
         base_dir = Path(self.config.source).resolve().parent
         level, log_format = self.config.server.log_level, self.config.server.log_format
         own_slots = tuple(s for s in slots if s.model == model.name)
@@ -230,15 +256,23 @@ class Daemon:
         """A pipeline looks its steps up per request, so a reloaded step is used at once."""
         assert model.pipeline is not None
         step_done = self.pipeline_metrics.for_pipeline(model.name, [str(step.id) for step in model.pipeline])
-        executor = PipelineExecutor(model, lambda name: self.models.get(name), step_done)
+        executor = PipelineExecutor(model, lambda name: self.find(name), step_done)
         return ServedModel(model, (), PipelineSteps(executor), executor, self.metrics.for_model(model.name))
 
     def route(self, path: str) -> ServedModel | None:
         """The model whose native route is `path`."""
         return self._routes.get(path)
 
+    def find(self, name: str, version: str | None = None) -> ServedModel | None:
+        """The served model a name (and version; none: the default) reach, if it is served."""
+        served = self.versions.served(name, version)
+        return self.models.get(served) if served is not None else None
+
     def _index_routes(self) -> None:
         self._routes = {m.config.url_path: m for m in self.models.values()}
+        for path, served in self.versions.routes.items():  # a versioned model's own route: its default
+            if served in self.models:
+                self._routes[path] = self.models[served]
 
     @property
     def ready(self) -> bool:
@@ -268,12 +302,15 @@ class Daemon:
                 log.warning("reload: changes to the server section take effect only after a restart")
             self.config = config.model_copy(update={"server": self.config.server})
             result = ReloadResult()
-            wanted = {m.name: m for m in config.models}
+            wanted = {m.name: m for m in served_models(config.models)}
+            for model in wanted.values():
+                await self._apply(model, slots, result)
+            # New versions are ready: the defaults move to them before any removed version drains.
+            self.versions = VersionTable.of(config.models).within(self.models, self.versions)
+            self._index_routes()
             for name in [n for n in self.models if n not in wanted]:
                 result.removed.append(name)
                 await self._swap(name, None)
-            for model in config.models:
-                await self._apply(model, slots, result)
             log.info("reload done: added %s, changed %s, removed %s, failed %s",
                      result.added, result.changed, result.removed, list(result.failed))  # fmt: skip
             return result
@@ -301,10 +338,9 @@ class Daemon:
         else:
             del self.models[name]
         self._index_routes()
-        if old is not None and fresh is not None and isinstance(old.batcher, Batcher):
-            old.batcher.successor = fresh.batcher if isinstance(fresh.batcher, Batcher) else None
         if old is not None:
-            await old.retire(self.config.server.drain_timeout_s)
+            successor = Successor(name, lambda: self.models.get(name) or self.find(public_name(name)))
+            await old.retire(self.config.server.drain_timeout_s, successor)
 
 
 def _sweep_segments(which: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from inferd.config import Config, ModelConfig
 from inferd.cpuset import format_cpu_list
 from inferd.errors import ConfigError
+from inferd.versions import at_versions, served_models
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,14 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
 
 def plan(config: Config, host: Host) -> list[WorkerSlot]:
     """Every worker's slot, or ConfigError naming each YAML path that cannot be placed."""
-    problems = placement_problems(enumerate(config.models), host)
+    problems = at_versions(lambda models: placement_problems(models, host), enumerate(config.models))
     if problems:
         raise ConfigError(config.source, problems)
+    # Each version has workers of its own; a pipeline or a split has none: other models do the work.
+    config = config.model_copy(
+        update={"models": tuple(m for m in served_models(config.models) if m.pipeline is None and m.split is None)}
+    )
     _warn_about_shared_sets(config)
-    # A pipeline has no workers of its own: its steps' models do the work.
-    config = config.model_copy(update={"models": tuple(m for m in config.models if m.pipeline is None)})
     devices = {m.name: _devices(m, host) for m in config.models}
     slots = _explicit_slots(config, devices) + _automatic_slots(config, devices, host)
     order = {m.name: i for i, m in enumerate(config.models)}

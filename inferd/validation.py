@@ -10,6 +10,8 @@ imported and built, in child processes too, so this process never runs a user's 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from pathlib import Path
 
 from inferd.config import Config, ConfigCheck, ModelConfig, by_entry, check_config
@@ -18,6 +20,7 @@ from inferd.handler import model_file_problems
 from inferd.middleware_probe import run_middleware_probe
 from inferd.placement import Host, WorkerSlot, placement_problems, plan
 from inferd.probe import Probe, run_probe
+from inferd.versions import at_versions
 from inferd.worker import WorkerSpec
 
 LOAD_TIMEOUT_S = 300.0  # per model, to load and warm up: a large model on a busy machine takes minutes
@@ -40,12 +43,33 @@ def validate(path: str | Path, machine: bool = True, load: bool = False, timeout
 
 
 def _machine_problems(check: ConfigCheck, host: Host, load: bool, timeout_s: float) -> list[str]:
+    """Each model's problems, a versioned model's version by version (each at its YAML path)."""
+    versions = [(index, model) for index, model in check.models if model.versions]
+    plain = dataclasses.replace(check, models=tuple((i, m) for i, m in check.models if not m.versions))
+    problems = _plain_machine_problems(plain, host, load, timeout_s)
+    for index, model in versions:
+        one = functools.partial(_version_problems, check, host, load, timeout_s)
+        problems += at_versions(one, [(index, model)])
+    return problems
+
+
+def _version_problems(
+    check: ConfigCheck, host: Host, load: bool, timeout_s: float, models: list[tuple[int, ModelConfig]]
+) -> list[str]:
+    return _plain_machine_problems(dataclasses.replace(check, models=tuple(models)), host, load, timeout_s)
+
+
+def _plain_machine_problems(check: ConfigCheck, host: Host, load: bool, timeout_s: float) -> list[str]:
     file_found = {index: model_file_problems([(index, model)]) for index, model in check.models}
     placed_found = {index: placement_problems([(index, model)], host) for index, model in check.models}
     found = {index: file_found[index] + placed_found[index] for index, _ in check.models}
     # A model that cannot be placed cannot be loaded as a worker would, but its handler class can
     # still be resolved: a CPU set's problem must not hide the handler's.
-    present = [(index, model) for index, model in check.models if not file_found[index] and model.pipeline is None]
+    present = [
+        (index, model)
+        for index, model in check.models
+        if not file_found[index] and model.pipeline is None and model.split is None
+    ]
     loadable = [(index, model) for index, model in present if not placed_found[index]] if load else []
     resolvable = [(index, model) for index, model in present if (index, model) not in loadable]
     probes = _probes(check, loadable, host, load=True) + _probes(check, resolvable, host, load=False)

@@ -257,20 +257,7 @@ async def test_a_fixed_wait_holds_every_partial_batch_for_the_timeout() -> None:
     await batcher.stop()
 
 
-async def test_a_request_reaching_a_stopped_generation_goes_to_its_successor() -> None:
-    """A reload's race: the request found the old generation on its route, then reached `infer`
-    only after that generation stopped. It is answered by the new one, not left to time out."""
-    old_worker, new_worker = FakeWorker("old", delay_s=0.0), FakeWorker("new", delay_s=0.0)
-    old, _, _ = make([old_worker])
-    new, _, _ = make([new_worker])
-    old.successor = new
-    await old.stop()
-    assert await asyncio.wait_for(infer(old, "late"), 2.0) == ["late"]
-    assert old_worker.batches == [] and len(new_worker.batches) == 1
-    await new.stop()
-
-
-async def test_a_stopped_batcher_with_no_successor_refuses_at_once() -> None:
+async def test_a_stopped_batcher_refuses_at_once_rather_than_queue() -> None:
     batcher, _, _ = make([FakeWorker("w")])
     await batcher.stop()
     with pytest.raises(ModelUnavailable, match="shutting down"):

@@ -33,6 +33,7 @@ from inferd.protocols.http import Call, answer
 from inferd.protocols.middleware import ModelMiddleware, build_all
 from inferd.protocols.routing import Match, Router
 from inferd.rate_limit import RateLimits
+from inferd.request_note import NOTE, VARIANT_HEADER, RequestNote
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,16 @@ class Front:
         call = Call(Request(scope, receive), request_id)
         if match is not None:
             call.model, call.params = match.model, match.params
+        note = RequestNote(scope["headers"])
+        token = NOTE.set(note)
         try:
             response = await answer(call, lambda call: self._serve(call, match))
         except asyncio.CancelledError:
             response = await answer(call, _cancelled_by_shutdown)
+        finally:
+            NOTE.reset(token)
+        if note.variant is not None:  # a traffic split answered: name its variant
+            response.raw_headers.append((VARIANT_HEADER.encode(), note.variant.encode()))
         if match is not None and match.route.inference and match.model is not None:
             match.model.metrics.request_done(response.status_code, time.perf_counter() - started)
         if response.status_code == ClientGone.status:

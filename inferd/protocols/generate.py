@@ -32,14 +32,14 @@ def resolver(daemon: Daemon) -> Resolver:
         parts = path.split("/")
         if len(parts) != 4 or parts[:2] != ["", "models"] or parts[3] != "generate":
             return None
-        return Match(route, daemon.models.get(parts[2]), {"name": parts[2]})
+        return Match(route, daemon.find(parts[2]), {"name": parts[2]})
 
     return resolve
 
 
 def generative_model(daemon: Daemon, name: Any) -> ServedModel:
     """The generative model `name` names, or the 4xx that says what exists."""
-    model = daemon.models.get(name) if isinstance(name, str) else None
+    model = daemon.find(name) if isinstance(name, str) else None
     if model is None:
         names = sorted(n for n, m in daemon.models.items() if m.generator is not None)
         raise ModelNotFound(f"no generative model named {name!r}; generative models: {names}")

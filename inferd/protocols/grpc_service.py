@@ -43,6 +43,8 @@ from inferd.protocols.http import QUIET_STATUSES
 from inferd.protocols.shm import RegionExists
 from inferd.protocols.v2_codec import V2DecodeError
 from inferd.protocols.v2_stats import statistics
+from inferd.request_note import NOTE, VARIANT_HEADER, RequestNote
+from inferd.versions import public_names
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +133,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def _key_name(self, context: Context) -> str | None:
         if not self._access.api_keys:
             return None
-        metadata = [(str(k).encode(), v if isinstance(v, bytes) else str(v).encode())
-                    for k, v in context.invocation_metadata() or ()]  # fmt: skip
-        return self._access.key_name(metadata)
+        return self._access.key_name(_metadata(context))
 
     def _find(self, name: str, version: str) -> ServedModel:
-        model = self._daemon.models.get(name)
-        if model is None:
-            raise ModelNotFound(f"no model named {name!r}; models: {sorted(self._daemon.models)}")
-        if version not in ("", v2.VERSION):
-            raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: [{v2.VERSION!r}]")
-        return model
+        model = self._daemon.find(name, version)
+        if model is not None:
+            return model
+        if self._daemon.find(name) is None:
+            raise ModelNotFound(f"no model named {name!r}; models: {public_names(self._daemon.models)}")
+        versions = self._daemon.versions.versions_of(name)
+        raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: {versions}")
 
     # ---- health and metadata ----------------------------------------------------------------
 
@@ -159,9 +160,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         async def ready() -> pb.ModelReadyResponse:
-            model = self._daemon.models.get(request.name)
-            known = model is not None and request.version in ("", v2.VERSION)
-            return pb.ModelReadyResponse(ready=known and bool(model and model.workers.ready_count))
+            model = self._daemon.find(request.name, request.version)
+            return pb.ModelReadyResponse(ready=bool(model and model.workers.ready_count))
 
         return await self._guarded("ModelReady", context, ready)
 
@@ -176,8 +176,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             model = self._find(request.name, request.version)
             tensor = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
-                name=model.name,
-                versions=[v2.VERSION],
+                name=model.public_name,
+                versions=self._daemon.versions.versions_of(model.public_name),
                 platform=model.platform,
                 inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in model.inputs],
                 outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in model.outputs],
@@ -196,7 +196,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     # ---- inference --------------------------------------------------------------------------
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        return await self._guarded("ModelInfer", context, lambda: self._counted(request, context))
+        return await self._guarded("ModelInfer", context, lambda: self._counted(request, context, unary=True))
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -245,14 +245,22 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             model.metrics.request_done(status, time.perf_counter() - started)
 
-    async def _counted(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        """The answer, counted in the model's request metrics with its REST status."""
+    async def _counted(
+        self, request: pb.ModelInferRequest, context: Context, unary: bool = False
+    ) -> pb.ModelInferResponse:
+        """The answer, counted in the model's request metrics with its REST status; a unary call
+        names a traffic split's answering variant in its trailing metadata."""
         started = time.perf_counter()
         model = self._find(request.model_name, request.model_version)
         status = 200
+        note = RequestNote(_metadata(context))
+        token = NOTE.set(note)
         try:
             self._daemon.rate_limits.admit(self._key_name(context), model.config)
-            return await self._infer(model, request, context)
+            response = await self._infer(model, request, context)
+            if unary and note.variant is not None:
+                context.set_trailing_metadata(((VARIANT_HEADER, note.variant),))
+            return response
         except RequestError as error:
             status = error.status
             raise
@@ -260,6 +268,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             status = ClientGone.status
             raise
         finally:
+            NOTE.reset(token)
             model.metrics.request_done(status, time.perf_counter() - started)
 
     async def _infer(
@@ -281,7 +290,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             selected, _ = _check(request.select_outputs, outputs)
             datatypes = {spec.name: spec.datatype for spec in model.outputs}
             return grpc_codec.encode_infer_response(
-                model.name, v2.VERSION, request.id, selected, datatypes, targets, regions
+                model.public_name, model.version, request.id, selected, datatypes, targets, regions
             )
 
     # ---- statistics -------------------------------------------------------------------------
@@ -292,7 +301,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         async def stats() -> pb.ModelStatisticsResponse:
             named = [self._find(request.name, request.version)] if request.name else None
             models = named or list(self._daemon.models.values())
-            document = statistics((model.name, v2.VERSION, model.metrics.tally) for model in models)
+            document = statistics((model.public_name, model.version, model.metrics.tally) for model in models)
             return json_format.ParseDict(document, pb.ModelStatisticsResponse())
 
         return await self._guarded("ModelStatistics", context, stats)
@@ -367,11 +376,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     LogSettings = _unimplemented("LogSettings", "set server.log_level in the config")
 
 
-def _metadata(context: Context) -> list[tuple[bytes, bytes]]:
-    return [(str(k).encode(), v if isinstance(v, bytes) else str(v).encode())
-            for k, v in context.invocation_metadata() or ()]  # fmt: skip
-
-
 def _metadata_priority(model: ServedModel, context: Context) -> int:
     metadata = {str(k).lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
     return header_priority(metadata, model.config)
@@ -391,3 +395,9 @@ def _check(check: Callable[[Any], T], argument: Any) -> T:
         return check(argument)
     except V2DecodeError as error:
         raise BadRequest(str(error)) from None
+
+
+def _metadata(context: Context) -> list[tuple[bytes, bytes]]:
+    """The call's metadata as HTTP-like header pairs (gRPC's keys are lower case already)."""
+    return [(str(k).encode(), v if isinstance(v, bytes) else str(v).encode())
+            for k, v in context.invocation_metadata() or ()]  # fmt: skip

@@ -124,7 +124,7 @@ def _embeddings(daemon: Daemon) -> Endpoint:
     async def embeddings(call: Call) -> Response:
         body = await read_json_body(call, daemon, None)
         name = body.get("model")
-        model = daemon.models.get(name) if isinstance(name, str) else None
+        model = daemon.find(name) if isinstance(name, str) else None
         if model is None or not model.is_handler or model.generator is not None:
             names = sorted(n for n, m in daemon.models.items() if m.is_handler and m.generator is None)
             raise ModelNotFound(f"no embedding model named {name!r}; handler models: {names}")

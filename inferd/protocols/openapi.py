@@ -28,7 +28,7 @@ from inferd.protocols.openapi_routes import (
     operation,
     stats_operation,
 )
-from inferd.protocols.v2 import HEADER_LENGTH, VERSION
+from inferd.protocols.v2 import HEADER_LENGTH
 
 _SMALL_ROW_ELEMENTS = 256  # rows up to this size are described exactly; larger ones only by nesting
 _INTEGER_RANGES = {
@@ -45,7 +45,9 @@ def document(daemon: Daemon, metrics_route: bool = True) -> Schema:
     by_suffix, _ = v2.model_routes(daemon)
     for model in models:
         paths[model.config.url_path] = {"post": _native_predict(model)}
-        for prefix in (f"/v2/models/{model.name}", f"/v2/models/{model.name}/versions/{VERSION}"):
+        versioned = f"/v2/models/{model.public_name}/versions/{model.version}"
+        is_default = daemon.find(model.public_name) is model
+        for prefix in (f"/v2/models/{model.public_name}", versioned) if is_default else (versioned,):
             paths.update(_v2_model_paths(model, prefix, by_suffix))
         if model.generator is not None:
             route = generate.route_of(daemon).path.replace("{name}", model.name)

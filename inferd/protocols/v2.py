@@ -1,6 +1,7 @@
 """The Open Inference Protocol (KServe v2) REST routes, over the same batchers as the native route.
 
-Every model has one version, "1". Tensor inputs are checked against the model's declared (or
+A model without versions has one, "1"; a versioned model lists its own (inferd/versions.py), and
+the paths without a version reach its default. Tensor inputs are checked against the model's declared (or
 discovered) names, datatypes and shapes before they are queued; binary tensors stay numpy views of
 the request body until the worker. Handler models take one BYTES (or numeric) input whose
 elements are their items, or the named inputs they declare, and answer with their declared outputs
@@ -42,6 +43,7 @@ from inferd.protocols.v2_codec import (
 )
 from inferd.protocols.v2_items import handler_payload, handler_tensors
 from inferd.protocols.v2_stats import statistics
+from inferd.versions import public_names
 
 VERSION = "1"
 EXTENSIONS = [
@@ -106,10 +108,7 @@ def resolver(daemon: Daemon) -> Resolver:
         route = by_suffix.get(rest[0]) if len(rest) == 1 else by_suffix[""] if not rest else None
         if route is None:
             return None
-        model = daemon.models.get(params["name"])
-        if params.get("version", VERSION) != VERSION:
-            model = None  # the endpoint says why
-        return Match(route, model, params)
+        return Match(route, daemon.find(params["name"], params.get("version")), params)  # none: the endpoint says why
 
     return resolve
 
@@ -119,11 +118,11 @@ def _find(daemon: Daemon, call: Call) -> ServedModel:
         return call.model
     # Triton's wording: its clients (and scripts written against Triton) look for this prefix.
     name, version = call.params["name"], call.params.get("version")
-    if name in daemon.models and version is not None:
-        raise ModelNotFound(
-            f"Request for unknown model: {name!r} version {version} is not found; versions: [{VERSION}]"
-        )
-    raise ModelNotFound(f"Request for unknown model: {name!r} is not found; models: {sorted(daemon.models)}")
+    if daemon.find(name) is not None and version is not None:
+        versions = daemon.versions.versions_of(name)
+        raise ModelNotFound(f"Request for unknown model: {name!r} version {version} is not found; versions: {versions}")
+    models = public_names(daemon.models)
+    raise ModelNotFound(f"Request for unknown model: {name!r} is not found; models: {models}")
 
 
 def _labels(model: ServedModel, output: str) -> tuple[str, ...]:
@@ -132,17 +131,18 @@ def _labels(model: ServedModel, output: str) -> tuple[str, ...]:
 
 
 async def _stats(daemon: Daemon, models: list[ServedModel]) -> Response:
-    return json_response(statistics((model.name, VERSION, model.metrics.tally) for model in models))
+    return json_response(statistics((model.public_name, model.version, model.metrics.tally) for model in models))
 
 
 async def _metadata(daemon: Daemon, model: ServedModel) -> Response:
-    metadata = model_metadata(model.name, [VERSION], model.platform, model.inputs, model.outputs)
+    versions = daemon.versions.versions_of(model.public_name)
+    metadata = model_metadata(model.public_name, versions, model.platform, model.inputs, model.outputs)
     return json_response({**metadata, "state": daemon.pool.state(model)})  # beyond v2: loaded or not
 
 
 async def _model_ready(model: ServedModel) -> Response:
     is_ready = bool(model.workers.ready_count)
-    return json_response({"name": model.name, "ready": is_ready}, 200 if is_ready else 503)
+    return json_response({"name": model.public_name, "ready": is_ready}, 200 if is_ready else 503)
 
 
 async def _config(model: ServedModel) -> Response:
@@ -153,7 +153,7 @@ def config_document(model: ServedModel) -> dict[str, Any]:
     """The model's configuration in the JSON form of Triton's ModelConfig."""
     settings = model.config
     return model_config(
-        model.name,
+        model.public_name,
         settings.max_batch_size,
         model.inputs,
         model.outputs,
@@ -277,7 +277,7 @@ def _respond(model: ServedModel, request: V2InferRequest, result: Payload, daemo
     try:
         targets = {wanted.name: wanted.region for wanted in request.requested_outputs if wanted.region is not None}
         body, header_length = encode_infer_response(
-            model.name, VERSION, request.id, selected, binary, datatypes, targets, daemon.shared_memory
+            model.public_name, model.version, request.id, selected, binary, datatypes, targets, daemon.shared_memory
         )
     except V2EncodeError as error:
         raise BadRequest(str(error)) from None

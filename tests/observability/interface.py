@@ -42,6 +42,11 @@ METRIC_NAMES = frozenset(
         "inferd_request_bytes_held",
         "inferd_request_bytes_held_limit",
         "inferd_model_request_bytes_held",
+        "inferd_split_requests_total",
+        "inferd_split_weight",
+        "inferd_shadow_requests_total",
+        "inferd_shadow_duration_seconds",
+        "inferd_model_version_info",
         "inferd_rate_limited_total",
         "inferd_requests_promoted_total",
         "inferd_channel_bytes_total",
@@ -117,6 +122,7 @@ def standin_registry() -> CollectorRegistry:
     _add_worker_metrics(registry)
     _add_gpu_metrics(registry)
     _add_front_metrics(registry)
+    _add_traffic_metrics(registry)
     _add_qos_metrics(registry)
     _add_generation_metrics(registry)
     _add_pipeline_metrics(registry)
@@ -307,3 +313,26 @@ def _add_pool_metrics(registry: CollectorRegistry) -> None:
         loaded.labels(model).set(1)
         memory.labels(model, "cpu").set(0.25 * GIB)
     memory.labels("minilm", "cuda:0").set(1 * GIB)
+
+
+def _add_traffic_metrics(registry: CollectorRegistry) -> None:
+    """A split "ab" sending 90/10 to two models, shadowing to a third, and one served version."""
+    requests = Counter("inferd_split_requests", "Requests per variant", ["split", "variant", "code"], registry=registry)
+    weight = Gauge("inferd_split_weight", "Variant weight", ["split", "variant"], registry=registry)
+    shadow = Counter("inferd_shadow_requests", "Shadow copies", ["split", "variant", "outcome"], registry=registry)
+    shadow_duration = Histogram(
+        "inferd_shadow_duration_seconds", "Shadow latency", ["split", "variant"], registry=registry
+    )
+    version = Gauge(
+        "inferd_model_version_info",
+        "Served versions",
+        ["model", "name", "version", "default"],
+        registry=registry,
+    )
+    for variant, share in (("tiny", 90), ("minilm", 10)):
+        requests.labels("ab", variant, "200").inc(share)
+        weight.labels("ab", variant).set(share)
+    shadow.labels("ab", "tiny", "ok").inc(5)
+    shadow.labels("ab", "tiny", "dropped").inc(1)
+    shadow_duration.labels("ab", "tiny").observe(0.004)
+    version.labels("minilm", "minilm", "2", "true").set(1)
