@@ -98,7 +98,7 @@ class ModelPool:
 
     def adopt(self, served: ServedModel) -> None:
         """Take a model's generation in: its requests now tell the pool of themselves."""
-        if served.config.pipeline is not None:
+        if holds_no_workers(served):
             return
         lazy, idle_unload_s = served.config.load == "lazy", served.config.idle_unload_s
         entry = self._entries.get(served.name)
@@ -114,7 +114,7 @@ class ModelPool:
     async def start_model(self, served: ServedModel, previous: ServedModel | None = None) -> None:
         """Start a generation: its batcher always, its workers where the model is to be loaded
         (an eager model at start; at a reload, whatever the previous generation was)."""
-        if served.config.pipeline is not None:
+        if holds_no_workers(served):
             return await served.start()
         self.adopt(served)
         entry = self._entries[served.name]
@@ -399,7 +399,7 @@ class ModelPool:
 
 
 def _workers(served: ServedModel) -> Supervisor:
-    assert isinstance(served.supervisor, Supervisor)  # a pooled model is never a pipeline
+    assert isinstance(served.supervisor, Supervisor)  # a pooled model is never a pipeline or a split
     return served.supervisor
 
 
@@ -435,3 +435,8 @@ def _disarm(entry: _Entry) -> None:
 
 def _sizes(sizes: Mapping[str, int]) -> str:
     return ", ".join(f"{size / 2**20:.0f} MiB on {device}" for device, size in sorted(sizes.items())) or "nothing"
+
+
+def holds_no_workers(served: ServedModel) -> bool:
+    """A pipeline or a traffic split: it sends its requests to other models, which the pool holds."""
+    return served.config.pipeline is not None or served.config.split is not None

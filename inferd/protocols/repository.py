@@ -23,9 +23,9 @@ from inferd.daemon import Daemon, ServedModel
 from inferd.errors import BadRequest, ModelNotFound, RequestError, StartupError
 from inferd.protocols.http import BodyLimits, Call, json_response, parse_json, read_body
 from inferd.protocols.routing import Match, Resolver, Route
+from inferd.versions import public_names
 
 PREFIX = "/v2/repository"
-VERSION = "1"
 _BODY_BYTES = 64 * 1024
 # Triton's words for a model's state in the index.
 _TRITON_STATES = {"ready": "READY", "loading": "LOADING", "unloading": "UNLOADING"}
@@ -52,42 +52,55 @@ def index(daemon: Daemon, ready_only: bool = False) -> list[IndexEntry]:
 
 def _entry(daemon: Daemon, served: ServedModel) -> IndexEntry:
     state = daemon.pool.state(served)
+    name, version = served.public_name, served.version
     if state in _TRITON_STATES:
-        return IndexEntry(served.name, VERSION, _TRITON_STATES[state], "")
+        return IndexEntry(name, version, _TRITON_STATES[state], "")
     if state == "unloaded":
         lazy = served.config.load == "lazy"
         return IndexEntry(
-            served.name, VERSION, "UNAVAILABLE", "unloaded (lazy: loads on its first request)" if lazy else "unloaded"
+            name, version, "UNAVAILABLE", "unloaded (lazy: loads on its first request)" if lazy else "unloaded"
         )
-    return IndexEntry(served.name, VERSION, "UNAVAILABLE", served.workers.unavailable_reason or "no ready worker yet")
+    return IndexEntry(name, version, "UNAVAILABLE", served.workers.unavailable_reason or "no ready worker yet")
 
 
 async def load(daemon: Daemon, name: str, parameters: Mapping[str, Any]) -> None:
     served = find(daemon, name)
     _refuse_overrides(parameters)
-    if served.config.pipeline is not None:
-        for step in dict.fromkeys(step.model for step in served.config.pipeline):
-            await load(daemon, step, {})
+    members = _members(served)
+    if members is not None:
+        for member in members:
+            await load(daemon, member, {})
         return
     try:
-        await daemon.pool.load(name)
+        await daemon.pool.load(served.name)
     except StartupError as error:
         raise LoadFailed(f"model {name!r} could not be loaded: {error}") from None
 
 
 async def unload(daemon: Daemon, name: str) -> None:
     served = find(daemon, name)
+    members = _members(served)
+    if members is not None:
+        kind = "a pipeline" if served.config.pipeline is not None else "a traffic split"
+        raise BadRequest(f"model {name!r} is {kind}: it holds no workers of its own; unload its models {members}")
+    await daemon.pool.unload(served.name)
+
+
+def _members(served: ServedModel) -> list[str] | None:
+    """The models a pipeline's steps or a split's variants name; None for a model with workers."""
     if served.config.pipeline is not None:
-        steps = list(dict.fromkeys(step.model for step in served.config.pipeline))
-        raise BadRequest(f"model {name!r} is a pipeline: it holds no workers of its own; unload its steps {steps}")
-    await daemon.pool.unload(name)
+        return list(dict.fromkeys(step.model for step in served.config.pipeline))
+    if served.config.split is not None:
+        return list(dict.fromkeys(variant.model for variant in served.config.split.variants))
+    return None
 
 
 def find(daemon: Daemon, name: str) -> ServedModel:
-    served = daemon.models.get(name)
+    """The model `name` names: a served name, or a versioned model's default version."""
+    served = daemon.models.get(name) or daemon.find(name)
     if served is None:
         raise ModelNotFound(
-            f"no model named {name!r} in the config; models: {sorted(daemon.models)} (the repository "
+            f"no model named {name!r} in the config; models: {public_names(daemon.models)} (the repository "
             "API loads and unloads the config's models: add one to the config and reload)"
         )
     return served

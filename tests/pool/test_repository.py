@@ -229,3 +229,27 @@ def test_from_another_address_without_admin_keys_they_are_refused(serve) -> None
     assert grpc.is_server_ready()  # the port does answer from there
     grpc.close()
     assert server.models()["echo"]["state"] == "ready"
+
+
+def test_versions_and_splits_in_the_repository(serve) -> None:
+    server = serve(f"""
+models:
+  - name: echo
+    versions:
+      - {{version: 1, handler: "{HANDLERS}:Echo"}}
+      - {{version: 2, handler: "{HANDLERS}:Echo", load: lazy}}
+  - {{name: other, handler: "{HANDLERS}:Echo", load: lazy}}
+  - {{name: ab, split: {{variants: [{{model: echo, weight: 1}}, {{model: other, weight: 1}}]}}}}
+""")
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    index = {(entry["name"], entry.get("version")): entry["state"] for entry in client.get_model_repository_index()}
+    assert index[("echo", "1")] == "READY" and index[("echo", "2")] == "UNAVAILABLE"
+    assert index[("other", "1")] == "UNAVAILABLE" and ("ab", "1") in index
+    client.load_model("ab")  # a split loads the models it sends to
+    assert client.is_model_ready("other")
+    with pytest.raises(InferenceServerException) as refused:
+        client.unload_model("ab")
+    assert refused.value.status() == "400" and "traffic split" in refused.value.message()
+    client.unload_model("echo")  # a versioned model's name reaches its default version
+    assert not client.is_model_ready("echo")
+    assert_clean_log(server.log())
