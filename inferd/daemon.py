@@ -19,6 +19,7 @@ from pathlib import Path
 from inferd.admission import Admission
 from inferd.batching import Batcher, BatchPolicy
 from inferd.cgroup import OomKills
+from inferd.composed_workers import ComposedWorkers
 from inferd.config import Config, ModelConfig
 from inferd.errors import StartupError
 from inferd.generation.metrics import GenerationMetrics
@@ -27,7 +28,7 @@ from inferd.handler import TORCHSCRIPT, detect_format
 from inferd.messages import TensorInfo
 from inferd.metrics import Metrics, ModelMetrics
 from inferd.model_pool import ModelPool
-from inferd.pipeline import PipelineExecutor, PipelineSteps
+from inferd.pipeline import PipelineExecutor, pipeline_steps
 from inferd.pipeline_metrics import PipelineMetrics
 from inferd.placement import WorkerSlot
 from inferd.priority import priority_policy
@@ -37,7 +38,7 @@ from inferd.segments import sweep_daemon
 from inferd.successor import Successor
 from inferd.supervisor import Supervisor
 from inferd.traffic_metrics import TrafficMetrics
-from inferd.traffic_split import SplitRouter, SplitVariants
+from inferd.traffic_split import SplitRouter, split_variants
 from inferd.versions import ONLY_VERSION, VersionTable, public_name, served_models
 from inferd.worker import WorkerSpec
 
@@ -54,7 +55,7 @@ class ServedModel:
 
     config: ModelConfig
     slots: tuple[WorkerSlot, ...]
-    supervisor: Supervisor | PipelineSteps | SplitVariants
+    supervisor: Supervisor | ComposedWorkers
     batcher: Batcher | PipelineExecutor | SplitRouter | Successor
     metrics: ModelMetrics
     generator: Scheduler | None = None  # a generative model's sequences (its batcher then stays idle)
@@ -65,7 +66,7 @@ class ServedModel:
         return self.config.name
 
     @property
-    def workers(self) -> Supervisor | PipelineSteps | SplitVariants:
+    def workers(self) -> Supervisor | ComposedWorkers:
         return self.supervisor
 
     @property
@@ -211,7 +212,7 @@ class Daemon:
             return self._build_pipeline(model)
         if model.split is not None:
             router = SplitRouter(model, self.find, self.traffic_metrics)
-            return ServedModel(model, (), SplitVariants(router), router, self.metrics.for_model(model.name))
+            return ServedModel(model, (), split_variants(router), router, self.metrics.for_model(model.name))
         base_dir = Path(self.config.source).resolve().parent
         level, log_format = self.config.server.log_level, self.config.server.log_format
         own_slots = tuple(s for s in slots if s.model == model.name)
@@ -257,7 +258,7 @@ class Daemon:
         assert model.pipeline is not None
         step_done = self.pipeline_metrics.for_pipeline(model.name, [str(step.id) for step in model.pipeline])
         executor = PipelineExecutor(model, lambda name: self.find(name), step_done)
-        return ServedModel(model, (), PipelineSteps(executor), executor, self.metrics.for_model(model.name))
+        return ServedModel(model, (), pipeline_steps(executor), executor, self.metrics.for_model(model.name))
 
     def route(self, path: str) -> ServedModel | None:
         """The model whose native route is `path`."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from inferd.composed_workers import ComposedWorkers
 from inferd.datatypes import numpy_dtype
 from inferd.errors import ModelUnavailable, RequestError, RequestTimedOut
 from inferd.messages import Items, PackedItems, Payload, TensorInfo
@@ -234,38 +235,8 @@ def _cast(array: np.ndarray, datatype: str) -> np.ndarray:
     return array if array.dtype == wanted else array.astype(wanted)
 
 
-class PipelineSteps:
+def pipeline_steps(executor: PipelineExecutor) -> ComposedWorkers:
     """A pipeline's stand-in for a supervisor: ready while every step's model has a ready worker."""
-
-    def __init__(self, executor: PipelineExecutor) -> None:
-        self._executor = executor
-        self.handles: dict[str, Any] = {}  # no workers of its own
-        self.restarts_total = 0
-        self.info = None
-
-    def _models(self) -> list[ServedModel | None]:
-        return [self._executor.model_of(step) for step in self._executor.steps]
-
-    @property
-    def ready_count(self) -> int:
-        models = self._models()
-        return min((m.workers.ready_count if m is not None else 0) for m in models)
-
-    @property
-    def unavailable_reason(self) -> str | None:
-        for step, model in zip(self._executor.steps, self._models()):
-            if model is None:
-                return f"step {step.id!r}: model {step.model!r} is not served"
-            if not model.workers.ready_count:
-                return f"step {step.id!r}: {model.workers.unavailable_reason or 'no ready worker yet'}"
-        return None
-
-    @property
-    def state(self) -> str:
-        return "ready" if self.ready_count else "unavailable"
-
-    async def start(self) -> None:
-        """Nothing to start: the steps' models start themselves."""
-
-    async def stop(self, timeout_s: float) -> None:
-        """Nothing to stop."""
+    return ComposedWorkers(
+        lambda: [(f"step {s.id!r}: model {s.model!r}", executor.model_of(s)) for s in executor.steps]
+    )

@@ -25,8 +25,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from inferd.composed_workers import ComposedWorkers
 from inferd.errors import ModelUnavailable, RequestError
 from inferd.messages import Payload
 from inferd.request_note import NOTE, RequestNote, current_note
@@ -207,37 +208,8 @@ class ShadowCopies:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-class SplitVariants:
+def split_variants(router: SplitRouter) -> ComposedWorkers:
     """A split's stand-in for a supervisor: ready while every variant with weight has a ready worker."""
-
-    def __init__(self, router: SplitRouter) -> None:
-        self._router = router
-        self.handles: dict[str, Any] = {}  # no workers of its own
-        self.restarts_total = 0
-        self.info = None
-
-    def _weighted(self) -> list[tuple[SplitVariant, ServedModel | None]]:
-        return [(v, self._router.model_of(v)) for v in self._router.variants if v.weight > 0]
-
-    @property
-    def ready_count(self) -> int:
-        return min((m.workers.ready_count if m is not None else 0) for _, m in self._weighted())
-
-    @property
-    def unavailable_reason(self) -> str | None:
-        for variant, model in self._weighted():
-            if model is None:
-                return f"variant {variant.label!r} is not served"
-            if not model.workers.ready_count:
-                return f"variant {variant.label!r}: {model.workers.unavailable_reason or 'no ready worker yet'}"
-        return None
-
-    @property
-    def state(self) -> str:
-        return "ready" if self.ready_count else "unavailable"
-
-    async def start(self) -> None:
-        """Nothing to start: the variants' models start themselves."""
-
-    async def stop(self, timeout_s: float) -> None:
-        """Nothing to stop."""
+    return ComposedWorkers(
+        lambda: [(f"variant {v.label!r}", router.model_of(v)) for v in router.variants if v.weight > 0]
+    )
