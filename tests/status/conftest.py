@@ -3,6 +3,7 @@ of the test output."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,11 +15,14 @@ from tests.status.screenshots import SCREENSHOTS
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    """One Chromium for a module's tests (each opens its own tab). Missing, it fails the test: a
-    skip would let a CI without chromium pass the status page untested."""
+    """One Chromium for a module's tests (each opens its own tab). Missing, it skips them, as the
+    Prometheus tests do, except under CI (CI set), where it fails them: a missing install step
+    must not pass as green."""
     executable = chromium_executable()
     if executable is None:
-        pytest.fail(INSTALL_HINT, pytrace=False)
+        if os.environ.get("CI"):
+            pytest.fail(INSTALL_HINT, pytrace=False)
+        pytest.skip(INSTALL_HINT)
     folder = tmp_path_factory.mktemp("chromium")
     running = Browser(executable, folder / "profile", folder / "chromium.log")
     yield running
