@@ -19,6 +19,7 @@ from inferd import __version__, gpu
 from inferd.messages import GpuMemory
 from inferd.placement import usable_cpus
 from inferd.rate_window import DEFAULT_WINDOW_S, RateWindow, Traffic
+from inferd.versions import public_name
 
 if TYPE_CHECKING:
     from inferd.daemon import Daemon, ServedModel
@@ -72,7 +73,7 @@ def _row(described: Mapping[str, Any], version: str | None, traffic: Traffic, re
     workers = [worker_view(w) for w in described["workers"]]
     rates = traffic.of((name, version))
     return {
-        "model": name,
+        "model": public_name(name),  # a version's row: its model's name, beside its version
         "version": version,
         "state": described["state"],
         "reason": described.get("reason"),

@@ -55,3 +55,18 @@ def test_gpu_memory_is_summed_per_device_over_the_models_current_workers() -> No
 def test_a_workers_device_is_read_from_its_slot() -> None:
     assert worker_view({"slot": "cpu:0/1", "cpus": [3]})["device"] == "cpu"
     assert worker_view({"slot": "cuda:1/0", "cpus": []})["device"] == "cuda:1"
+
+
+def test_each_version_is_a_row_of_its_model() -> None:
+    config = parse_config(
+        f"""
+models:
+  - name: echo
+    versions:
+      - {{version: 1, handler: "{HANDLERS}:Echo"}}
+      - {{version: 2, handler: "{HANDLERS}:Echo"}}
+""",
+        "status.yaml",
+    )
+    status = StatusBoard(Daemon(config, plan(config, Host.detect()))).snapshot()
+    assert [(row["model"], row["version"]) for row in status["models"]] == [("echo", "1"), ("echo", "2")]
