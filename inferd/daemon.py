@@ -136,9 +136,11 @@ class ServedModel:
         if successor is not None and isinstance(batcher, Batcher):  # the others look up per request
             self.batcher = successor
         await batcher.drain(drain_timeout_s)
-        for scheduler in (self.generator, self.streamer):
+        for scheduler, which in ((self.generator, "generator"), (self.streamer, "streamer")):
             if scheduler is not None:
                 await scheduler.drain(drain_timeout_s)
+                if successor is not None:
+                    scheduler.hand_on(functools.partial(_scheduler_of, successor, which))
         await batcher.stop()
         await self.supervisor.stop(WORKER_STOP_TIMEOUT_S)
 
@@ -352,3 +354,8 @@ def _sweep_segments(which: str) -> None:
 def _wake_both(batcher: Batcher, streamer: Scheduler) -> None:
     batcher.wake()
     streamer.wake()
+
+
+def _scheduler_of(successor: Successor, which: str) -> Scheduler | None:
+    model = successor.model()
+    return getattr(model, which, None) if model is not None else None

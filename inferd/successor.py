@@ -28,6 +28,10 @@ class Successor:
         self.queue_depth = 0
         self.inflight_requests = 0
 
+    def model(self) -> ServedModel | None:
+        """What serves the name now."""
+        return self._lookup()
+
     async def infer(self, payload: Payload, items: int, key: Hashable, priority: int = 0) -> Payload:
         model = self._lookup()
         if model is None:

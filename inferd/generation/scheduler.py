@@ -118,6 +118,7 @@ class Scheduler:
         self._running: dict[WorkerHandle, set[int]] = {}
         self._ids = itertools.count(1)
         self._drained: asyncio.Future[None] | None = None
+        self._successor: Callable[[], Scheduler | None] | None = None
         supervisor.on_chunks = self._on_chunks
         supervisor.on_worker_gone = self._on_worker_gone
         # Told of each sequence before it queues; may refuse it (a RequestError), e.g. an unloaded model.
@@ -145,6 +146,11 @@ class Scheduler:
     def open(self, make: Callable[[int], Generate | StreamPredict], slots: int = 1, priority: int = 0) -> Stream:
         """Queue the message `make` builds for a new sequence id, taking `slots` of a worker's
         max_running; QueueFull or ModelUnavailable at once where it cannot be."""
+        if self._successor is not None:  # retired: a request that still held this generation
+            successor = self._successor()
+            if successor is None:
+                raise ModelUnavailable(f"model {self.model!r} was stopped or removed")
+            return successor.open(make, slots, priority)
         self.on_request()
         reason = self._supervisor.unavailable_reason
         if reason and not self._supervisor.ready_count:
@@ -268,6 +274,10 @@ class Scheduler:
             self._queue.remove(stream)
             stream.push(Chunk(stream.sequence_id, failure=RequestFailure(NOT_LOADED, message, False)))
             self._end(stream)
+
+    def hand_on(self, successor: Callable[[], Scheduler | None]) -> None:
+        """Retired: new sequences go to whatever `successor` gives (the name's next generation)."""
+        self._successor = successor
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) for every open sequence to end, then end the rest."""
