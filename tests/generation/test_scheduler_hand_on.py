@@ -15,11 +15,12 @@ from inferd.messages import Generate, Sampling
 class NoWorkers:
     """A supervisor with a ready count but no worker handles: sequences stay queued."""
 
-    unavailable_reason = None
-    ready_count = 1
-    handles: dict[str, Any] = {}
-    on_chunks: Any = None
-    on_worker_gone: Any = None
+    def __init__(self) -> None:
+        self.unavailable_reason = None
+        self.ready_count = 1
+        self.handles: dict[str, Any] = {}
+        self.on_chunks: Any = None
+        self.on_worker_gone: Any = None
 
 
 class Quiet:
