@@ -567,7 +567,7 @@ def _entry_rule_problems(entry: dict[Any, Any], where: str) -> list[str]:
     problems = pool_entry_problems(entry, where) + plain_entry_problems(entry, where)
     if (entry.get("path") is None) == (entry.get("handler") is None):
         problems.append(
-            f"{where}: give exactly one of 'path' (a model file), 'handler' (a class) or 'pipeline' (models in turn)"
+            f"{where}: give exactly one of 'path' (a model file), 'handler' (a class), 'pipeline' (models in turn) or 'split' (variants by weight)"
         )
     if entry.get("generation") is not None and entry.get("handler") is None:
         problems.append(f"{where}.generation: a generative model needs 'handler' (a GenerativeHandler class)")

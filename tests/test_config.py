@@ -78,7 +78,7 @@ models:
     )
     assert found == [
         "models[0].max_batch_size: Input should be greater than or equal to 1 (got 0)",
-        "models[0]: give exactly one of 'path' (a model file), 'handler' (a class) or 'pipeline' (models in turn)",
+        "models[0]: give exactly one of 'path' (a model file), 'handler' (a class), 'pipeline' (models in turn) or 'split' (variants by weight)",
         "models[1].gpu_memory_fraction: Input should be less than or equal to 1 (got 2)",
         "models[1].gpus: goes with device 'cuda' (this model's device is 'cpu')",
         "models[1].gpu_memory_fraction: applies only to a CUDA device (this model's device is 'cpu')",

@@ -82,7 +82,7 @@ def test_version_problems_are_named_at_their_paths() -> None:
         "models[0].path: a model with versions takes its path in each version, not in the model's entry",
         "models[0].versions[0].route: set on the model's entry, not per version",
         "models[0].versions[1].version: '1' is already the version of versions[0]; choose another",
-        "models[0].versions[1]: give exactly one of 'path' (a model file), 'handler' (a class) or 'pipeline' (models in turn)",
+        "models[0].versions[1]: give exactly one of 'path' (a model file), 'handler' (a class), 'pipeline' (models in turn) or 'split' (variants by weight)",
         "models[0].versions[2].version: required but missing; name the version, e.g. version: 2",
         "models[0].default_version: '7' is not one of the versions ['1']",
         "models[1].version: goes with 'versions' (this model lists none)",
