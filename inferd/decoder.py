@@ -145,9 +145,8 @@ def _out_of_band(argument: Any) -> Any:
 def _log_exit(exited: process.WorkerProcess, held: int) -> None:
     code = exited.reap()
     sweep_worker(os.getpid(), exited.pid)  # the shared-memory segments it had sent answers in
-    if held:
-        log.warning("the JSON decoder (pid %d) exited (%s) holding %d body(ies); it restarts on the next",
-                    exited.pid, code, held)  # fmt: skip
+    log.warning("the JSON decoder (pid %d) exited (%s) holding %d body(ies); it restarts on the next",
+                exited.pid, code, held)  # fmt: skip
 
 
 def decoder_main(main_pid: int, channel: channels.Channel) -> None:
