@@ -26,6 +26,7 @@ import numpy as np
 from inferd.composed_workers import ComposedWorkers
 from inferd.datatypes import numpy_dtype
 from inferd.errors import ModelUnavailable, RequestError, RequestTimedOut
+from inferd.inflight import InFlight
 from inferd.messages import Items, PackedItems, Payload, TensorInfo
 from inferd.pipeline_graph import PIPELINE_INPUT, run_order
 from inferd.pipeline_metrics import StepObserver
@@ -59,9 +60,11 @@ class PipelineExecutor:
         )
         self._lookup = lookup
         self._step_done = step_done or (lambda step, duration_s: None)
-        self.inflight_requests = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._inflight = InFlight()
+
+    @property
+    def inflight_requests(self) -> int:
+        return self._inflight.count
 
     @property
     def queue_depth(self) -> int:
@@ -71,10 +74,7 @@ class PipelineExecutor:
         """Nothing to start: the steps' models start themselves."""
 
     async def drain(self, timeout_s: float) -> None:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass  # the steps' own drains bound what is left
+        await self._inflight.ended(timeout_s)
 
     async def stop(self) -> None:
         """Nothing to stop: requests in flight end with their steps."""
@@ -85,22 +85,17 @@ class PipelineExecutor:
     async def infer(self, payload: Payload, items: int, key: Hashable, priority: int = 0) -> Payload:
         """The last step's outputs for one request, or the RequestError of the step that failed;
         every step queues it at `priority` (each step's model maps it onto its own levels)."""
-        self.inflight_requests += 1
-        self._idle.clear()
-        try:
-            if sys.version_info >= (3, 11):  # a deadline on this task, without wait_for's extra task
-                async with asyncio.timeout(self.timeout_s):
-                    return await self._run(payload, priority)
-            return await asyncio.wait_for(self._run(payload, priority), self.timeout_s)
-        except asyncio.TimeoutError:
-            timeout_ms = self.timeout_s * 1000
-            raise RequestTimedOut(
-                f"pipeline {self.name!r} did not answer within {timeout_ms:g} ms (request_timeout_ms)"
-            ) from None
-        finally:
-            self.inflight_requests -= 1
-            if not self.inflight_requests:
-                self._idle.set()
+        with self._inflight.one():
+            try:
+                if sys.version_info >= (3, 11):  # a deadline on this task, without wait_for's extra task
+                    async with asyncio.timeout(self.timeout_s):
+                        return await self._run(payload, priority)
+                return await asyncio.wait_for(self._run(payload, priority), self.timeout_s)
+            except asyncio.TimeoutError:
+                timeout_ms = self.timeout_s * 1000
+                raise RequestTimedOut(
+                    f"pipeline {self.name!r} did not answer within {timeout_ms:g} ms (request_timeout_ms)"
+                ) from None
 
     async def _run(self, payload: Payload, priority: int) -> Payload:
         if self.is_chain:  # each step in turn on this task: no task per step to make and wait on

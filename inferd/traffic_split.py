@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from inferd.composed_workers import ComposedWorkers
 from inferd.errors import ModelUnavailable, RequestError
+from inferd.inflight import InFlight
 from inferd.messages import Payload
 from inferd.request_note import NOTE, RequestNote, current_note
 
@@ -82,9 +83,11 @@ class SplitRouter:
         self._lookup = lookup
         self._metrics = metrics
         self.shadow = ShadowCopies(config.name, split.shadow, lookup, metrics) if split.shadow else None
-        self.inflight_requests = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._inflight = InFlight()
+
+    @property
+    def inflight_requests(self) -> int:
+        return self._inflight.count
 
     @property
     def queue_depth(self) -> int:
@@ -103,10 +106,7 @@ class SplitRouter:
 
     async def drain(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass  # the variants' own drains bound what is left
+        await self._inflight.ended(timeout_s)
         if self.shadow is not None:
             await self.shadow.drain(max(0.0, deadline - time.monotonic()))
 
@@ -131,22 +131,18 @@ class SplitRouter:
     async def _answer(
         self, model: ServedModel, variant: SplitVariant, payload: Payload, items: int, key: Hashable, priority: int
     ) -> Payload:
-        self.inflight_requests += 1
-        self._idle.clear()
         code = 200
-        try:
-            return await model.batcher.infer(payload, items, key, priority)
-        except RequestError as error:
-            code = error.status
-            raise
-        except asyncio.CancelledError:
-            code = 499  # the client left (or the server stops)
-            raise
-        finally:
-            self._metrics.split_answered(self.name, variant.label, code)
-            self.inflight_requests -= 1
-            if not self.inflight_requests:
-                self._idle.set()
+        with self._inflight.one():
+            try:
+                return await model.batcher.infer(payload, items, key, priority)
+            except RequestError as error:
+                code = error.status
+                raise
+            except asyncio.CancelledError:
+                code = 499  # the client left (or the server stops)
+                raise
+            finally:
+                self._metrics.split_answered(self.name, variant.label, code)
 
 
 class ShadowCopies:
