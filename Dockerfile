@@ -83,6 +83,8 @@ WORKDIR /app
 # (-v ...:/app/configs:ro, -v ...:/app/models:ro); no VOLUME line, which would force anonymous
 # volumes on every run.
 COPY configs ./configs
+# The middleware example the README's config snippets name (../examples/header_check.py).
+COPY examples ./examples
 COPY --from=examples /src/models ./models
 
 USER 10001:10001
