@@ -42,10 +42,16 @@ def routes(daemon: Daemon) -> list[Route]:
 
 def _models(daemon: Daemon) -> Endpoint:
     async def models(call: Call) -> Response:
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "inferd"} for name in daemon.models]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "inferd"} for name in model_ids(daemon)]
         return json_response({"object": "list", "data": data})
 
     return models
+
+
+def model_ids(daemon: Daemon) -> list[str]:
+    """What `model` may name: every served model, and a versioned model's own name (its default)."""
+    versioned = [name for name in daemon.versions.defaults if daemon.find(name) is not None]
+    return versioned + [name for name in daemon.models if name not in versioned]
 
 
 def _completions(daemon: Daemon, chat: bool) -> Endpoint:
