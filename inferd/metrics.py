@@ -88,7 +88,8 @@ class Metrics:
         )  # fmt: skip
         self.channel_bytes = Counter(
             "inferd_channel_bytes", "Tensor bytes between the main process and workers, by direction and path "
-            "(socket, segment: shared memory made for them, client_region: read by the worker from the client's region).",
+            "(socket, segment: shared memory made for them, forwarded: a segment one worker made, read in place by "
+            "another, client_region: read by the worker from the client's region).",
             ["model", "direction", "path"], registry=self.registry,
         )  # fmt: skip
         build = Gauge(

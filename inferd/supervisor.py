@@ -36,7 +36,7 @@ from inferd.config import ModelConfig
 from inferd.errors import StartupError
 from inferd.messages import Batch, BatchDone, BootFailed, Chunks, Ready, RequestFailure, Stats, Stop
 from inferd.process import StartFailed, WorkerProcess, discard, start_worker
-from inferd.segments import sweep_worker
+from inferd.segments import SegmentDirectory, sweep_worker
 from inferd.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,15 @@ class Supervisor:
     """One model's workers, one per slot, and their restart bookkeeping; the batcher's pool."""
 
     def __init__(
-        self, model: ModelConfig, specs: list[WorkerSpec], observer: SupervisorObserver, oom_kills: OomKills
+        self,
+        model: ModelConfig,
+        specs: list[WorkerSpec],
+        observer: SupervisorObserver,
+        oom_kills: OomKills,
+        segments: SegmentDirectory | None = None,
     ) -> None:
         self.name = model.name
+        self._segments = segments  # shared with every model's channels: a step's output forwarded as is
         self.specs = specs
         self.handles: dict[str, WorkerHandle] = {}  # the current worker of each slot, by slot name
         self.failures: dict[str, int] = {}  # consecutive failures to become ready, by slot name
@@ -252,7 +258,7 @@ class Supervisor:
         loop.add_reader(process.exited_fd, self._on_process_exit, handle)
         handle.channel = await connect(
             sock, functools.partial(self._handle_message, handle), functools.partial(self._on_exit, handle),
-            handle.pid, self._observer.channel_bytes,
+            handle.pid, self._observer.channel_bytes, directory=self._segments,
         )  # fmt: skip
         log.info("started worker %s (pid %d)", spec.slot.describe(), handle.pid)
 
