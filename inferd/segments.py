@@ -353,6 +353,7 @@ class SegmentReader:
             try:
                 mapping = self._mappings[name] = _map(SHM_DIR / name)
             except OSError as error:  # its maker died and was swept before this mapped it
+                self._freed.append(name)  # the main process need not keep it busy for this end
                 return RegionUnreadable(name, error.strerror or str(error))
         root = np.frombuffer(mapping, dtype, count=math.prod(shape), offset=offset)
         weakref.finalize(root, self._freed.append, name)

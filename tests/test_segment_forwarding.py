@@ -120,6 +120,9 @@ def test_a_forwarded_segment_gone_before_the_taker_maps_it_is_unreadable(hop: Ho
         (SHM_DIR / name).unlink()
     item = decode(bytearray(frames[0]), [], hop.taker).payloads[0][0]
     assert isinstance(item, RegionUnreadable) and "could not be read" in item.message
+    hop.main_to_taker.release(hop.taker.take_freed())  # nothing is kept for the taker any more
+    del done, frames
+    assert hop.main_from_maker.take_freed()
 
 
 def test_copies_and_strided_views_are_copied_as_before(hop: Hop) -> None:
