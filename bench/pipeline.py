@@ -1,16 +1,33 @@
 """The classify pipeline (decode -> EfficientNet-Lite0 -> top-5, each step on its own workers) vs
-the same three stages in one handler, on the same cores: images/s at c=1, 8, 64, and the pipeline's
-overhead per step at c=1 (its mean request time less its steps' mean compute, over three steps).
+the same three stages in one handler, on the same cores: images/s at c=1, 8, 64, the pipeline's
+overhead per step at c=1, and where each point's time went (batch size, compute and queue time of
+each model, from /metrics).
 
     pip install -e ".[examples]" && python models/build_examples.py
-    python bench/pipeline.py [--duration 5] [--cpus 0-3] [--device cuda] [--photo PATH]
-    python bench/pipeline.py --overhead     # only the cost of a step: echo steps, tiny items, c=1
+    python bench/pipeline.py [--duration 5] [--rounds 3] [--cpus 0-3] [--device cuda] [--photo PATH]
+    python bench/pipeline.py --overhead     # only the cost of a step: echo steps, then image tensors, c=1
 
-The pipeline splits the cores: the first half decodes (one worker per core), the rest run the
-network with the top-5 beside it. The single handler runs one worker per core, each doing all three
-stages. With --device cuda the network (or the single handler) runs on the GPU, decode on the CPUs.
-The load generator is an asyncio client in this process (raw HTTP/1.1 with keep-alive), pinned to
-no core: on a small machine it competes with the servers, so compare rows of one run only.
+A fair comparison on any number of cores (the default, --layout shared): both ways get the same
+cores and the same number of network workers. On CPU the pipeline runs every step on every core,
+as the single handler does: decode and the network one worker per core (one thread each), the
+top-5 one worker over all of them; the OS interleaves a core's decode and network workers, and
+the steps overlap across requests. The network's max_batch_size (--network-batch) is the same both
+ways: on CPU a network's cost per image grows with its batch (EfficientNet-Lite0 on one core:
+about 25 ms an image up to batch 4, 46 at 16, 71 at 32), so a larger cap on one side would decide
+the result. With --device cuda the network (or the single handler) runs on the GPU, decode and
+top-5 on the CPUs. --layout split gives each step cores of its own instead (decode the first
+half, the network and top-5 the rest): the articles' layout, fair only where the network has a
+device of its own; on CPU it leaves the network half the cores the single handler has.
+
+Each point's rows are interleaved (pipeline, single, next point, ...; --rounds times; the summary
+takes medians), so that a noisy moment on a shared machine hits both alike. The load generator is
+an asyncio client in this process (raw HTTP/1.1 with keep-alive), pinned to no core: on a small
+machine it competes with the servers, so compare rows of one run only.
+
+The overhead per step at c=1 is the mean request time less the steps' mean compute, over three
+steps; it splits into each step's own (its time in the pipeline, submission to answer, less its
+compute: the hop to its worker and back, queue and dispatch) and the route's (the request's time
+less its steps': the body read from the client and the response).
 """
 
 from __future__ import annotations
@@ -38,7 +55,9 @@ CONCURRENCIES = (1, 8, 64)
 STEPS = ("decode", "effnet", "top5")
 
 
-def pipeline_config(cpus: list[int], device: str, network_batch: int) -> str:
+def pipeline_config(cpus: list[int], device: str, network_batch: int, layout: str = "shared") -> str:
+    if layout == "split":
+        return split_pipeline_config(cpus, device, network_batch)
     cores = format_cpu_list(cpus)
     network = (
         f"device: {device}" if device != "cpu" else f'cpu_affinity: "{cores}"\n    workers_per_device: {len(cpus)}'
@@ -58,6 +77,30 @@ models:
   - name: top5
     handler: {MODELS}/imagenet.py:TopClasses
     cpu_affinity: "{cores}"
+    max_batch_size: 64
+  - {{name: classify, pipeline: [decode, effnet, top5], request_timeout_ms: 120000}}
+"""
+
+
+def split_pipeline_config(cpus: list[int], device: str, network_batch: int) -> str:
+    half = max(1, len(cpus) // 2)
+    decode, rest = cpus[:half], cpus[half:] or cpus[:half]
+    return f"""
+models:
+  - name: decode
+    handler: {MODELS}/imagenet.py:DecodeImage
+    cpu_affinity: "{format_cpu_list(decode)}"
+    workers_per_device: {len(decode)}
+    max_batch_size: 8
+  - name: effnet
+    path: {MODELS}/efficientnet_lite0.pt
+    device: {device}
+    cpu_affinity: "{format_cpu_list(rest)}"
+    max_batch_size: {network_batch}
+    inputs: [{{name: image, datatype: FP32, shape: [-1, 3, 224, 224]}}]
+  - name: top5
+    handler: {MODELS}/imagenet.py:TopClasses
+    cpu_affinity: "{format_cpu_list(rest[-1:])}"
     max_batch_size: 64
   - {{name: classify, pipeline: [decode, effnet, top5], request_timeout_ms: 120000}}
 """
@@ -329,6 +372,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the network runs: cpu or cuda")
     parser.add_argument("--photo", type=Path, default=None, help="a PNG (default: scikit-image's chelsea.png)")
     parser.add_argument("--overhead", action="store_true", help="measure only the cost of a step")
+    parser.add_argument("--layout", choices=("shared", "split"), default="shared", help="the pipeline's cores")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of every point, interleaved (medians)")
     parser.add_argument("--network-batch", type=int, default=32, help="max_batch_size of the network, both ways")
     args = parser.parse_args()
@@ -346,9 +390,12 @@ def main() -> None:
 
     photo = (args.photo or Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
     cpus = list(parse_cpu_list(args.cpus))
-    print(f"cores {format_cpu_list(cpus)}, network on {args.device}, {args.duration:g} s per point")
+    print(
+        f"cores {format_cpu_list(cpus)}, network on {args.device} (max_batch_size {args.network_batch}), "
+        f"pipeline layout {args.layout}, {args.duration:g} s per point, {args.rounds} round(s)"
+    )
     configs = {
-        "pipeline": pipeline_config(cpus, args.device, args.network_batch),
+        "pipeline": pipeline_config(cpus, args.device, args.network_batch, args.layout),
         "single": single_config(cpus, args.device, args.network_batch),
     }
     rates: dict[tuple[str, int], list[float]] = {}
