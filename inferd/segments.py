@@ -30,8 +30,10 @@ Where /dev/shm cannot be written, arrays go on the socket as before.
 A forwarded segment stays the maker's: the main process keeps its own view of it (so it stays busy
 for the maker) until the worker it was forwarded to names it as freed; when the maker unlinks it,
 the main process passes the name on as gone to each worker it forwarded it to, which drops its
-mapping. A forwarded segment the maker's sweep removed before the receiver mapped it (the maker
-died meanwhile) fails that request alone, as an unreadable client region does.
+mapping. When the maker exits, its sweep leaves the segments a view in the main process still
+holds (a worker they went to may not have mapped them yet); the main process unlinks each with its
+last view. One the receiver still cannot map fails that request alone, as an unreadable client
+region does.
 """
 
 from __future__ import annotations
@@ -137,13 +139,11 @@ class SegmentDirectory:
     def __init__(self) -> None:
         self._roots: dict[int, tuple[str, weakref.ref[np.ndarray]]] = {}
         self._forwarders: dict[str, set[SegmentWriter]] = {}
+        self._orphans: set[str] = set()  # held still, their maker gone: unlinked with their last view
         self._lock = threading.Lock()
 
     def add(self, root: np.ndarray, name: str) -> None:
         self._roots[id(root)] = (name, weakref.ref(root))
-
-    def remove(self, root_id: int) -> None:
-        self._roots.pop(root_id, None)
 
     def locate(self, array: np.ndarray) -> tuple[str, int] | None:
         """The segment and byte offset of `array`'s bytes, if it is a contiguous view of one."""
@@ -167,6 +167,24 @@ class SegmentDirectory:
         for name, forwarders in writers:
             for writer in forwarders:
                 writer.relay_gone(name)
+
+    def hold_orphans(self, prefix: str) -> frozenset[str]:
+        """The segments named `prefix...` that a view here still holds, their maker gone: kept
+        from its sweep (a worker they were forwarded to may not have mapped them yet) and unlinked
+        once their last view here is gone."""
+        with self._lock:
+            held = {name for name, root in list(self._roots.values()) if name.startswith(prefix) and root() is not None}
+            self._orphans |= held
+        return frozenset(held)
+
+    def root_gone(self, root_id: int, name: str) -> bool:
+        """Whether that was the last view of an orphan, which the caller then unlinks."""
+        self._roots.pop(root_id, None)
+        with self._lock:
+            if name not in self._orphans:
+                return False
+            self._orphans.discard(name)
+        return True
 
     def drop(self, writer: SegmentWriter) -> None:
         with self._lock:
@@ -339,8 +357,11 @@ class SegmentReader:
 
     def _root_gone(self, root_id: int, name: str) -> None:
         assert self._directory is not None
-        self._directory.remove(root_id)
-        self._freed.append(name)
+        if not self._directory.root_gone(root_id, name):
+            self._freed.append(name)
+            return
+        (SHM_DIR / name).unlink(missing_ok=True)  # its maker is gone: nobody else would
+        self._directory.gone((name,))
 
     def attach_forwarded(
         self, name: str, offset: int, dtype: str, shape: tuple[int, ...]
@@ -466,9 +487,9 @@ def unreadable_input(payload: Any) -> RegionUnreadable | None:
 # ---- sweeping -----------------------------------------------------------------------------------
 
 
-def sweep_worker(main_pid: int, worker_pid: int) -> int:
-    """Unlink every segment left for or by a worker that exited; how many there were."""
-    return _sweep(lambda owner, worker: owner == main_pid and worker == worker_pid)
+def sweep_worker(main_pid: int, worker_pid: int, kept: frozenset[str] = frozenset()) -> int:
+    """Unlink every segment left for or by a worker that exited, but those `kept`; how many there were."""
+    return _sweep(lambda owner, worker: owner == main_pid and worker == worker_pid, kept)
 
 
 def sweep_daemon(main_pid: int) -> int:
@@ -476,7 +497,7 @@ def sweep_daemon(main_pid: int) -> int:
     return _sweep(lambda owner, worker: owner == main_pid or not _running(owner))
 
 
-def _sweep(chosen: Callable[[int, int], bool]) -> int:
+def _sweep(chosen: Callable[[int, int], bool], kept: frozenset[str] = frozenset()) -> int:
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
@@ -484,7 +505,7 @@ def _sweep(chosen: Callable[[int, int], bool]) -> int:
     swept = 0
     for name in names:
         match = _NAME.match(name)
-        if match and chosen(int(match[1]), int(match[2])):
+        if match and chosen(int(match[1]), int(match[2])) and name not in kept:
             try:
                 os.unlink(SHM_DIR / name)
                 swept += 1

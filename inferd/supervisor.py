@@ -36,7 +36,7 @@ from inferd.config import ModelConfig
 from inferd.errors import StartupError
 from inferd.messages import Batch, BatchDone, BootFailed, Chunks, Ready, RequestFailure, Stats, Stop
 from inferd.process import StartFailed, WorkerProcess, discard, start_worker
-from inferd.segments import SegmentDirectory, sweep_worker
+from inferd.segments import SegmentDirectory, segment_prefix, sweep_worker
 from inferd.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -272,6 +272,13 @@ class Supervisor:
             started.add_done_callback(_discard_if_started)
             raise
 
+    def _still_viewed(self, handle: WorkerHandle) -> frozenset[str]:
+        """The exited worker's segments that the main process still views (a step's output on its
+        way to the next step): its sweep leaves them, and each goes with its last view."""
+        if self._segments is None:
+            return frozenset()
+        return self._segments.hold_orphans(segment_prefix(os.getpid(), handle.pid, "w"))
+
     # ---- messages --------------------------------------------------------------------------------
 
     def _handle_message(self, handle: WorkerHandle, message: Any) -> None:
@@ -324,7 +331,7 @@ class Supervisor:
         handle.state = EXITED
         handle.exit_description = describe_exit(exit_code, oom_killed)
         handle.fail_pending(f"exited ({handle.exit_description}) while holding a batch")
-        if swept := sweep_worker(os.getpid(), handle.pid):
+        if swept := sweep_worker(os.getpid(), handle.pid, self._still_viewed(handle)):
             log.info("unlinked %d shared-memory segment(s) of worker %s (pid %d)", swept, handle.name, handle.pid)
         if handle.kill_timer is not None:
             handle.kill_timer.cancel()

@@ -14,7 +14,15 @@ import pytest
 
 from inferd.channel import decode, encode
 from inferd.messages import Batch, BatchDone
-from inferd.segments import SHM_DIR, RegionUnreadable, SegmentDirectory, SegmentReader, SegmentWriter, segment_prefix
+from inferd.segments import (
+    SHM_DIR,
+    RegionUnreadable,
+    SegmentDirectory,
+    SegmentReader,
+    SegmentWriter,
+    segment_prefix,
+    sweep_worker,
+)
 
 
 class Counted:
@@ -36,6 +44,8 @@ class Hop:
     maker_prefix: str
     main_prefix: str
     sent: Counted
+    directory: SegmentDirectory
+    maker_pid: int
 
 
 @pytest.fixture
@@ -51,6 +61,8 @@ def hop() -> Iterator[Hop]:
         maker_prefix,
         main_prefix,
         sent,
+        directory,
+        pids[0],
     )
     yield hop
     hop.maker.close()
@@ -111,6 +123,21 @@ def test_a_segment_its_maker_unlinks_is_dropped_by_the_worker_it_went_to(hop: Ho
     assert len(gone) == 1 and own_segments(hop.maker_prefix) and gone[0] not in own_segments(hop.maker_prefix)
     hop.main_from_maker.forget(gone)  # the maker's notice
     assert hop.main_to_taker.take_gone() == gone  # passed on to the taker in the main's next notice
+
+
+def test_a_makers_sweep_leaves_what_is_held_until_its_last_view_goes(hop: Hop) -> None:
+    done = cross(BatchDone(1, [[image()]], 0.0), hop.maker, hop.main_from_maker)
+    frames = encode(Batch(2, [[done.results[0][0]]]), hop.main_to_taker)  # type: ignore[attr-defined]
+    made = own_segments(hop.maker_prefix)
+    kept = hop.directory.hold_orphans(hop.maker_prefix)  # the maker exited: what the supervisor does
+    assert sweep_worker(os.getpid(), hop.maker_pid, kept) == 0 and own_segments(hop.maker_prefix) == made
+    hop.main_from_maker.close()  # its channel closed too
+    item = decode(bytearray(frames[0]), [], hop.taker).payloads[0][0]  # mapped after all that
+    assert np.array_equal(item, image())
+    del done, frames, item
+    hop.main_to_taker.release(hop.taker.take_freed())  # the last view gone: unlinked, its gone passed on
+    assert own_segments(hop.maker_prefix) == []
+    assert set(hop.main_to_taker.take_gone()) == set(made)
 
 
 def test_a_forwarded_segment_gone_before_the_taker_maps_it_is_unreadable(hop: Hop) -> None:

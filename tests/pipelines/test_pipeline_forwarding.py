@@ -5,7 +5,9 @@ real, through a handler step and a tensor step, with concurrent requests whose i
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from tests.chaos.logs import assert_clean_log
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, start_server, wait_until
 
 STEPS = Path(__file__).with_name("steps.py")
 IMAGE = 3 * 224 * 224
@@ -32,6 +34,7 @@ models:
   - name: identity
     path: {folder}/identity.pt
     max_batch_size: 8
+    workers_per_device: 2
     inputs: [{{name: image, datatype: FP32, shape: [-1, 3, 224, 224]}}]
   - {{name: total, handler: {STEPS}:Total, max_batch_size: 8}}
   - {{name: handlers, pipeline: [parse, fill, total]}}
@@ -69,3 +72,27 @@ def test_concurrent_requests_each_get_their_own_image(server: RunningServer, pip
         totals = list(pool.map(classify, numbers))
     assert totals == [float((n + 1) * IMAGE) for n in numbers]
     assert_clean_log(server.log())
+
+
+@pytest.mark.parametrize("victim", ["fill", "identity"])
+def test_a_maker_or_taker_killed_under_load_loses_no_request(server: RunningServer, victim: str) -> None:
+    killed = server.worker_pids(victim)[0]
+
+    def classify(n: int) -> tuple[int, float | str]:
+        answer = server.post("/models/tensor/predict", {"inputs": f"{n},1"})
+        return answer.status_code, answer.json()["outputs"] if answer.status_code == 200 else answer.text
+
+    numbers = list(range(64))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        pending = [pool.submit(classify, n) for n in numbers]
+        wait_until(lambda: sum(f.done() for f in pending) >= 8, 60, "some answers before the kill")
+        os.kill(killed, signal.SIGKILL)
+        answers = [f.result() for f in pending]
+    assert answers == [(200, float((n + 1) * IMAGE)) for n in numbers]
+    wait_until(
+        lambda: killed not in server.worker_pids(victim) and len(server.worker_pids(victim)) >= 1, 60, "a new worker"
+    )
+    made_by_killed = [
+        name for name in os.listdir("/dev/shm") if re.fullmatch(rf"inferd-seg-\d+-{killed}-[mw]\d+", name)
+    ]
+    wait_until(lambda: not [n for n in made_by_killed if os.path.exists(f"/dev/shm/{n}")], 30, "its segments unlinked")
