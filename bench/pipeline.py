@@ -161,27 +161,49 @@ def scrape(port: int) -> str:
 
 
 @contextmanager
-def served(name: str, config: str, folder: Path) -> Iterator[int]:
-    """A server of `config`, its port, while the block runs."""
+def served(name: str, config: str, folder: Path) -> Iterator[tuple[int, int]]:
+    """A server of `config`, its port and pid, while the block runs."""
     port = free_port()
     path = folder / f"{name}.yaml"
     path.write_text(f"server: {{host: 127.0.0.1, port: {port}, log_level: warning}}\n" + config)
     argv = [sys.executable, "-m", "inferd", "serve", str(path)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / f"{name}.log", env=env, cwd=REPO):
-        yield port
+    with ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / f"{name}.log", env=env, cwd=REPO) as server:
+        yield port, server.pid
 
 
-def measure(name: str, port: int, photo: bytes, concurrency: int, duration_s: float) -> float:
-    """One point: its images/s, with where the time went in each model (from /metrics)."""
-    before = scrape(port)
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of a server: its main process and every worker."""
+    import psutil
+
+    total = 0.0
+    main = psutil.Process(pid)
+    for process in [main, *main.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measure(
+    name: str, server: tuple[int, int], photo: bytes, concurrency: int, duration_s: float
+) -> tuple[float, float]:
+    """One point: its images/s, the server's CPU time per image (less swayed than images/s by other
+    load on the machine), and where the time went in each model (from /metrics)."""
+    port, pid = server
+    before, cpu_before_s = scrape(port), cpu_seconds(pid)
     rate, latency_s, failed = asyncio.run(load(port, photo, concurrency, duration_s))
-    after = scrape(port)
-    print(f"{name:>9}  c={concurrency:<3} {rate:8.1f} images/s  mean {latency_s * 1000:8.2f} ms  failed {failed}")
+    after, cpu_ms = scrape(port), (cpu_seconds(pid) - cpu_before_s) * 1000 / max(rate * duration_s, 1)
+    print(
+        f"{name:>9}  c={concurrency:<3} {rate:8.1f} images/s  mean {latency_s * 1000:8.2f} ms  "
+        f"CPU {cpu_ms:6.1f} ms/image  failed {failed}"
+    )
     print_models(before, after)
     if concurrency == 1 and name == "pipeline":
         print_overhead(before, after)
-    return rate
+    return rate, cpu_ms
 
 
 def print_models(before: str, after: str) -> None:
@@ -399,20 +421,26 @@ def main() -> None:
         "single": single_config(cpus, args.device, args.network_batch),
     }
     rates: dict[tuple[str, int], list[float]] = {}
+    cpu_per_image_ms: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder, ExitStack() as servers:
-        ports = {name: servers.enter_context(served(name, config, Path(folder))) for name, config in configs.items()}
-        for port in ports.values():
+        running = {name: servers.enter_context(served(name, config, Path(folder))) for name, config in configs.items()}
+        for port, _ in running.values():
             asyncio.run(load(port, photo, 1, min(args.duration, 1.0)))  # warm every step
         for _ in range(args.rounds):  # interleaved, so that a noisy moment hits both alike
             for concurrency in CONCURRENCIES:
-                for name, port in ports.items():
-                    rate = measure(name, port, photo, concurrency, args.duration)
+                for name, server in running.items():
+                    rate, cpu_ms = measure(name, server, photo, concurrency, args.duration)
                     rates.setdefault((name, concurrency), []).append(rate)
+                    cpu_per_image_ms.setdefault((name, concurrency), []).append(cpu_ms)
     print(f"load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
     for concurrency in CONCURRENCIES:
         piped, single = (statistics.median(rates[name, concurrency]) for name in configs)
+        piped_cpu, single_cpu = (statistics.median(cpu_per_image_ms[name, concurrency]) for name in configs)
         ratio = piped / single if single else float("nan")
-        print(f"c={concurrency:<3} pipeline {piped:6.1f} / single handler {single:6.1f} images/s: {ratio:.2f}x")
+        print(
+            f"c={concurrency:<3} pipeline {piped:6.1f} / single handler {single:6.1f} images/s: {ratio:.2f}x; "
+            f"CPU per image {piped_cpu:.1f} / {single_cpu:.1f} ms"
+        )
 
 
 if __name__ == "__main__":
