@@ -243,7 +243,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             status = ClientGone.status
             raise
         finally:
-            model.metrics.request_done(status, time.perf_counter() - started)
+            model.metrics.request_done("grpc", status, time.perf_counter() - started)
 
     async def _counted(
         self, request: pb.ModelInferRequest, context: Context, unary: bool = False
@@ -269,7 +269,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise
         finally:
             NOTE.reset(token)
-            model.metrics.request_done(status, time.perf_counter() - started)
+            model.metrics.request_done("grpc", status, time.perf_counter() - started)
 
     async def _infer(
         self, model: ServedModel, message: pb.ModelInferRequest, context: Context
