@@ -79,12 +79,19 @@ def test_malformed_bytes_are_refused_as_protobuf_refuses_them(data: bytes) -> No
         parse_infer_call(data)
 
 
-def test_what_the_walk_does_not_take_goes_to_protobuf_whole() -> None:
-    group = bytes([14 << 3 | 3, 14 << 3 | 4])  # an empty group (field 14): unknown to the message
-    data = field(1, b"m") + group + field(7, b"raw")
+@pytest.mark.parametrize(
+    "odd",
+    [
+        bytes([14 << 3 | 3, 14 << 3 | 4]),  # an empty group (field 14): unknown to the message
+        bytes([7 << 3 | 0, 5]),  # field 7 as a varint, not bytes
+    ],
+)
+def test_what_the_walk_does_not_take_goes_to_protobuf_whole(odd: bytes) -> None:
+    data = field(1, b"m") + odd + field(7, b"raw")
+    expected = pb.ModelInferRequest.FromString(data)
     call = parse_infer_call(data)
-    assert call.message.model_name == "m"
-    assert [bytes(entry) for entry in call.raw_input_contents] == [b"raw"]
+    assert call.message == expected and call.message.model_name == "m"
+    assert [bytes(entry) for entry in call.raw_input_contents] == list(expected.raw_input_contents)
 
 
 @pytest.mark.parametrize("sizes", [[], [0], [3, 0, 200], [1 << 20]])
