@@ -139,8 +139,9 @@ def print_overhead(before: str, after: str) -> None:
 
     def delta_mean(family: str, model: str) -> float:
         def total(metrics: str, kind: str) -> float:
-            found = re.search(rf'^{family}_{kind}{{model="{model}"}} (\S+)$', metrics, re.M)
-            return float(found.group(1)) if found else 0.0
+            # Summed over the labels after model (the request series' protocol).
+            found = re.findall(rf'^{family}_{kind}{{model="{model}"(?:,[^}}]*)?}} (\S+)$', metrics, re.M)
+            return sum(float(value) for value in found)
 
         count = total(after, "count") - total(before, "count")
         return (total(after, "sum") - total(before, "sum")) / count if count else 0.0
