@@ -232,8 +232,9 @@ def delta_count(before: str, after: str, family: str, model: str) -> float:
 
 
 def _total(metrics: str, family: str, kind: str, model: str) -> float:
-    found = re.search(rf'^{family}_{kind}{{model="{model}"}} (\S+)$', metrics, re.M)
-    return float(found.group(1)) if found else 0.0
+    # Summed over the labels after model (the request series' protocol).
+    found = re.findall(rf'^{family}_{kind}{{model="{model}"(?:,[^}}]*)?}} (\S+)$', metrics, re.M)
+    return sum(float(value) for value in found)
 
 
 def print_overhead(before: str, after: str) -> None:
