@@ -219,6 +219,7 @@ async def _batcher_cost(requests: int, priorities: tuple[int, ...]) -> float:
         name = "instant"
         ready_count = 1
         unavailable_reason = None
+        idle_slots = 1
 
         def submit(self, batch: Batch) -> asyncio.Future[BatchDone]:
             future = asyncio.get_running_loop().create_future()
