@@ -128,9 +128,9 @@ class Batcher:
         self.window = BatchWindow(policy.max_batch_size, policy.batch_timeout_s)
         self.cost = BatchCost()
         self._reserve = UrgentReserve(self.cost, policy.max_batch_size)
-        # Each batch in flight: when it should be answered (None: not known). A batch answered is
-        # done before its callback drops it here, and the batcher may run in between.
-        self._due: dict[asyncio.Future[BatchDone], float | None] = {}
+        # Each batch in flight: when it should be answered (None: not known), and its requests. A
+        # batch answered is done before its callback drops it here, and the batcher may run between.
+        self._running: dict[asyncio.Future[BatchDone], tuple[float | None, list[PendingRequest]]] = {}
         self._holding_since: float | None = None  # a worker is idle and the head batch is held
         self._hold_s = 0.0
         # Told of each request before it queues; may refuse it (a RequestError), e.g. an unloaded model.
@@ -185,9 +185,9 @@ class Batcher:
         now = time.monotonic()
         self.window.request_arrived(now)
         request = PendingRequest(payload, items, key, now, loop.create_future(), self.policy.priority.level(priority))
-        self._reserve.request_arrived(request.level, items, now)
         request.timer = loop.call_later(self.policy.request_timeout_s, self._expire, request)
         self._queue.append(request)
+        self._reserve.request_arrived(request.level, items, now, lambda: self._in_model(request.level))
         self.inflight_requests += 1
         self.wake()
         try:
@@ -237,7 +237,8 @@ class Batcher:
         if look_again_at is not None:
             return await self._sleep(None if look_again_at == math.inf else look_again_at - now)
         chosen, full = self._take(urgent_level)
-        wait_s = 0.0 if full else self._hold_deadline(chosen) - time.monotonic()
+        go_now = full or self._urgent_among_others(chosen[0].level, urgent_level, now)
+        wait_s = 0.0 if go_now else self._hold_deadline(chosen) - time.monotonic()
         if wait_s > 0:
             return await self._sleep(wait_s)
         self._queue.remove_taken(chosen)
@@ -248,8 +249,21 @@ class Batcher:
         if urgent_level is None or not self._reserve.yields(self._queue.head().level, urgent_level):
             return None
         other_idle = self._pool.idle_slots > 1
-        running = [due for future, due in self._due.items() if not future.done()]
-        return self._reserve.look_again_at(urgent_level, now, running, other_idle)
+        running = [due for future, (due, _) in self._running.items() if not future.done()]
+        in_model = self._in_model(urgent_level)
+        return self._reserve.look_again_at(urgent_level, now, running, other_idle, in_model)
+
+    def _in_model(self, level: int) -> int:
+        """Requests of `level` queued or in a batch still running."""
+        running = (chosen for future, (_, chosen) in self._running.items() if not future.done())
+        return self._queue.count_at(level) + sum(1 for chosen in running for r in chosen if r.level == level)
+
+    def _urgent_among_others(self, level: int, urgent_level: int | None, now: float) -> bool:
+        """Whether this batch is urgent while lower ones arrive: the company it would wait for
+        could not join it, so it never waits."""
+        if urgent_level is None or level == PROMOTED or level > urgent_level:
+            return False
+        return self._reserve.contended(urgent_level, now)
 
     def _hold_deadline(self, chosen: list[PendingRequest]) -> float:
         """When a held partial batch must leave: decided once per hold, so arrivals that do not
@@ -308,9 +322,9 @@ class Batcher:
             request.attempts += 1
         batch_id = next(self._batch_ids)
         items = sum(r.items for r in chosen)
-        busy_s = self.cost.estimate_s(items)
+        busy_s = self.cost.late_s(items)
         future = worker.submit(Batch(batch_id, [r.payload for r in chosen]))
-        self._due[future] = None if busy_s is None else now + busy_s
+        self._running[future] = (None if busy_s is None else now + busy_s, chosen)
         hung_timer = asyncio.get_running_loop().call_later(self.policy.request_timeout_s, self._on_hung, worker, future)
         future.add_done_callback(lambda done: self._on_batch_done(done, chosen, hung_timer))
 
@@ -325,7 +339,7 @@ class Batcher:
         hung_timer: asyncio.TimerHandle,
     ) -> None:
         hung_timer.cancel()
-        self._due.pop(future, None)
+        self._running.pop(future, None)
         error = future.exception()
         if error is not None:
             self._retry_or_fail(chosen, error)

@@ -15,13 +15,16 @@ low priority never starves), and everything while no urgent request was seen lat
 below it is waiting, or the batch times needed are not measured yet (batch_cost.py).
 
 "Lately": within `RECENT_GAPS` mean gaps between that level's arrivals, at least `MIN_RECENT_S`, so a
-trickle of one request a second keeps its room as well as one of a hundred a second does.
+trickle of one request a second keeps its room as well as one of a hundred a second does. The room
+is for as many urgent requests as have been in the model at once since that level last went quiet:
+while that many are queued or running (one, for a client that sends one at a time), nothing more
+is held back for them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from inferd.batch_cost import BatchCost
@@ -41,15 +44,21 @@ class _Arrivals:
     last: float
     items: int  # the latest request's items: an urgent batch's usual size
     gap_s: float | None = None
+    together: int = 0  # the most of this level in the model at once since it last went quiet
 
     def add(self, now: float, items: int) -> None:
         gap_s = now - self.last
         self.gap_s = gap_s if self.gap_s is None else self.gap_s + SMOOTHING * (gap_s - self.gap_s)
         self.last, self.items = now, items
 
+    def count_together(self, in_model: int, afresh: bool) -> None:
+        self.together = in_model if afresh else max(self.together, in_model)
+
+    def window_s(self) -> float:
+        return MIN_RECENT_S if self.gap_s is None else max(MIN_RECENT_S, RECENT_GAPS * self.gap_s)
+
     def recent(self, now: float) -> bool:
-        window_s = MIN_RECENT_S if self.gap_s is None else max(MIN_RECENT_S, RECENT_GAPS * self.gap_s)
-        return now - self.last <= window_s
+        return now - self.last <= self.window_s()
 
 
 class UrgentReserve:
@@ -58,12 +67,23 @@ class UrgentReserve:
         self._max_batch_size = max_batch_size
         self._arrivals: dict[int, _Arrivals] = {}
 
-    def request_arrived(self, level: int, items: int, now: float) -> None:
+    def request_arrived(self, level: int, items: int, now: float, in_model: Callable[[], int]) -> None:
+        """`in_model`: how many requests of `level` the model holds now, queued or running, this
+        one included (asked only of a level that may be urgent)."""
+        urgent_level = self.urgent_level(now)
         arrivals = self._arrivals.get(level)
+        afresh = arrivals is None or not arrivals.recent(now)
         if arrivals is None:
-            self._arrivals[level] = _Arrivals(now, items)
+            arrivals = self._arrivals[level] = _Arrivals(now, items)
         else:
             arrivals.add(now, items)
+        if urgent_level is None or level <= urgent_level:
+            arrivals.count_together(in_model(), afresh)
+
+    def contended(self, urgent_level: int, now: float) -> bool:
+        """Whether a level below the urgent one arrived lately (an urgent batch then never waits
+        for company: those that would come are not urgent)."""
+        return any(level > urgent_level and a.recent(now) for level, a in self._arrivals.items())
 
     def urgent_level(self, now: float) -> int | None:
         """The highest level (lowest number) that arrived lately, if any."""
@@ -82,14 +102,15 @@ class UrgentReserve:
         return self._cost.largest_within(urgent_items, self._max_batch_size, alone_s * (1 + FILL_SHARE))
 
     def look_again_at(
-        self, urgent_level: int, now: float, finishes: Iterable[float | None], other_idle: bool
+        self, urgent_level: int, now: float, finishes: Iterable[float | None], other_idle: bool, urgent_in_model: int
     ) -> float | None:
         """None if a yielding batch may start now on an idle worker; else when to look again
         (math.inf: when a batch finishes). `finishes`: when each batch in flight is due (None:
-        not known), `other_idle`: whether another worker is free besides the one at hand."""
+        not known), `other_idle`: whether another worker is free besides the one at hand,
+        `urgent_in_model`: urgent requests queued or running."""
         due = list(finishes)
-        if not due or other_idle:
-            return None
+        if not due or other_idle or urgent_in_model >= self._arrivals[urgent_level].together:
+            return None  # the last case: no more urgent ones come together lately
         budget_s = self._reserve_s(urgent_level)
         if budget_s is None:
             return None
