@@ -237,7 +237,7 @@ class Batcher:
         if look_again_at is not None:
             return await self._sleep(None if look_again_at == math.inf else look_again_at - now)
         chosen, full = self._take(urgent_level)
-        go_now = full or self._urgent_among_others(chosen[0].level, urgent_level, now)
+        go_now = full or self._urgent_among_others(chosen[0].level, urgent_level)
         wait_s = 0.0 if go_now else self._hold_deadline(chosen) - time.monotonic()
         if wait_s > 0:
             return await self._sleep(wait_s)
@@ -258,12 +258,10 @@ class Batcher:
         running = (chosen for future, (_, chosen) in self._running.items() if not future.done())
         return self._queue.count_at(level) + sum(1 for chosen in running for r in chosen if r.level == level)
 
-    def _urgent_among_others(self, level: int, urgent_level: int | None, now: float) -> bool:
+    def _urgent_among_others(self, level: int, urgent_level: int | None) -> bool:
         """Whether this batch is urgent while lower ones arrive: the company it would wait for
         could not join it, so it never waits."""
-        if urgent_level is None or level == PROMOTED or level > urgent_level:
-            return False
-        return self._reserve.contended(urgent_level, now)
+        return urgent_level is not None and level != PROMOTED and level <= urgent_level
 
     def _hold_deadline(self, chosen: list[PendingRequest]) -> float:
         """When a held partial batch must leave: decided once per hold, so arrivals that do not

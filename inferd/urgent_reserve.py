@@ -2,7 +2,8 @@
 
 A running batch is never cut short, so an urgent request that arrives while every worker runs a
 lower batch waits for the first of them to finish: up to a whole batch when the workers run in
-step. "Urgent" is the highest priority level seen lately (PROMOTED aside). While there is one:
+step. "Urgent" is the highest priority level seen lately, while a lower one is seen too (PROMOTED
+aside). While there is one:
 - a batch led by a lower level starts only if, after it, a worker is still free or one is due to
   free within `RESERVE_SHARE` of an urgent batch's own time; otherwise it waits until one is about
   to free. So about one worker's capacity is kept for urgent work, and the workers' finishes
@@ -11,8 +12,8 @@ step. "Urgent" is the highest priority level seen lately (PROMOTED aside). While
   `FILL_SHARE` of its cost without them (a model whose cost grows with every item gets none).
 Never held back: a batch while the model has nothing in flight (a worker is never kept idle for
 nobody, so a one-worker model serves its flood as before), promoted requests (priority_queue.py:
-low priority never starves), and everything while no urgent request was seen lately, no level
-below it is waiting, or the batch times needed are not measured yet (batch_cost.py).
+low priority never starves), and everything while no two levels arrive or the batch times needed
+are not measured yet (batch_cost.py).
 
 "Lately": within `RECENT_GAPS` mean gaps between that level's arrivals, at least `MIN_RECENT_S`, so a
 trickle of one request a second keeps its room as well as one of a hundred a second does. The room
@@ -69,26 +70,25 @@ class UrgentReserve:
 
     def request_arrived(self, level: int, items: int, now: float, in_model: Callable[[], int]) -> None:
         """`in_model`: how many requests of `level` the model holds now, queued or running, this
-        one included (asked only of a level that may be urgent)."""
-        urgent_level = self.urgent_level(now)
+        one included (asked only of a level that may be urgent while lower ones arrive)."""
         arrivals = self._arrivals.get(level)
         afresh = arrivals is None or not arrivals.recent(now)
         if arrivals is None:
             arrivals = self._arrivals[level] = _Arrivals(now, items)
         else:
             arrivals.add(now, items)
-        if urgent_level is None or level <= urgent_level:
+        urgent_level = self.urgent_level(now)
+        if urgent_level is not None and level <= urgent_level:
             arrivals.count_together(in_model(), afresh)
-
-    def contended(self, urgent_level: int, now: float) -> bool:
-        """Whether a level below the urgent one arrived lately (an urgent batch then never waits
-        for company: those that would come are not urgent)."""
-        return any(level > urgent_level and a.recent(now) for level, a in self._arrivals.items())
+        else:  # nothing below it to hold back: not worth counting, and one at a time till it is
+            arrivals.count_together(1, afresh)
 
     def urgent_level(self, now: float) -> int | None:
-        """The highest level (lowest number) that arrived lately, if any."""
+        """The highest level (lowest number) that arrived lately, if a lower one did too."""
+        if len(self._arrivals) < 2:
+            return None  # the usual case: one level only, nothing to keep room for
         recent = [level for level, arrivals in self._arrivals.items() if arrivals.recent(now)]
-        return min(recent) if recent else None
+        return min(recent) if len(recent) > 1 else None
 
     def yields(self, level: int, urgent_level: int | None) -> bool:
         """Whether a batch led by `level` gives way to urgent work."""
