@@ -11,6 +11,9 @@ Rules:
 - a request whose deadline passes is answered 504 at once; if still queued it is never computed;
 - a request whose wait is cancelled (its client left) leaves the queue and is never computed; if its
   batch is already running, the batch finishes and its answer for that request is dropped;
+- while urgent requests arrive beside lower ones, room is kept for them: a lower batch may wait
+  for a worker to be nearly free, and an urgent batch takes lower requests along only where that
+  barely slows it (urgent_reserve.py);
 - a batch whose worker is lost is retried once on another ready worker, else fails with 503;
 - a batch still running after `request_timeout_s` gets its worker replaced.
 """
@@ -20,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from inferd.batch_cost import BatchCost
 from inferd.batch_window import BatchWindow
 from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestError, RequestTimedOut
 from inferd.messages import Batch, BatchDone, Payload, RequestFailure
 from inferd.priority import PriorityPolicy
-from inferd.priority_queue import PriorityQueue
+from inferd.priority_queue import PROMOTED, PriorityQueue
+from inferd.urgent_reserve import UrgentReserve
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,10 @@ class WorkerPool(Protocol):
 
     @property
     def unavailable_reason(self) -> str | None: ...
+
+    @property
+    def idle_slots(self) -> int:
+        """How many more batches the ready workers would take now."""
 
     def idle_worker(self) -> Worker | None: ...
 
@@ -116,6 +126,11 @@ class Batcher:
         self._drained: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.window = BatchWindow(policy.max_batch_size, policy.batch_timeout_s)
+        self.cost = BatchCost()
+        self._reserve = UrgentReserve(self.cost, policy.max_batch_size)
+        # Each batch in flight: when it should be answered (None: not known), and its requests. A
+        # batch answered is done before its callback drops it here, and the batcher may run between.
+        self._running: dict[asyncio.Future[BatchDone], tuple[float | None, list[PendingRequest]]] = {}
         self._holding_since: float | None = None  # a worker is idle and the head batch is held
         self._hold_s = 0.0
         # Told of each request before it queues; may refuse it (a RequestError), e.g. an unloaded model.
@@ -172,6 +187,7 @@ class Batcher:
         request = PendingRequest(payload, items, key, now, loop.create_future(), self.policy.priority.level(priority))
         request.timer = loop.call_later(self.policy.request_timeout_s, self._expire, request)
         self._queue.append(request)
+        self._reserve.request_arrived(request.level, items, now, lambda: self._in_model(request.level))
         self.inflight_requests += 1
         self.wake()
         try:
@@ -212,15 +228,40 @@ class Batcher:
         worker = self._pool.idle_worker() if self._queue else None
         if worker is None:
             return await self._sleep(None)
-        promoted = self._queue.promote(time.monotonic())
+        now = time.monotonic()
+        promoted = self._queue.promote(now)
         if promoted:
             self._observer.requests_promoted(promoted)
-        chosen, full = self._take()
-        wait_s = 0.0 if full else self._hold_deadline(chosen) - time.monotonic()
+        urgent_level = self._reserve.urgent_level(now)
+        look_again_at = self._yield_until(urgent_level, now)
+        if look_again_at is not None:
+            return await self._sleep(None if look_again_at == math.inf else look_again_at - now)
+        chosen, full = self._take(urgent_level)
+        go_now = full or self._urgent_among_others(chosen[0].level, urgent_level)
+        wait_s = 0.0 if go_now else self._hold_deadline(chosen) - time.monotonic()
         if wait_s > 0:
             return await self._sleep(wait_s)
         self._queue.remove_taken(chosen)
         self._dispatch(worker, chosen)
+
+    def _yield_until(self, urgent_level: int | None, now: float) -> float | None:
+        """None if the head's batch may start now; else when to look again (inf: at the next event)."""
+        if urgent_level is None or not self._reserve.yields(self._queue.head().level, urgent_level):
+            return None
+        other_idle = self._pool.idle_slots > 1
+        running = [due for future, (due, _) in self._running.items() if not future.done()]
+        in_model = self._in_model(urgent_level)
+        return self._reserve.look_again_at(urgent_level, now, running, other_idle, in_model)
+
+    def _in_model(self, level: int) -> int:
+        """Requests of `level` queued or in a batch still running."""
+        running = (chosen for future, (_, chosen) in self._running.items() if not future.done())
+        return self._queue.count_at(level) + sum(1 for chosen in running for r in chosen if r.level == level)
+
+    def _urgent_among_others(self, level: int, urgent_level: int | None) -> bool:
+        """Whether this batch is urgent while lower ones arrive: the company it would wait for
+        could not join it, so it never waits."""
+        return urgent_level is not None and level != PROMOTED and level <= urgent_level
 
     def _hold_deadline(self, chosen: list[PendingRequest]) -> float:
         """When a held partial batch must leave: decided once per hold, so arrivals that do not
@@ -248,15 +289,19 @@ class Batcher:
             if timer is not None:
                 timer.cancel()
 
-    def _take(self) -> tuple[list[PendingRequest], bool]:
+    def _take(self, urgent_level: int | None) -> tuple[list[PendingRequest], bool]:
         """The head request and those after it that may share its batch; whether it is full."""
         head = self._queue.head()
+        limit_lower = head.level != PROMOTED and urgent_level is not None and head.level <= urgent_level
+        limit = self.policy.max_batch_size
         chosen: list[PendingRequest] = []
         items = 0
         for request in self._queue:
             if request.key != head.key:
                 continue
-            if items + request.items > self.policy.max_batch_size:
+            if limit_lower and self._reserve.yields(request.level, urgent_level):
+                limit, limit_lower = self._reserve.fill_limit(items), False  # the first lower one
+            if items + request.items > limit:
                 return chosen, True
             chosen.append(request)
             items += request.items
@@ -273,7 +318,11 @@ class Batcher:
         self._observer.batch_dispatched(sum(r.items for r in chosen), worker_waits_s, batch_waits_s)
         for request in chosen:
             request.attempts += 1
-        future = worker.submit(Batch(next(self._batch_ids), [r.payload for r in chosen]))
+        batch_id = next(self._batch_ids)
+        items = sum(r.items for r in chosen)
+        busy_s = self.cost.late_s(items)
+        future = worker.submit(Batch(batch_id, [r.payload for r in chosen]))
+        self._running[future] = (None if busy_s is None else now + busy_s, chosen)
         hung_timer = asyncio.get_running_loop().call_later(self.policy.request_timeout_s, self._on_hung, worker, future)
         future.add_done_callback(lambda done: self._on_batch_done(done, chosen, hung_timer))
 
@@ -282,9 +331,13 @@ class Batcher:
             self._replace_worker(worker, f"batch ran past request_timeout_ms ({self.policy.request_timeout_s:g} s)")
 
     def _on_batch_done(
-        self, future: asyncio.Future[BatchDone], chosen: list[PendingRequest], hung_timer: asyncio.TimerHandle
+        self,
+        future: asyncio.Future[BatchDone],
+        chosen: list[PendingRequest],
+        hung_timer: asyncio.TimerHandle,
     ) -> None:
         hung_timer.cancel()
+        self._running.pop(future, None)
         error = future.exception()
         if error is not None:
             self._retry_or_fail(chosen, error)
@@ -293,6 +346,7 @@ class Batcher:
             items = sum(r.items for r in chosen)
             self._observer.batch_done(done.compute_s, items=items, requests=len(chosen))
             self.window.batch_done(items, done.compute_s)
+            self.cost.observe(items, done.compute_s)
             for request, result in zip(chosen, done.results):
                 _deliver(self.model, request, result)
         self.wake()

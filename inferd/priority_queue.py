@@ -49,6 +49,10 @@ class PriorityQueue(Generic[T]):
         """Every item, in the order they are served."""
         return itertools.chain.from_iterable(self._levels)
 
+    def count_at(self, level: int) -> int:
+        """How many items wait at `level` (PROMOTED: those promoted)."""
+        return len(self._levels[level])
+
     def head(self) -> T:
         for queue in self._levels:
             if queue:

@@ -209,6 +209,10 @@ class Supervisor:
         return sum(1 for h in self.handles.values() if h.state == READY)
 
     @property
+    def idle_slots(self) -> int:
+        return sum(h.capacity - len(h.pending) for h in self.handles.values() if h.idle)
+
+    @property
     def state(self) -> str:
         if self.ready_count:
             return "ready"

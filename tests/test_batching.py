@@ -51,6 +51,10 @@ class FakePool:
     def ready_count(self) -> int:
         return sum(1 for w in self.workers if not w.lost)
 
+    @property
+    def idle_slots(self) -> int:
+        return sum(1 for w in self.workers if not w.busy and not w.lost)
+
     def idle_worker(self) -> FakeWorker | None:
         return next((w for w in self.workers if not w.busy and not w.lost), None)
 

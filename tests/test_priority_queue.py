@@ -167,6 +167,8 @@ async def test_a_starving_request_is_promoted_past_a_stream_of_higher_ones() -> 
 async def test_a_batch_takes_the_heads_key_across_levels_and_never_mixes_keys() -> None:
     worker = GatedWorker()
     batcher, _ = make(worker, max_batch_size=4)
+    for items in (1, 4):  # a flat batch cost: lower requests ride along an urgent batch for free
+        batcher.cost.observe(items, 0.001)
     tasks = [asyncio.ensure_future(batcher.infer(["busy"], 1, "a"))]
     await until(lambda: worker.busy)
     for name, key, priority in [("low-a", "a", 3), ("low-b", "b", 3), ("high-b", "b", 1), ("mid-a", "a", 2)]:
