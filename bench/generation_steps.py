@@ -63,18 +63,21 @@ def main() -> None:
     handler.setup("cpu")
     print(f"{args.threads} torch thread(s); prompt of {len(handler.tokenize(PROMPT))} tokens")
     for count in (1, 2, 4, 8):
-        ms = timed(lambda count=count: handler.step(sequences(handler, count)), args.repeat)
+        ms = timed(lambda count=count: prefill_and_release(handler, count), args.repeat)
         print(f"prefill of {count} joining prompt(s): {ms:7.1f} ms ({ms / count:6.1f} ms per prompt)")
     for count in (1, 8, 32):
         batch = running(handler, count, 8)
+        ms = timed(lambda batch=batch: handler.step(batch), args.repeat)  # each run one token further
+        print(f"decode step of {count:2} running sequence(s): {ms:7.1f} ms")
+        for sequence in batch:
+            handler.release(sequence)
 
-        def decode(batch: list[Any] = batch) -> None:
-            caches = [s.cache for s in batch]
-            handler.step(batch)
-            for sequence, cache in zip(batch, caches):
-                sequence.cache = cache  # the same step again: each run decodes from the same state
 
-        print(f"decode step of {count:2} running sequence(s): {timed(decode, args.repeat):7.1f} ms")
+def prefill_and_release(handler: Any, count: int) -> None:
+    batch = sequences(handler, count)
+    handler.step(batch)
+    for sequence in batch:
+        handler.release(sequence)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from inferd import logs
 from inferd.channel import Channel, ChannelClosed
 from inferd.config import ModelConfig
 from inferd.errors import EXIT_STARTUP
+from inferd.generation.arrival_hold import ArrivalHold
 from inferd.messages import (
     Batch,
     BatchDone,
@@ -212,12 +213,16 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
 
 def _serve_generation(runner: Any, channel: Channel, send_lock: threading.Lock) -> None:
     """Step the running batch while it holds sequences; messages that came meanwhile are taken
-    between steps (a reader thread queues them), so a new sequence joins at the next step. The
-    runner is a GenerationRunner or a HandlerStreams."""
+    between steps (a reader thread queues them), so a new sequence joins at the next step. An
+    idle GenerationRunner given a sequence first takes what else arrives in a short hold
+    (arrival_hold.py), so a burst shares its prefill passes. The runner is a GenerationRunner or
+    a HandlerStreams."""
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read_into, args=(channel, inbox), name="inferd-inbox", daemon=True).start()
     while True:
         messages = [inbox.get()] if not runner.running else []
+        if messages and isinstance(messages[0], Generate) and hasattr(runner, "arrival_hold"):
+            messages += _held(inbox, runner.arrival_hold)
         while not inbox.empty():
             messages.append(inbox.get_nowait())
         chunks: list[Chunk] = []
@@ -238,6 +243,21 @@ def _serve_generation(runner: Any, channel: Channel, send_lock: threading.Lock) 
             chunks = []
         if chunks and not _send(channel, send_lock, Chunks(chunks)):
             return
+
+
+def _held(inbox: queue.Queue[Any], arrival_hold: ArrivalHold) -> list[Any]:
+    """What comes while an idle worker holds the sequence it was just given (arrival_hold.py)."""
+    hold = arrival_hold.next_hold()
+    if hold is None:
+        return []
+    held: list[Any] = []
+    deadline = time.monotonic() + hold.longest_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            held.append(inbox.get(timeout=min(left, hold.gap_s)))
+        except queue.Empty:
+            break
+    return held
 
 
 def _send(channel: Channel, send_lock: threading.Lock, message: Any) -> bool:

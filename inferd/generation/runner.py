@@ -10,17 +10,20 @@ the newcomers' prefill first, in passes of at most `prefill_tokens_per_pass` pro
 the decode of the sequences that were running. A newcomer's first token waits for its own pass
 only, never for the running batch's decode nor for the prefill of every prompt that came with it
 (bench/generation_steps.py measures why: a pass over one prompt costs about as much as a decode
-step, the weights' reading dominating, and a pass over k prompts grows with k).
+step, the weights' reading dominating, and a pass over k prompts grows with k). Each pass's time
+feeds `arrival_hold`: how long the worker, idle, waits for a burst's other sequences.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from inferd.config import ModelConfig
 from inferd.errors import StartupError
+from inferd.generation.arrival_hold import ArrivalHold
 from inferd.generation.sequence import Sequence
 from inferd.handler import GenerativeHandler, load_handler_class
 from inferd.messages import Batch, BatchDone, Chunk, Generate, RequestFailure, TensorInfo
@@ -47,6 +50,7 @@ class GenerationRunner:
         self.handler.setup(device)
         self.end_tokens = self.handler.end_tokens()
         self.running: dict[int, Sequence] = {}
+        self.arrival_hold = ArrivalHold()  # the worker's wait for more newcomers when it is idle
 
     def start(self, message: Generate) -> Chunk | None:
         """Admit a sequence; a Chunk with a failure where its prompt is refused."""
@@ -75,9 +79,12 @@ class GenerationRunner:
     def steps(self) -> Iterator[list[Chunk]]:
         """One step's chunks, in the parts that go out one after the other."""
         running = [s for s in self.running.values() if s.cache is not None]
-        passes = self._prefill_passes([s for s in self.running.values() if s.cache is None])
-        for part in [*passes, running] if running else passes:
+        for part in self._prefill_passes([s for s in self.running.values() if s.cache is None]):
+            started = time.perf_counter()
             yield self.step([s for s in part if s.sequence_id in self.running])
+            self.arrival_hold.observe_prefill(time.perf_counter() - started)
+        if running:
+            yield self.step([s for s in running if s.sequence_id in self.running])
 
     def _prefill_passes(self, joining: list[Sequence]) -> list[list[Sequence]]:
         """The newcomers in arrival order, cut into passes of at most prefill_tokens_per_pass."""

@@ -12,9 +12,12 @@ from typing import Any
 import openai
 import pytest
 
+from inferd.generation.sequence import Sequence
+from inferd.messages import Sampling
 from tests.conftest import EXAMPLE_MODELS, RunningServer, example_config, start_server
 
 NEW_TOKENS = 24
+GREEDY = Sampling(temperature=0)
 PROMPTS = ["What is the capital of France?", "Name three colours.", "Write a haiku about the sea."]
 
 
@@ -27,26 +30,37 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="module")
-def reference() -> Any:
-    """transformers' own greedy `generate`, in this process, on the same weights."""
+def handler() -> Any:
+    """The example's handler in this process: it loads the weights as the worker does."""
     sys.path.insert(0, str(EXAMPLE_MODELS))
-    import torch
-    from smollm2 import SmolLM2  # the example's handler loads the weights the same way
+    from smollm2 import SmolLM2
 
     handler = SmolLM2()
     handler.setup("cpu")
+    return handler
 
-    def generate(messages: list[dict[str, str]]) -> str:
+
+@pytest.fixture(scope="module")
+def reference_tokens(handler: Any) -> Any:
+    """transformers' own greedy `generate`, in this process, on the same weights: the tokens
+    before the first end token."""
+    import torch
+
+    def generate(messages: list[dict[str, str]]) -> list[int]:
         ids = torch.tensor([handler.tokenize(messages)])
         out = handler.model.generate(
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False
         )
         tokens = out[0, ids.shape[1] :].tolist()
         ends = handler.end_tokens()
-        end = next((i for i, token in enumerate(tokens) if token in ends), len(tokens))
-        return handler.detokenize(tokens[:end])
+        return tokens[: next((i for i, token in enumerate(tokens) if token in ends), len(tokens))]
 
     return generate
+
+
+@pytest.fixture(scope="module")
+def reference(handler: Any, reference_tokens: Any) -> Any:
+    return lambda messages: handler.detokenize(reference_tokens(messages))
 
 
 @pytest.fixture
@@ -79,3 +93,36 @@ def test_streamed_chat_equals_the_whole_answer(client: openai.OpenAI) -> None:
         max_tokens=NEW_TOKENS, stream=True,
     )  # fmt: skip
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat(client, PROMPTS[1])
+
+
+def test_sequences_joining_and_leaving_the_batch_each_answer_as_generate_does(
+    handler: Any, reference_tokens: Any
+) -> None:
+    """In-process, the handler's own steps: two sequences join every other step and each leaves
+    at its own max_tokens, so rows of the batch's cache move while the others decode."""
+    prompts = [*PROMPTS, "Why is the sky blue?", "List the planets."]
+    limits = [8, NEW_TOKENS, 12, 20, 16]
+    waiting = [user(prompt) for prompt in prompts]
+    running: list[Sequence] = []
+    made: dict[int, list[int]] = {}
+    step = 0
+    while waiting or running:
+        if step % 2 == 0:
+            for _ in range(min(2, len(waiting))):
+                index = len(prompts) - len(waiting)
+                running.append(Sequence(index, handler.tokenize(waiting.pop(0)), limits[index], GREEDY))
+        for sequence, token in zip(list(running), handler.step(running)):
+            if token not in handler.end_tokens():
+                sequence.tokens.append(token)
+            if token in handler.end_tokens() or len(sequence.tokens) == sequence.max_tokens:
+                made[sequence.sequence_id] = sequence.tokens
+                running.remove(sequence)
+                handler.release(sequence)
+        step += 1
+    assert [made[i] for i in range(len(prompts))] == [
+        reference_tokens(user(prompt))[:limit] for prompt, limit in zip(prompts, limits)
+    ]
+
+
+def user(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
