@@ -123,8 +123,10 @@ class WorkerHandle:
 
     @property
     def idle(self) -> bool:
-        """Whether it takes another batch now."""
-        return self.state == READY and len(self.pending) < self.capacity
+        """Whether it takes another batch now. Not once its channel has closed: its exit may not
+        be seen yet, and a batch sent to it would fail again, using up its one retry."""
+        closed = self.channel is None or self.channel.closed
+        return self.state == READY and len(self.pending) < self.capacity and not closed
 
     def submit(self, batch: Batch) -> asyncio.Future[BatchDone]:
         if not self.idle:
