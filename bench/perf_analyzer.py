@@ -127,7 +127,8 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
 
 def non_200_answers(url: str) -> int:
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    found = re.findall(r'^inferd_requests_total\{code="(\d+)",model="tiny"\} (\S+)$', text, re.MULTILINE)
+    # Other labels (protocol) sort after model: each (code, protocol) series is summed.
+    found = re.findall(r'^inferd_requests_total\{code="(\d+)",model="tiny"(?:,[^}]*)?\} (\S+)$', text, re.MULTILINE)
     return int(sum(float(count) for code, count in found if code != "200"))
 
 

@@ -48,7 +48,9 @@ models:
 
 def non_200(url: str, model: str) -> int:
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    found = re.findall(rf'^inferd_requests_total\{{code="(\d+)",model="{model}"\}} (\S+)$', text, re.MULTILINE)
+    # Other labels (protocol) sort after model: each (code, protocol) series is summed.
+    pattern = rf'^inferd_requests_total\{{code="(\d+)",model="{model}"(?:,[^}}]*)?\}} (\S+)$'
+    found = re.findall(pattern, text, re.MULTILINE)
     return int(sum(float(count) for code, count in found if code != "200"))
 
 

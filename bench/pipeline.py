@@ -1,16 +1,33 @@
 """The classify pipeline (decode -> EfficientNet-Lite0 -> top-5, each step on its own workers) vs
-the same three stages in one handler, on the same cores: images/s at c=1, 8, 64, and the pipeline's
-overhead per step at c=1 (its mean request time less its steps' mean compute, over three steps).
+the same three stages in one handler, on the same cores: images/s at c=1, 8, 64, the pipeline's
+overhead per step at c=1, and where each point's time went (batch size, compute and queue time of
+each model, from /metrics).
 
     pip install -e ".[examples]" && python models/build_examples.py
-    python bench/pipeline.py [--duration 5] [--cpus 0-3] [--device cuda] [--photo PATH]
-    python bench/pipeline.py --overhead     # only the cost of a step: echo steps, tiny items, c=1
+    python bench/pipeline.py [--duration 5] [--rounds 3] [--cpus 0-3] [--device cuda] [--photo PATH]
+    python bench/pipeline.py --overhead     # only the cost of a step: echo steps, then image tensors, c=1
 
-The pipeline splits the cores: the first half decodes (one worker per core), the rest run the
-network with the top-5 beside it. The single handler runs one worker per core, each doing all three
-stages. With --device cuda the network (or the single handler) runs on the GPU, decode on the CPUs.
-The load generator is an asyncio client in this process (raw HTTP/1.1 with keep-alive), pinned to
-no core: on a small machine it competes with the servers, so compare rows of one run only.
+A fair comparison on any number of cores (the default, --layout shared): both ways get the same
+cores and the same number of network workers. On CPU the pipeline runs every step on every core,
+as the single handler does: decode and the network one worker per core (one thread each), the
+top-5 one worker over all of them; the OS interleaves a core's decode and network workers, and
+the steps overlap across requests. The network's max_batch_size (--network-batch) is the same both
+ways: on CPU a network's cost per image grows with its batch (EfficientNet-Lite0 on one core:
+about 25 ms an image up to batch 4, 46 at 16, 71 at 32), so a larger cap on one side would decide
+the result. With --device cuda the network (or the single handler) runs on the GPU, decode and
+top-5 on the CPUs. --layout split gives each step cores of its own instead (decode the first
+half, the network and top-5 the rest): the articles' layout, fair only where the network has a
+device of its own; on CPU it leaves the network half the cores the single handler has.
+
+Each point's rows are interleaved (pipeline, single, next point, ...; --rounds times; the summary
+takes medians), so that a noisy moment on a shared machine hits both alike. The load generator is
+an asyncio client in this process (raw HTTP/1.1 with keep-alive), pinned to no core: on a small
+machine it competes with the servers, so compare rows of one run only.
+
+The overhead per step at c=1 is the mean request time less the steps' mean compute, over three
+steps; it splits into each step's own (its time in the pipeline, submission to answer, less its
+compute: the hop to its worker and back, queue and dispatch) and the route's (the request's time
+less its steps': the body read from the client and the response).
 """
 
 from __future__ import annotations
@@ -23,6 +40,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,9 +52,37 @@ from inferd.cpuset import format_cpu_list, parse_cpu_list  # noqa: E402
 
 MODELS = REPO / "models"
 CONCURRENCIES = (1, 8, 64)
+STEPS = ("decode", "effnet", "top5")
 
 
-def pipeline_config(cpus: list[int], device: str) -> str:
+def pipeline_config(cpus: list[int], device: str, network_batch: int, layout: str = "shared") -> str:
+    if layout == "split":
+        return split_pipeline_config(cpus, device, network_batch)
+    cores = format_cpu_list(cpus)
+    network = (
+        f"device: {device}" if device != "cpu" else f'cpu_affinity: "{cores}"\n    workers_per_device: {len(cpus)}'
+    )
+    return f"""
+models:
+  - name: decode
+    handler: {MODELS}/imagenet.py:DecodeImage
+    cpu_affinity: "{cores}"
+    workers_per_device: {len(cpus)}
+    max_batch_size: 8
+  - name: effnet
+    path: {MODELS}/efficientnet_lite0.pt
+    {network}
+    max_batch_size: {network_batch}
+    inputs: [{{name: image, datatype: FP32, shape: [-1, 3, 224, 224]}}]
+  - name: top5
+    handler: {MODELS}/imagenet.py:TopClasses
+    cpu_affinity: "{cores}"
+    max_batch_size: 64
+  - {{name: classify, pipeline: [decode, effnet, top5], request_timeout_ms: 120000}}
+"""
+
+
+def split_pipeline_config(cpus: list[int], device: str, network_batch: int) -> str:
     half = max(1, len(cpus) // 2)
     decode, rest = cpus[:half], cpus[half:] or cpus[:half]
     return f"""
@@ -49,7 +96,7 @@ models:
     path: {MODELS}/efficientnet_lite0.pt
     device: {device}
     cpu_affinity: "{format_cpu_list(rest)}"
-    max_batch_size: 32
+    max_batch_size: {network_batch}
     inputs: [{{name: image, datatype: FP32, shape: [-1, 3, 224, 224]}}]
   - name: top5
     handler: {MODELS}/imagenet.py:TopClasses
@@ -59,7 +106,7 @@ models:
 """
 
 
-def single_config(cpus: list[int], device: str) -> str:
+def single_config(cpus: list[int], device: str, network_batch: int) -> str:
     workers = 1 if device != "cpu" else len(cpus)
     return f"""
 models:
@@ -69,7 +116,7 @@ models:
     device: {device}
     cpu_affinity: "{format_cpu_list(cpus)}"
     workers_per_device: {workers}
-    max_batch_size: 32
+    max_batch_size: {network_batch}
     request_timeout_ms: 120000
 """
 
@@ -113,52 +160,129 @@ def scrape(port: int) -> str:
     return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
 
 
-def run(name: str, config: str, photo: bytes, duration_s: float, folder: Path) -> dict[int, float]:
+@contextmanager
+def served(name: str, config: str, folder: Path) -> Iterator[tuple[int, int]]:
+    """A server of `config`, its port and pid, while the block runs."""
     port = free_port()
     path = folder / f"{name}.yaml"
     path.write_text(f"server: {{host: 127.0.0.1, port: {port}, log_level: warning}}\n" + config)
     argv = [sys.executable, "-m", "inferd", "serve", str(path)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    figures: dict[int, float] = {}
-    with ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / f"{name}.log", env=env, cwd=REPO):
-        asyncio.run(load(port, photo, 1, min(duration_s, 1.0)))  # warm every step
-        for concurrency in CONCURRENCIES:
-            before = scrape(port)
-            rate, latency_s, failed = asyncio.run(load(port, photo, concurrency, duration_s))
-            figures[concurrency] = rate
-            print(
-                f"{name:>9}  c={concurrency:<3} {rate:8.1f} images/s  mean {latency_s * 1000:8.2f} ms  failed {failed}"
-            )
-            if concurrency == 1 and name == "pipeline":
-                print_overhead(before, scrape(port))
-    return figures
+    with ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / f"{name}.log", env=env, cwd=REPO) as server:
+        yield port, server.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of a server: its main process and every worker."""
+    import psutil
+
+    total = 0.0
+    main = psutil.Process(pid)
+    for process in [main, *main.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measure(
+    name: str, server: tuple[int, int], photo: bytes, concurrency: int, duration_s: float
+) -> tuple[float, float]:
+    """One point: its images/s, the server's CPU time per image (less swayed than images/s by other
+    load on the machine), and where the time went in each model (from /metrics)."""
+    port, pid = server
+    before, cpu_before_s = scrape(port), cpu_seconds(pid)
+    rate, latency_s, failed = asyncio.run(load(port, photo, concurrency, duration_s))
+    after, cpu_ms = scrape(port), (cpu_seconds(pid) - cpu_before_s) * 1000 / max(rate * duration_s, 1)
+    print(
+        f"{name:>9}  c={concurrency:<3} {rate:8.1f} images/s  mean {latency_s * 1000:8.2f} ms  "
+        f"CPU {cpu_ms:6.1f} ms/image  failed {failed}"
+    )
+    print_models(before, after)
+    if concurrency == 1 and name == "pipeline":
+        print_overhead(before, after)
+    return rate, cpu_ms
+
+
+def print_models(before: str, after: str) -> None:
+    """Per model over the point: mean batch size, compute per batch, queue and worker wait."""
+    for model in sorted(set(re.findall(r'^inferd_batch_size_count\{model="([^"]+)"', after, re.M))):
+        if delta_count(before, after, "inferd_batch_size", model) == 0:
+            continue  # a pipeline: its steps batch, not it
+        batch = delta_mean(before, after, "inferd_batch_size", model)
+        compute_ms = delta_mean(before, after, "inferd_inference_duration_seconds", model) * 1000
+        queue_ms = delta_mean(before, after, "inferd_queue_duration_seconds", model) * 1000
+        worker_ms = delta_mean(before, after, "inferd_worker_wait_seconds", model) * 1000
+        print(
+            f"           {model:>8}: batch {batch:5.1f} items, compute {compute_ms:7.2f} ms per batch, "
+            f"queued {queue_ms:7.2f} ms ({worker_ms:7.2f} ms waiting for a worker)"
+        )
+
+
+def delta_mean(before: str, after: str, family: str, model: str) -> float:
+    """A histogram's mean over the observations between two scrapes."""
+    count = delta_count(before, after, family, model)
+    return (_total(after, family, "sum", model) - _total(before, family, "sum", model)) / count if count else 0.0
+
+
+def delta_count(before: str, after: str, family: str, model: str) -> float:
+    return _total(after, family, "count", model) - _total(before, family, "count", model)
+
+
+def _total(metrics: str, family: str, kind: str, model: str) -> float:
+    # Summed over the labels after model (the request series' protocol).
+    found = re.findall(rf'^{family}_{kind}{{model="{model}"(?:,[^}}]*)?}} (\S+)$', metrics, re.M)
+    return sum(float(value) for value in found)
 
 
 def print_overhead(before: str, after: str) -> None:
-    """Mean request time less the steps' mean compute, per step, over the c=1 run alone."""
+    """Over the c=1 run alone: each step's own overhead (its time in the pipeline, from submission
+    to answer, less its compute in the worker: the hop there and back, queue and dispatch), and the
+    route's (the request's time less its steps': the body read from the client, the response)."""
+    request_s = delta_mean(before, after, "inferd_request_duration_seconds", "classify")
+    compute_s = {step: delta_mean(before, after, "inferd_inference_duration_seconds", step) for step in STEPS}
+    step_s = {step: _step_mean(before, after, step) for step in STEPS}
+    per_step_ms = [(step_s[step] - compute_s[step]) * 1000 for step in STEPS]
+    steps = ", ".join(f"{step} {ms:.3f} ms" for step, ms in zip(STEPS, per_step_ms))
+    route_ms = (request_s - sum(step_s.values())) * 1000
+    overhead_ms = (request_s - sum(compute_s.values())) / len(STEPS) * 1000
+    print(
+        f"           c=1 request {request_s * 1000:.2f} ms, compute {sum(compute_s.values()) * 1000:.2f} ms: "
+        f"overhead per step {overhead_ms:.3f} ms, of which the steps' own {steps} and the route's {route_ms:.3f} ms"
+    )
 
-    def delta_mean(family: str, model: str) -> float:
-        def total(metrics: str, kind: str) -> float:
-            found = re.search(rf'^{family}_{kind}{{model="{model}"}} (\S+)$', metrics, re.M)
-            return float(found.group(1)) if found else 0.0
 
-        count = total(after, "count") - total(before, "count")
-        return (total(after, "sum") - total(before, "sum")) / count if count else 0.0
+def _step_mean(before: str, after: str, step: str) -> float:
+    def total(metrics: str, kind: str) -> float:
+        pattern = rf'^inferd_pipeline_step_seconds_{kind}{{model="classify",step="{step}"}} (\S+)$'
+        found = re.search(pattern, metrics, re.M)
+        return float(found.group(1)) if found else 0.0
 
-    request_s = delta_mean("inferd_request_duration_seconds", "classify")
-    compute_s = {step: delta_mean("inferd_inference_duration_seconds", step) for step in ("decode", "effnet", "top5")}
-    overhead_ms = (request_s - sum(compute_s.values())) / len(compute_s) * 1000
-    steps = ", ".join(f"{step} {seconds * 1000:.2f} ms" for step, seconds in compute_s.items())
-    print(f"           c=1 request {request_s * 1000:.2f} ms; compute: {steps}; overhead per step {overhead_ms:.3f} ms")
+    count = total(after, "count") - total(before, "count")
+    return (total(after, "sum") - total(before, "sum")) / count if count else 0.0
 
 
 ECHO = """
+import numpy as np
+
 from inferd import Handler
 
 
 class Echo(Handler):
     def predict(self, items):
         return items
+
+
+class Image(Handler):
+    def predict(self, items):
+        return [np.zeros((3, 224, 224), np.float32) for _ in items]
+
+
+class Shape(Handler):
+    def predict(self, items):
+        return [list(np.shape(item)) for item in items]
 """
 
 
@@ -228,6 +352,42 @@ def overhead(folder: Path, rounds: int = 5, requests: int = 200) -> None:
     )
 
 
+def image_overhead(folder: Path, rounds: int = 5, requests: int = 100) -> None:
+    """The cost of a hop that carries a 3x224x224 FP32 tensor (worker -> main -> worker), as in the
+    classify pipeline: median c=1 latency of [image, shape] against [image, identity, echo, shape],
+    whose two extra steps add two such hops (into a tensor model, then out of it to a handler)."""
+    import httpx
+    import torch
+
+    (folder / "echo.py").write_text(ECHO)
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(folder / "identity.pt"))
+    port = free_port()
+    path = folder / "image_overhead.yaml"
+    path.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}, log_level: warning}}\nmodels:\n"
+        f"  - {{name: image, handler: {folder}/echo.py:Image}}\n"
+        f"  - {{name: identity, path: {folder}/identity.pt, "
+        "inputs: [{name: image, datatype: FP32, shape: [-1, 3, 224, 224]}]}\n"
+        f"  - {{name: echo, handler: {folder}/echo.py:Echo}}\n"
+        f"  - {{name: shape, handler: {folder}/echo.py:Shape}}\n"
+        "  - {name: short, pipeline: [image, shape]}\n  - {name: long, pipeline: [image, identity, echo, shape]}\n"
+    )
+    argv = [sys.executable, "-m", "inferd", "serve", str(path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    latencies_s: dict[str, list[float]] = {"short": [], "long": []}
+    server = ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / "image.log", env=env, cwd=REPO)
+    with server, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        for _ in range(rounds):  # interleaved, so that a noisy moment hits both rows alike
+            for name, samples in latencies_s.items():
+                for _ in range(requests):
+                    started = time.perf_counter()
+                    client.post(f"/models/{name}/predict", json={"inputs": "x"}).raise_for_status()
+                    samples.append(time.perf_counter() - started)
+    short, long = (statistics.median(latencies_s[name]) * 1000 for name in ("short", "long"))
+    print(f"c=1 median: [image, shape] {short:.3f} ms, [image, identity, echo, shape] {long:.3f} ms")
+    print(f"each hop with a 3x224x224 FP32 tensor {(long - short) / 2:.3f} ms (compute of identity and echo included)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per point")
@@ -235,11 +395,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the network runs: cpu or cuda")
     parser.add_argument("--photo", type=Path, default=None, help="a PNG (default: scikit-image's chelsea.png)")
     parser.add_argument("--overhead", action="store_true", help="measure only the cost of a step")
+    parser.add_argument("--layout", choices=("shared", "split"), default="shared", help="the pipeline's cores")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every point, interleaved (medians)")
+    parser.add_argument("--network-batch", type=int, default=32, help="max_batch_size of the network, both ways")
     args = parser.parse_args()
     if args.overhead:
         executor_cost()
         with tempfile.TemporaryDirectory() as folder:
             overhead(Path(folder))
+            image_overhead(Path(folder))
         return
     if not (MODELS / "efficientnet_lite0.pt").exists():
         sys.exit(
@@ -249,13 +413,35 @@ def main() -> None:
 
     photo = (args.photo or Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
     cpus = list(parse_cpu_list(args.cpus))
-    print(f"cores {format_cpu_list(cpus)}, network on {args.device}, {args.duration:g} s per point")
-    with tempfile.TemporaryDirectory() as folder:
-        piped = run("pipeline", pipeline_config(cpus, args.device), photo, args.duration, Path(folder))
-        single = run("single", single_config(cpus, args.device), photo, args.duration, Path(folder))
+    print(
+        f"cores {format_cpu_list(cpus)}, network on {args.device} (max_batch_size {args.network_batch}), "
+        f"pipeline layout {args.layout}, {args.duration:g} s per point, {args.rounds} round(s)"
+    )
+    configs = {
+        "pipeline": pipeline_config(cpus, args.device, args.network_batch, args.layout),
+        "single": single_config(cpus, args.device, args.network_batch),
+    }
+    rates: dict[tuple[str, int], list[float]] = {}
+    cpu_per_image_ms: dict[tuple[str, int], list[float]] = {}
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as servers:
+        running = {name: servers.enter_context(served(name, config, Path(folder))) for name, config in configs.items()}
+        for port, _ in running.values():
+            asyncio.run(load(port, photo, 1, min(args.duration, 1.0)))  # warm every step
+        for _ in range(args.rounds):  # interleaved, so that a noisy moment hits both alike
+            for concurrency in CONCURRENCIES:
+                for name, server in running.items():
+                    rate, cpu_ms = measure(name, server, photo, concurrency, args.duration)
+                    rates.setdefault((name, concurrency), []).append(rate)
+                    cpu_per_image_ms.setdefault((name, concurrency), []).append(cpu_ms)
+    print(f"load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
     for concurrency in CONCURRENCIES:
-        ratio = piped[concurrency] / single[concurrency] if single[concurrency] else float("nan")
-        print(f"c={concurrency:<3} pipeline / single handler: {ratio:.2f}x")
+        piped, single = (statistics.median(rates[name, concurrency]) for name in configs)
+        piped_cpu, single_cpu = (statistics.median(cpu_per_image_ms[name, concurrency]) for name in configs)
+        ratio = piped / single if single else float("nan")
+        print(
+            f"c={concurrency:<3} pipeline {piped:6.1f} / single handler {single:6.1f} images/s: {ratio:.2f}x; "
+            f"CPU per image {piped_cpu:.1f} / {single_cpu:.1f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def main() -> None:
     board = StatusBoard(daemon, clock=clock)
     for model in daemon.models.values():
         for _ in range(200):
-            model.metrics.request_done(200, random.expovariate(1 / 0.01))
+            model.metrics.request_done("http", 200, random.expovariate(1 / 0.01))
     board.snapshot()  # the first read only stores a baseline
     print(f"models: {args.models}, reads: {args.reads}, load average {os.getloadavg()[0]:.1f}")
     for what, step_s in (("each read walks the histogram", 1.0), ("reads within 0.5 s share one walk", 0.0)):

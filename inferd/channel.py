@@ -30,6 +30,7 @@ from typing import Any
 from inferd.segments import (
     THRESHOLD_BYTES,
     CountBytes,
+    SegmentDirectory,
     SegmentNotice,
     SegmentReader,
     SegmentWriter,
@@ -131,7 +132,8 @@ class MainChannel(asyncio.BufferedProtocol):
     """The main process's end, as an asyncio protocol: `on_message` gets each decoded message,
     `on_closed` is called once when the worker's end closes. Given the worker's pid, arrays past
     the threshold go in segments named for it; `count_bytes(direction, path, nbytes)` hears of
-    every tensor byte sent ("to_worker") and received ("from_worker"), by path."""
+    every tensor byte sent ("to_worker") and received ("from_worker"), by path. Channels that share
+    a `directory` forward views of each other's workers' segments instead of copying them."""
 
     def __init__(
         self,
@@ -140,14 +142,15 @@ class MainChannel(asyncio.BufferedProtocol):
         worker_pid: int | None = None,
         count_bytes: Callable[[str, str, int], None] = _uncounted,
         threshold_bytes: int = THRESHOLD_BYTES,
+        directory: SegmentDirectory | None = None,
     ) -> None:
         self._on_message = on_message
         self._count_bytes = count_bytes
         self._writer: SegmentWriter | None = None
         if worker_pid is not None:
             prefix = segment_prefix(os.getpid(), worker_pid, "m")
-            self._writer = SegmentWriter(prefix, threshold_bytes, self._counter("to_worker"))
-        self._reader = SegmentReader(self._counter("from_worker"))
+            self._writer = SegmentWriter(prefix, threshold_bytes, self._counter("to_worker"), directory)
+        self._reader = SegmentReader(self._counter("from_worker"), directory)
         self._on_closed = on_closed
         self._transport: asyncio.WriteTransport | None = None
         self.closed = False
@@ -246,9 +249,10 @@ async def connect(
     worker_pid: int | None = None,
     count_bytes: Callable[[str, str, int], None] = _uncounted,
     threshold_bytes: int = THRESHOLD_BYTES,
+    directory: SegmentDirectory | None = None,
 ) -> MainChannel:
     """Wrap the main end of a worker's socket in a MainChannel on the running loop."""
     _, protocol = await asyncio.get_running_loop().connect_accepted_socket(
-        lambda: MainChannel(on_message, on_closed, worker_pid, count_bytes, threshold_bytes), sock=sock
+        lambda: MainChannel(on_message, on_closed, worker_pid, count_bytes, threshold_bytes, directory), sock=sock
     )
     return protocol

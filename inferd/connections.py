@@ -16,6 +16,9 @@ by repeated concatenation (quadratic in its length), and uvicorn sets no deadlin
   counts running tasks with connections and answers only once a request's headers are in, so a slow
   client past the cap would still hold a descriptor and a parser.
 
+Each read acknowledges what came at once (inferd.quick_ack: a client under Nagle's rule would
+otherwise wait out the kernel's delayed ACK before sending a body's last bytes).
+
 Idle keep-alive between requests is uvicorn's own `timeout_keep_alive`. After a 4xx it writes itself,
 the protocol sends FIN and reads a little more before closing, so a client still sending gets the
 answer rather than a reset. Counts of open and closed connections live on the `Listener` that the
@@ -39,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from inferd.protocols.disconnect import CLIENT_WATCH, ClientWatch
+from inferd.quick_ack import quick_ack
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +109,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.answered = False  # inferd answered this connection itself and is closing it
         self.linger_bytes = LINGER_BYTES
         self.deadline: asyncio.TimerHandle | None = None  # of the head, or of the linger
+        self.ack_now: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.ack_now = quick_ack(transport)
         if not self.listener.admit():
             message = f"{self.limits.max_connections} connections are open (server.max_connections); retry shortly"
             self._answer_and_close(503, message, "over_limit", {"retry-after": "1"}, linger=False)
@@ -127,6 +133,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.ack_now is not None:
+            self.ack_now()
         if self.answered:
             self._drop(len(data))
             return

@@ -34,7 +34,7 @@ from inferd.placement import WorkerSlot
 from inferd.priority import priority_policy
 from inferd.protocols.shm import SharedMemory
 from inferd.rate_limit import RateLimits
-from inferd.segments import sweep_daemon
+from inferd.segments import SegmentDirectory, sweep_daemon
 from inferd.successor import Successor
 from inferd.supervisor import Supervisor
 from inferd.traffic_metrics import TrafficMetrics
@@ -187,6 +187,7 @@ class Daemon:
         self.metrics = Metrics(config.server.histogram_buckets_s, largest_batch)
         self.state = self.metrics.watch(lambda: self.models)
         self._oom_kills = OomKills.of_this_process()  # one for all models: they share the cgroup
+        self._segments = SegmentDirectory()  # one for all models: a pipeline's steps forward big tensors
         self.admission = Admission(config.server.max_request_bytes_held)
         self.shared_memory = SharedMemory()  # regions clients registered (v2 REST and gRPC)
         self.rate_limits = RateLimits(config.server.key_rate_limits, self.metrics.registry)
@@ -228,7 +229,7 @@ class Daemon:
             priority=priority_policy(model),
         )
         metrics = self.metrics.for_model(model.name)
-        supervisor = Supervisor(model, specs, metrics, self._oom_kills)
+        supervisor = Supervisor(model, specs, metrics, self._oom_kills, self._segments)
         batcher = Batcher(model.name, policy, supervisor, metrics, supervisor.replace)
         supervisor.on_change = batcher.wake
         supervisor.on_stats = self.state.record_gpu

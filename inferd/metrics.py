@@ -44,7 +44,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._tallies: dict[str, InferenceTally] = {}
         self.requests = Counter(
-            "inferd_requests", "Requests answered, by HTTP status code.", ["model", "code"], registry=self.registry
+            "inferd_requests",
+            "Requests answered, by protocol (http, grpc) and the HTTP status code of the outcome.",
+            ["model", "protocol", "code"],
+            registry=self.registry,
         )
         self.requests_cancelled = Counter(
             "inferd_requests_cancelled",
@@ -58,8 +61,12 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
-        self.request_duration = self._histogram(
-            "inferd_request_duration_seconds", "End-to-end request time inside the server.", latency_buckets_s
+        self.request_duration = Histogram(
+            "inferd_request_duration_seconds",
+            "End-to-end request time inside the server, by protocol (http, grpc).",
+            ["model", "protocol"],
+            buckets=latency_buckets_s,
+            registry=self.registry,
         )
         self.queue_duration = self._histogram(
             "inferd_queue_duration_seconds", "Time from arrival to dispatch in a batch.", latency_buckets_s
@@ -88,7 +95,8 @@ class Metrics:
         )  # fmt: skip
         self.channel_bytes = Counter(
             "inferd_channel_bytes", "Tensor bytes between the main process and workers, by direction and path "
-            "(socket, segment: shared memory made for them, client_region: read by the worker from the client's region).",
+            "(socket, segment: shared memory made for them, forwarded: a segment one worker made, read in place by "
+            "another, client_region: read by the worker from the client's region).",
             ["model", "direction", "path"], registry=self.registry,
         )  # fmt: skip
         build = Gauge(
@@ -159,7 +167,6 @@ class ModelMetrics:
         self._metrics = metrics
         self._model = model
         self.tally = tally or InferenceTally()
-        self._request_duration = metrics.request_duration.labels(model)
         self._queue_duration = metrics.queue_duration.labels(model)
         self._worker_wait = metrics.worker_wait.labels(model)
         self._batch_wait = metrics.batch_wait.labels(model)
@@ -168,9 +175,12 @@ class ModelMetrics:
         self._cancelled = metrics.requests_cancelled.labels(model)
         self._promoted = metrics.requests_promoted.labels(model)
 
-    def request_done(self, code: int, duration_s: float) -> None:
-        self._metrics.requests.labels(self._model, str(code)).inc()
-        self._request_duration.observe(duration_s)
+    def request_done(self, protocol: str, code: int, duration_s: float) -> None:
+        # `protocol` is the transport the client spoke, "http" or "grpc", not the API (native, v2 and
+        # OpenAI routes are all "http": their paths tell them apart), so the label keeps two values.
+        # A series appears at its first request: a daemon without gRPC shows no grpc series.
+        self._metrics.requests.labels(self._model, protocol, str(code)).inc()
+        self._metrics.request_duration.labels(self._model, protocol).observe(duration_s)
         (self.tally.success if code == 200 else self.tally.fail).add(duration_s)
         self.tally.last_inference_ms = int(time.time() * 1000)
 

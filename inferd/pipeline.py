@@ -4,7 +4,9 @@ Each step is submitted to its own model's batcher, exactly as a route would subm
 different requests batch together at every step, every step retries a lost worker's batch once,
 and every step keeps its own metrics. Invariants:
 - data between steps stays numpy arrays or Python items (never JSON); a hop from items to a tensor
-  stacks them once, a hop from a tensor to items takes views of its rows;
+  stacks them once (one item: a view of it), a hop from a tensor to items takes views of its rows;
+  a big tensor that a step's worker put in a segment goes on to the next step's worker as that
+  segment (inferd/segments.py): the main process copies none of its bytes;
 - steps whose inputs are ready run at once (a fan-out runs its branches side by side); the first
   step to fail cancels the others and answers the request with its own status and the step's name;
 - the pipeline's `request_timeout_ms` bounds the whole request, and a client that leaves cancels
@@ -217,10 +219,17 @@ def _as_arrays(given: list[Payload], inputs: tuple[TensorInfo, ...]) -> dict[str
 
 
 def _stack(items: list[Any]) -> dict[str, np.ndarray]:
-    """Items (arrays, or mappings of arrays) stacked into a batch: the one copy of this hop."""
+    """Items (arrays, or mappings of arrays) stacked into a batch: the one copy of this hop, none
+    for one item (a view of it, which a segment's channel forwards to the next worker as is)."""
     if items and all(isinstance(item, dict) for item in items):
-        return {name: np.stack([item[name] for item in items]) for name in items[0]}
-    return {"output": np.stack([np.asarray(item) for item in items])}
+        return {name: _stacked([item[name] for item in items]) for name in items[0]}
+    return {"output": _stacked(items)}
+
+
+def _stacked(items: list[Any]) -> np.ndarray:
+    if len(items) == 1:
+        return np.asarray(items[0])[np.newaxis]
+    return np.stack([np.asarray(item) for item in items])
 
 
 def _cast(array: np.ndarray, datatype: str) -> np.ndarray:

@@ -95,8 +95,12 @@ def _key(sample: Sample) -> SeriesKey:
 
 
 def _buckets(pairs: list[tuple[float, float]]) -> Buckets:
-    pairs.sort()
-    return Buckets(tuple(bound for bound, _ in pairs), tuple(count for _, count in pairs))
+    # A model's series under other labels (protocol: http, grpc) share its bounds: summed per bound.
+    summed: dict[float, float] = {}
+    for bound, count in pairs:
+        summed[bound] = summed.get(bound, 0.0) + count
+    bounds = sorted(summed)
+    return Buckets(tuple(bounds), tuple(summed[bound] for bound in bounds))
 
 
 class RateWindow:

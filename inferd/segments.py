@@ -10,6 +10,11 @@ as one of two descriptors, which the receiving end turns back into an array when
 - a *client region*: an input that a client put in a region it registered (`region_view`). The
   worker maps the client's object itself and reads the slice: the bytes never enter the main
   process's heap. The client owns the object; nobody here unlinks it.
+- a *forwarded segment*: in the main process, an array that is a contiguous view of a segment one
+  worker made (a pipeline step's output on its way to the next step) goes to another worker as the
+  segment's name and offset: the receiver maps the maker's segment (once, as its peer's) and reads
+  it in place, so a hop between workers copies nothing in the main process. The main process's
+  `SegmentDirectory` knows which arrays are such views.
 
 Ownership: a segment belongs to the end that made it, and only that end unlinks it. It is busy
 from the send until the receiver's last view of it is gone; the receiver then names it in a
@@ -21,6 +26,14 @@ process unlinks every segment named for it (`sweep_worker`), its own for that wo
 worker's; at start and stop it unlinks its own and those of any main process no longer running
 (`sweep_daemon`), so nothing is left in /dev/shm after a stop, a worker's SIGKILL or its own.
 Where /dev/shm cannot be written, arrays go on the socket as before.
+
+A forwarded segment stays the maker's: the main process keeps its own view of it (so it stays busy
+for the maker) until the worker it was forwarded to names it as freed; when the maker unlinks it,
+the main process passes the name on as gone to each worker it forwarded it to, which drops its
+mapping. When the maker exits, its sweep leaves the segments a view in the main process still
+holds (a worker they went to may not have mapped them yet); the main process unlinks each with its
+last view. One the receiver still cannot map fails that request alone, as an unreadable client
+region does.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ import re
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +68,7 @@ _KINDS = frozenset("biufc")  # bool, integers, floats, complex: fixed-size eleme
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map every page in one call, not one fault per page
 _KEPT_PER_SIZE = 2  # free segments a pool keeps per size: a batch in the worker, the next one sent
 _POOLED_MAX_BYTES = 64 * 1024 * 1024  # bigger ones are unlinked once free
-CountBytes = Callable[[str, int], None]  # (path: "segment" | "client_region" | "socket", bytes)
+CountBytes = Callable[[str, int], None]  # (path: "segment" | "forwarded" | "client_region" | "socket", bytes)
 
 
 def _uncounted(path: str, nbytes: int) -> None:
@@ -118,12 +131,80 @@ class _Segment:
     mapping: mmap.mmap
 
 
+class SegmentDirectory:
+    """The main process's index of the segments its channels' readers hold views of (by the view's
+    root), and of the writers each was forwarded through: one for the whole daemon, shared by every
+    worker's channel. Thread-safe: roots die wherever their last user drops them."""
+
+    def __init__(self) -> None:
+        self._roots: dict[int, tuple[str, weakref.ref[np.ndarray]]] = {}
+        self._forwarders: dict[str, set[SegmentWriter]] = {}
+        self._orphans: set[str] = set()  # held still, their maker gone: unlinked with their last view
+        self._lock = threading.Lock()
+
+    def add(self, root: np.ndarray, name: str) -> None:
+        self._roots[id(root)] = (name, weakref.ref(root))
+
+    def locate(self, array: np.ndarray) -> tuple[str, int] | None:
+        """The segment and byte offset of `array`'s bytes, if it is a contiguous view of one."""
+        root = array.base
+        if not isinstance(root, np.ndarray) or not array.flags.c_contiguous:
+            return None
+        entry = self._roots.get(id(root))
+        if entry is None or entry[1]() is not root:
+            return None
+        offset = array.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+        return entry[0], offset
+
+    def forwarded(self, name: str, writer: SegmentWriter) -> None:
+        with self._lock:
+            self._forwarders.setdefault(name, set()).add(writer)
+
+    def gone(self, names: Iterable[str]) -> None:
+        """Their maker unlinked them (or is gone): every worker they went to drops its mapping."""
+        with self._lock:
+            writers = [(name, self._forwarders.pop(name, ())) for name in names]
+        for name, forwarders in writers:
+            for writer in forwarders:
+                writer.relay_gone(name)
+
+    def hold_orphans(self, prefix: str) -> frozenset[str]:
+        """The segments named `prefix...` that a view here still holds, their maker gone: kept
+        from its sweep (a worker they were forwarded to may not have mapped them yet) and unlinked
+        once their last view here is gone."""
+        with self._lock:
+            held = {name for name, root in list(self._roots.values()) if name.startswith(prefix) and root() is not None}
+            self._orphans |= held
+        return frozenset(held)
+
+    def root_gone(self, root_id: int, name: str) -> bool:
+        """Whether that was the last view of an orphan, which the caller then unlinks."""
+        self._roots.pop(root_id, None)
+        with self._lock:
+            if name not in self._orphans:
+                return False
+            self._orphans.discard(name)
+        return True
+
+    def drop(self, writer: SegmentWriter) -> None:
+        with self._lock:
+            for forwarders in self._forwarders.values():
+                forwarders.discard(writer)
+
+
 class SegmentWriter:
     """One channel end's sender: turns arrays into descriptors while a message is pickled, copying
     big ones into segments of its pool."""
 
-    def __init__(self, prefix: str, threshold_bytes: int = THRESHOLD_BYTES, count: CountBytes = _uncounted) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        threshold_bytes: int = THRESHOLD_BYTES,
+        count: CountBytes = _uncounted,
+        directory: SegmentDirectory | None = None,
+    ) -> None:
         self._prefix = prefix
+        self._directory = directory
         self._threshold_bytes = threshold_bytes
         self._numbers = itertools.count()
         self._count = count
@@ -131,6 +212,7 @@ class SegmentWriter:
         self._free: dict[int, list[_Segment]] = {}  # by capacity
         self._busy: dict[str, _Segment] = {}
         self._gone: list[str] = []
+        self._forwarded: dict[str, list[np.ndarray]] = {}  # views kept for the peer, per foreign segment
         self._lock = threading.Lock()  # a worker takes notices in on its reader thread, sends on others
 
     def dumps(self, message: object, buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> bytes:
@@ -144,7 +226,12 @@ class SegmentWriter:
         if isinstance(obj, RegionArray) and obj.region_key is not None:
             self._count("client_region", obj.nbytes)
             return attach_region, (obj.region_key, obj.region_offset, obj.dtype.str, obj.shape)
-        if obj.nbytes < self._threshold_bytes or not self._enabled:
+        if obj.nbytes < self._threshold_bytes:
+            return NotImplemented
+        located = self._directory.locate(obj) if self._directory is not None else None
+        if located is not None:
+            return self._forward(obj, *located)
+        if not self._enabled:
             return NotImplemented
         with self._lock:
             segment = self._take(obj.nbytes)
@@ -155,10 +242,30 @@ class SegmentWriter:
         self._count("segment", obj.nbytes)
         return attach_segment, (segment.name, obj.dtype.str, obj.shape)
 
+    def _forward(self, array: np.ndarray, name: str, offset: int) -> Any:
+        assert self._directory is not None
+        with self._lock:
+            self._forwarded.setdefault(name, []).append(array)  # busy for its maker while the peer views it
+        self._directory.forwarded(name, self)
+        self._count("forwarded", array.nbytes)
+        return attach_forwarded, (name, offset, array.dtype.str, array.shape)
+
+    def relay_gone(self, name: str) -> None:
+        """A segment forwarded through this end was unlinked by its maker: the peer drops its mapping."""
+        with self._lock:
+            self._gone.append(name)
+
     def release(self, names: tuple[str, ...]) -> None:
-        """The peer no longer views these: back to the pool, or unlinked past what it keeps."""
+        """The peer no longer views these: back to the pool, or unlinked past what it keeps; a
+        forwarded one, the view kept for it dropped."""
         with self._lock:
             for name in names:
+                kept_views = self._forwarded.get(name)
+                if kept_views:
+                    kept_views.pop()
+                    if not kept_views:
+                        del self._forwarded[name]
+                    continue
                 segment = self._busy.pop(name, None)
                 if segment is None:
                     continue
@@ -178,7 +285,9 @@ class SegmentWriter:
         with self._lock:
             for segment in [*self._busy.values(), *(s for kept in self._free.values() for s in kept)]:
                 self._unlink(segment)
-            self._busy, self._free, self._gone = {}, {}, []
+            self._busy, self._free, self._gone, self._forwarded = {}, {}, [], {}
+        if self._directory is not None:  # forwarded segments are their makers' to unlink
+            self._directory.drop(self)
 
     def _take(self, nbytes: int) -> _Segment | None:
         capacity = 1 << max(nbytes - 1, 1).bit_length()  # powers of two: a pool serves nearby sizes
@@ -224,8 +333,9 @@ class SegmentReader:
     """One channel end's receiver: maps the segments and regions a message names, and notes each
     segment whose last view here is gone (thread-safe: views die wherever their last user drops them)."""
 
-    def __init__(self, count: CountBytes = _uncounted) -> None:
+    def __init__(self, count: CountBytes = _uncounted, directory: SegmentDirectory | None = None) -> None:
         self._count = count
+        self._directory = directory
         self._mappings: dict[str, mmap.mmap] = {}
         self._freed: deque[str] = deque()
 
@@ -237,8 +347,38 @@ class SegmentReader:
         if mapping is None:
             mapping = self._mappings[name] = _map(SHM_DIR / name)
         root = np.frombuffer(mapping, dtype, count=math.prod(shape))
-        weakref.finalize(root, self._freed.append, name)  # every view of it holds `root`
         self._count("segment", root.nbytes)
+        if self._directory is None:
+            weakref.finalize(root, self._freed.append, name)  # every view of it holds `root`
+        else:  # in the main process: a view of it may be forwarded to another worker
+            self._directory.add(root, name)
+            weakref.finalize(root, self._root_gone, id(root), name)
+        return root.reshape(shape)
+
+    def _root_gone(self, root_id: int, name: str) -> None:
+        assert self._directory is not None
+        if not self._directory.root_gone(root_id, name):
+            self._freed.append(name)
+            return
+        (SHM_DIR / name).unlink(missing_ok=True)  # its maker is gone: nobody else would
+        self._directory.gone((name,))
+
+    def attach_forwarded(
+        self, name: str, offset: int, dtype: str, shape: tuple[int, ...]
+    ) -> np.ndarray | RegionUnreadable:
+        """A segment another worker made, forwarded by the main process: mapped once, read in place."""
+        mapping = self._mappings.get(name)
+        if mapping is None:
+            if not _NAME.match(name):
+                return RegionUnreadable(name, "not a segment's name")
+            try:
+                mapping = self._mappings[name] = _map(SHM_DIR / name)
+            except OSError as error:  # its maker died and was swept before this mapped it
+                self._freed.append(name)  # the main process need not keep it busy for this end
+                return RegionUnreadable(name, error.strerror or str(error))
+        root = np.frombuffer(mapping, dtype, count=math.prod(shape), offset=offset)
+        weakref.finalize(root, self._freed.append, name)
+        self._count("forwarded", root.nbytes)
         return root.reshape(shape)
 
     def attach_region(self, key: str, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray | RegionUnreadable:
@@ -260,10 +400,14 @@ class SegmentReader:
     def forget(self, names: tuple[str, ...]) -> None:
         for name in names:
             _close(self._mappings.pop(name, None))
+        if self._directory is not None:
+            self._directory.gone(names)
 
     def close(self) -> None:
         for mapping in self._mappings.values():
             _close(mapping)
+        if self._directory is not None:  # the maker is gone: so are its segments, for every worker
+            self._directory.gone(tuple(self._mappings))
         self._mappings = {}
 
 
@@ -304,7 +448,7 @@ class _Unpickler(pickle.Unpickler):
         self._reader = reader
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == __name__ and name in ("attach_segment", "attach_region"):
+        if module == __name__ and name in ("attach_segment", "attach_region", "attach_forwarded"):
             return getattr(self._reader, name)  # this end's reader, which counts what it maps
         return super().find_class(module, name)
 
@@ -316,6 +460,10 @@ def attach_segment(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def attach_region(key: str, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray | RegionUnreadable:
     return SegmentReader().attach_region(key, offset, dtype, shape)
+
+
+def attach_forwarded(name: str, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray | RegionUnreadable:
+    return SegmentReader().attach_forwarded(name, offset, dtype, shape)
 
 
 def notice_for_peer(reader: SegmentReader, writer: SegmentWriter | None) -> SegmentNotice | None:
@@ -331,18 +479,17 @@ def apply_notice(notice: SegmentNotice, reader: SegmentReader, writer: SegmentWr
 
 
 def unreadable_input(payload: Any) -> RegionUnreadable | None:
-    """The first input of a request's payload that could not be mapped, if any."""
-    if isinstance(payload, dict):
-        return next((value for value in payload.values() if isinstance(value, RegionUnreadable)), None)
-    return None
+    """The first input (or item) of a request's payload that could not be mapped, if any."""
+    values = payload.values() if isinstance(payload, dict) else payload if isinstance(payload, list) else ()
+    return next((value for value in values if isinstance(value, RegionUnreadable)), None)
 
 
 # ---- sweeping -----------------------------------------------------------------------------------
 
 
-def sweep_worker(main_pid: int, worker_pid: int) -> int:
-    """Unlink every segment left for or by a worker that exited; how many there were."""
-    return _sweep(lambda owner, worker: owner == main_pid and worker == worker_pid)
+def sweep_worker(main_pid: int, worker_pid: int, kept: frozenset[str] = frozenset()) -> int:
+    """Unlink every segment left for or by a worker that exited, but those `kept`; how many there were."""
+    return _sweep(lambda owner, worker: owner == main_pid and worker == worker_pid, kept)
 
 
 def sweep_daemon(main_pid: int) -> int:
@@ -350,7 +497,7 @@ def sweep_daemon(main_pid: int) -> int:
     return _sweep(lambda owner, worker: owner == main_pid or not _running(owner))
 
 
-def _sweep(chosen: Callable[[int, int], bool]) -> int:
+def _sweep(chosen: Callable[[int, int], bool], kept: frozenset[str] = frozenset()) -> int:
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
@@ -358,7 +505,7 @@ def _sweep(chosen: Callable[[int, int], bool]) -> int:
     swept = 0
     for name in names:
         match = _NAME.match(name)
-        if match and chosen(int(match[1]), int(match[2])):
+        if match and chosen(int(match[1]), int(match[2])) and name not in kept:
             try:
                 os.unlink(SHM_DIR / name)
                 swept += 1

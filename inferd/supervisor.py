@@ -36,7 +36,7 @@ from inferd.config import ModelConfig
 from inferd.errors import StartupError
 from inferd.messages import Batch, BatchDone, BootFailed, Chunks, Ready, RequestFailure, Stats, Stop
 from inferd.process import StartFailed, WorkerProcess, discard, start_worker
-from inferd.segments import sweep_worker
+from inferd.segments import SegmentDirectory, segment_prefix, sweep_worker
 from inferd.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,15 @@ class Supervisor:
     """One model's workers, one per slot, and their restart bookkeeping; the batcher's pool."""
 
     def __init__(
-        self, model: ModelConfig, specs: list[WorkerSpec], observer: SupervisorObserver, oom_kills: OomKills
+        self,
+        model: ModelConfig,
+        specs: list[WorkerSpec],
+        observer: SupervisorObserver,
+        oom_kills: OomKills,
+        segments: SegmentDirectory | None = None,
     ) -> None:
         self.name = model.name
+        self._segments = segments  # shared with every model's channels: a step's output forwarded as is
         self.specs = specs
         self.handles: dict[str, WorkerHandle] = {}  # the current worker of each slot, by slot name
         self.failures: dict[str, int] = {}  # consecutive failures to become ready, by slot name
@@ -256,7 +262,7 @@ class Supervisor:
         loop.add_reader(process.exited_fd, self._on_process_exit, handle)
         handle.channel = await connect(
             sock, functools.partial(self._handle_message, handle), functools.partial(self._on_exit, handle),
-            handle.pid, self._observer.channel_bytes,
+            handle.pid, self._observer.channel_bytes, directory=self._segments,
         )  # fmt: skip
         log.info("started worker %s (pid %d)", spec.slot.describe(), handle.pid)
 
@@ -269,6 +275,13 @@ class Supervisor:
         except asyncio.CancelledError:  # stop() came first: the process must not outlive this
             started.add_done_callback(_discard_if_started)
             raise
+
+    def _still_viewed(self, handle: WorkerHandle) -> frozenset[str]:
+        """The exited worker's segments that the main process still views (a step's output on its
+        way to the next step): its sweep leaves them, and each goes with its last view."""
+        if self._segments is None:
+            return frozenset()
+        return self._segments.hold_orphans(segment_prefix(os.getpid(), handle.pid, "w"))
 
     # ---- messages --------------------------------------------------------------------------------
 
@@ -322,7 +335,7 @@ class Supervisor:
         handle.state = EXITED
         handle.exit_description = describe_exit(exit_code, oom_killed)
         handle.fail_pending(f"exited ({handle.exit_description}) while holding a batch")
-        if swept := sweep_worker(os.getpid(), handle.pid):
+        if swept := sweep_worker(os.getpid(), handle.pid, self._still_viewed(handle)):
             log.info("unlinked %d shared-memory segment(s) of worker %s (pid %d)", swept, handle.name, handle.pid)
         if handle.kill_timer is not None:
             handle.kill_timer.cancel()

@@ -156,6 +156,6 @@ def test_routing_and_auth_read_the_same_path(serve) -> None:
     assert status == b"405", reply  # /healthz takes GET: the request never reached the model
     assert b"smuggled" not in reply
     metrics = server.get("/metrics").text
-    assert 'inferd_requests_total{code="200",model="echo"}' not in metrics
+    assert 'inferd_requests_total{code="200",model="echo",protocol="http"}' not in metrics
     assert server.post("/models/echo/predict", {"inputs": ["fair"]}).status_code == 200  # the counter exists
-    assert 'inferd_requests_total{code="200",model="echo"} 1.0' in server.get("/metrics").text
+    assert 'inferd_requests_total{code="200",model="echo",protocol="http"} 1.0' in server.get("/metrics").text

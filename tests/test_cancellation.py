@@ -85,9 +85,10 @@ def test_queued_requests_of_clients_that_left_are_never_computed(serve, tmp_path
     assert after.status_code == 200 and after.json() == {"outputs": ["after"]}
 
     assert journal.read_text().split("\n") == ["start block", "done block", "start after", "done after", ""]
-    wait_until(lambda: metric(server, 'inferd_requests_total{code="499",model="rec"}') == 4, 10, "4 answers of 499")
+    answered_499 = 'inferd_requests_total{code="499",model="rec",protocol="http"}'
+    wait_until(lambda: metric(server, answered_499) == 4, 10, "4 answers of 499")
     assert metric(server, 'inferd_requests_cancelled_total{model="rec"}') == 3  # the running one is not
-    assert metric(server, 'inferd_requests_total{code="200",model="rec"}') == 1
+    assert metric(server, 'inferd_requests_total{code="200",model="rec",protocol="http"}') == 1
     assert server.log().count("499 POST") == 4  # one line each
 
 
@@ -95,6 +96,7 @@ def test_a_client_that_leaves_halfway_through_its_body_is_a_499_not_a_bug(serve)
     server = serve('models:\n  - {name: echo, handler: "{HANDLERS}:Echo"}\n')
     with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30) as sock:
         sock.sendall(b"POST /models/echo/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"inputs\"")
-    wait_until(lambda: metric(server, 'inferd_requests_total{code="499",model="echo"}') == 1, 30, "the 499")
+    answered_499 = 'inferd_requests_total{code="499",model="echo",protocol="http"}'
+    wait_until(lambda: metric(server, answered_499) == 1, 30, "the 499")
     assert "the client disconnected after sending 9 of 100 body bytes" in server.log()
     assert "Traceback" not in server.log() and "internal error" not in server.log()

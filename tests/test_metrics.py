@@ -42,15 +42,15 @@ def test_counts_latencies_and_batches_agree_with_the_requests_sent(serve) -> Non
     server.post("/models/echo/predict", {"inputs": []})  # one 400
     found = samples(server)
 
-    assert value(found, "inferd_requests_total", model="echo", code="200") == 10
-    assert value(found, "inferd_requests_total", model="echo", code="400") == 1
-    assert value(found, "inferd_request_duration_seconds_count", model="echo") == 11
+    assert value(found, "inferd_requests_total", model="echo", protocol="http", code="200") == 10
+    assert value(found, "inferd_requests_total", model="echo", protocol="http", code="400") == 1
+    assert value(found, "inferd_request_duration_seconds_count", model="echo", protocol="http") == 11
     assert value(found, "inferd_queue_duration_seconds_count", model="echo") == 10
     assert value(found, "inferd_batch_size_count", model="echo") == batches
     assert value(found, "inferd_batch_size_sum", model="echo") == 10
     assert value(found, "inferd_inference_duration_seconds_count", model="echo") == batches
     assert value(found, "inferd_inference_duration_seconds_sum", model="echo") >= 0.05 * batches
-    assert value(found, "inferd_request_duration_seconds_bucket", model="echo", le="+Inf") == 11
+    assert value(found, "inferd_request_duration_seconds_bucket", model="echo", protocol="http", le="+Inf") == 11
     assert value(found, "inferd_queue_depth", model="echo") == 0
     assert value(found, "inferd_inflight_requests", model="echo") == 0
     assert value(found, "inferd_model_ready", model="echo") == 1

@@ -94,8 +94,8 @@ class Front:
             NOTE.reset(token)
         if note.variant is not None:  # a traffic split answered: name its variant
             response.raw_headers.append((VARIANT_HEADER.encode(), note.variant.encode()))
-        if match is not None and match.route.inference and match.model is not None:
-            match.model.metrics.request_done(response.status_code, time.perf_counter() - started)
+        if match is not None and match.route.inference and call.model is not None:  # OpenAI's: set by the route
+            call.model.metrics.request_done("http", response.status_code, time.perf_counter() - started)
         if response.status_code == ClientGone.status:
             return  # nobody to send it to
         response.raw_headers.append((REQUEST_ID_HEADER, request_id.encode()))

@@ -30,6 +30,7 @@ from inferd.datatypes import (
 )
 from inferd.errors import BadRequest
 from inferd.protocols.grpc_pb import grpc_service_pb2 as pb
+from inferd.protocols.grpc_wire import InferCall, InferReply
 from inferd.protocols.shm import RegionRef, SharedMemory
 from inferd.protocols.v2_codec import RequestedOutput, V2InferRequest
 
@@ -60,11 +61,9 @@ def parameters_of(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Any]
     return {key: parameter_value(value) for key, value in parameters.items()}
 
 
-def decode_infer_request(
-    message: pb.ModelInferRequest, regions: SharedMemory
-) -> tuple[V2InferRequest, dict[str, RegionRef]]:
+def decode_infer_request(call: InferCall, regions: SharedMemory) -> tuple[V2InferRequest, dict[str, RegionRef]]:
     """The request as the REST codec would give it, and the shared-memory targets of its outputs."""
-    raw = list(message.raw_input_contents)
+    message, raw = call.message, call.raw_input_contents
     raw_needed = sum(1 for tensor in message.inputs if _region_ref(tensor.parameters, "") is None)
     if raw and len(raw) != raw_needed:
         raise BadRequest(
@@ -125,7 +124,7 @@ def _decode_input(
         if ref is not None:
             return regions.tensor(ref, datatype, shape, what)
         if raw_entries is not None:
-            return array_from_binary(memoryview(next(raw_entries)), datatype, shape)
+            return array_from_binary(next(raw_entries), datatype, shape)
         return _from_contents(tensor, datatype, shape)
     except TensorDataError as error:
         raise BadRequest(f"{what}: {error}") from None
@@ -193,8 +192,9 @@ def encode_infer_response(
     datatypes: Mapping[str, str],
     targets: Mapping[str, RegionRef],
     regions: SharedMemory,
-) -> pb.ModelInferResponse:
+) -> InferReply:
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id or "")
+    raw: list[memoryview] = []
     for name, array in outputs.items():
         datatype = _output_datatype(name, array, datatypes)
         entry = response.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
@@ -204,15 +204,15 @@ def encode_infer_response(
             raise BadRequest(f"output {name!r}: {error}") from None
         target = targets.get(name)
         if target is None:
-            response.raw_output_contents.append(bytes(data))
+            raw.append(memoryview(data))  # a view: the serializer copies it once, into the message
             continue
         regions.write(target, data, f"output {name!r}")
         entry.parameters["shared_memory_region"].string_param = target.name
         entry.parameters["shared_memory_byte_size"].int64_param = memoryview(data).nbytes
         if target.offset:
             entry.parameters["shared_memory_offset"].int64_param = target.offset
-        response.raw_output_contents.append(b"")  # keeps later outputs' entries at their index
-    return response
+        raw.append(memoryview(b""))  # keeps later outputs' entries at their index
+    return InferReply(response, raw)
 
 
 def _output_datatype(name: str, array: np.ndarray, datatypes: Mapping[str, str]) -> Datatype:

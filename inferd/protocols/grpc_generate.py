@@ -26,6 +26,7 @@ from inferd.messages import Chunk
 from inferd.protocols import grpc_codec
 from inferd.protocols.generate import submit
 from inferd.protocols.grpc_pb import grpc_service_pb2 as pb
+from inferd.protocols.grpc_wire import InferCall
 from inferd.protocols.shm import SharedMemory
 from inferd.protocols.v2 import VERSION
 
@@ -35,11 +36,11 @@ SETTINGS = ("max_tokens", "temperature", "top_p", "seed", "stop")
 
 
 async def generate(
-    model: ServedModel, message: pb.ModelInferRequest, regions: SharedMemory
+    model: ServedModel, call: InferCall, regions: SharedMemory
 ) -> AsyncIterator[pb.ModelStreamInferResponse]:
     """The responses for one request, a RequestError raised where the sequence fails."""
     assert model.config.generation is not None
-    prompt, settings = read_request(message, regions)
+    prompt, settings = read_request(call, regions)
     params = read_params(settings, model.name, model.config.generation)
     stream = submit(model, prompt, params)
     completion_tokens = 0
@@ -49,14 +50,14 @@ async def generate(
                 raise failure_error(model.name, chunk.failure)
             completion_tokens += chunk.tokens
             yield pb.ModelStreamInferResponse(
-                infer_response=_response(model.name, message.id, chunk, completion_tokens)
+                infer_response=_response(model.name, call.message.id, chunk, completion_tokens)
             )
     finally:
         stream.close()  # a call cancelled mid-sequence frees its slot at once
 
 
-def read_request(message: pb.ModelInferRequest, regions: SharedMemory) -> tuple[str, dict[str, Any]]:
-    request, _ = grpc_codec.decode_infer_request(message, regions)
+def read_request(call: InferCall, regions: SharedMemory) -> tuple[str, dict[str, Any]]:
+    request, _ = grpc_codec.decode_infer_request(call, regions)
     if PROMPT_INPUT not in request.inputs:
         raise BadRequest(f"a generative model takes the prompt in a BYTES input {PROMPT_INPUT!r} of one element")
     unknown = set(request.inputs) - {PROMPT_INPUT, *SETTINGS}

@@ -6,7 +6,8 @@ bound with SO_REUSEPORT, never listening, holds it against other processes until
 binds with SO_REUSEPORT too, in this process) has bound it; then the reservation is closed.
 grpcio cannot take a socket bound by someone else, so this is how a taken port still stops
 `inferd serve` at once with a message naming it. Draining stops new calls and gives calls in
-flight `drain_timeout_s`.
+flight `drain_timeout_s`. The inference calls read and write their tensors with grpc_wire.py
+rather than protobuf's own (de)serializers, which copy each tensor twice more.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from inferd.daemon import Daemon
 from inferd.errors import ListenError
 from inferd.protocols.grpc_pb import grpc_service_pb2_grpc as pb_grpc
 from inferd.protocols.grpc_service import InferenceService
+from inferd.protocols.grpc_wire import parse_infer_call, serialize_infer_reply
 from inferd.sockets import Address, _reason
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,34 @@ def reserve(address: Address) -> socket.socket:
     return sock
 
 
+class _Handlers:
+    """Takes the generated code's method handlers in place of a server, so that some can be changed."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.by_method: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the same handlers come to add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.by_method = service, dict(handlers)
+
+
+def add_service(servicer: InferenceService, server: grpc.aio.Server) -> None:
+    handlers = _Handlers()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, handlers)
+    methods = handlers.by_method
+    methods["ModelInfer"] = methods["ModelInfer"]._replace(  # type: ignore[attr-defined]
+        request_deserializer=parse_infer_call, response_serializer=serialize_infer_reply
+    )
+    methods["ModelStreamInfer"] = methods["ModelStreamInfer"]._replace(  # type: ignore[attr-defined]
+        request_deserializer=parse_infer_call
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(handlers.service, methods),))
+    server.add_registered_method_handlers(handlers.service, methods)  # type: ignore[attr-defined]
+
+
 class GrpcFront:
     def __init__(self, daemon: Daemon, access: Access, reservation: socket.socket) -> None:
         settings = daemon.config.server
@@ -52,7 +82,7 @@ class GrpcFront:
                 ("grpc.so_reuseport", 1),
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(daemon, access), self.server)
+        add_service(InferenceService(daemon, access), self.server)
         self._reservation = reservation
         self._address = Address(settings.host, reservation.getsockname()[1], "server.grpc_port")
 

@@ -34,11 +34,12 @@ from inferd.daemon import Daemon, ServedModel
 from inferd.errors import BadRequest, ClientGone, ModelNotFound, RequestError, RequestTimedOut, Unauthorized
 from inferd.messages import Payload
 from inferd.priority import header_priority, request_priority
-from inferd.protocols import grpc_codec, grpc_generate, repository, v2
+from inferd.protocols import grpc_codec, grpc_generate, grpc_wire, repository, v2
 from inferd.protocols.grpc_admin import check_admin_call
 from inferd.protocols.grpc_pb import grpc_service_pb2 as pb
 from inferd.protocols.grpc_pb import grpc_service_pb2_grpc as pb_grpc
 from inferd.protocols.grpc_pb import model_config_pb2
+from inferd.protocols.grpc_wire import InferCall, InferReply
 from inferd.protocols.http import QUIET_STATUSES
 from inferd.protocols.shm import RegionExists
 from inferd.protocols.v2_codec import V2DecodeError
@@ -195,11 +196,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference --------------------------------------------------------------------------
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: InferCall, context: Context) -> InferReply:
         return await self._guarded("ModelInfer", context, lambda: self._counted(request, context, unary=True))
 
     async def ModelStreamInfer(
-        self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
+        self, requests: AsyncIterator[InferCall], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """One answer per request, in order (a generative model's: one per generated chunk, see
         grpc_generate.py); a failed request answers its error and the stream goes on."""
@@ -211,16 +212,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             async for response in self._stream_answers(request, context):
                 yield response
 
-    async def _stream_answers(
-        self, request: pb.ModelInferRequest, context: Context
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def _stream_answers(self, request: InferCall, context: Context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         try:
-            model = self._find(request.model_name, request.model_version)
+            model = self._find(request.message.model_name, request.message.model_version)
             if model.generator is not None:
                 async for response in self._generated(model, request):
                     yield response
             else:
-                yield pb.ModelStreamInferResponse(infer_response=await self._counted(request, context))
+                reply = await self._counted(request, context)
+                yield pb.ModelStreamInferResponse(infer_response=grpc_wire.infer_response(reply))
         except RequestError as error:
             log.info("grpc ModelStreamInfer: %s: %s", status_code(error).name, error.message)
             yield pb.ModelStreamInferResponse(error_message=error.message)
@@ -228,9 +228,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             log.error("grpc ModelStreamInfer: internal error: %s", _one_line(error))
             yield pb.ModelStreamInferResponse(error_message="internal server error; see the server log")
 
-    async def _generated(
-        self, model: ServedModel, request: pb.ModelInferRequest
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def _generated(self, model: ServedModel, request: InferCall) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """A generative model's chunks, the request counted in its metrics with its REST status."""
         started, status = time.perf_counter(), 200
         try:
@@ -243,15 +241,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             status = ClientGone.status
             raise
         finally:
-            model.metrics.request_done(status, time.perf_counter() - started)
+            model.metrics.request_done("grpc", status, time.perf_counter() - started)
 
-    async def _counted(
-        self, request: pb.ModelInferRequest, context: Context, unary: bool = False
-    ) -> pb.ModelInferResponse:
+    async def _counted(self, request: InferCall, context: Context, unary: bool = False) -> InferReply:
         """The answer, counted in the model's request metrics with its REST status; a unary call
         names a traffic split's answering variant in its trailing metadata."""
         started = time.perf_counter()
-        model = self._find(request.model_name, request.model_version)
+        model = self._find(request.message.model_name, request.message.model_version)
         status = 200
         note = RequestNote(_metadata(context))
         token = NOTE.set(note)
@@ -269,11 +265,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise
         finally:
             NOTE.reset(token)
-            model.metrics.request_done(status, time.perf_counter() - started)
+            model.metrics.request_done("grpc", status, time.perf_counter() - started)
 
-    async def _infer(
-        self, model: ServedModel, message: pb.ModelInferRequest, context: Context
-    ) -> pb.ModelInferResponse:
+    async def _infer(self, model: ServedModel, message: InferCall, context: Context) -> InferReply:
         regions = self._daemon.shared_memory
         with self._daemon.admission.hold(model.name, model.config.request_bytes_fraction) as held:
             # The message is in memory already (grpcio parsed it); what the decoded inputs hold is

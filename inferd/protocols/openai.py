@@ -42,16 +42,23 @@ def routes(daemon: Daemon) -> list[Route]:
 
 def _models(daemon: Daemon) -> Endpoint:
     async def models(call: Call) -> Response:
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "inferd"} for name in daemon.models]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "inferd"} for name in model_ids(daemon)]
         return json_response({"object": "list", "data": data})
 
     return models
+
+
+def model_ids(daemon: Daemon) -> list[str]:
+    """What `model` may name: every served model, and a versioned model's own name (its default)."""
+    versioned = [name for name in daemon.versions.defaults if daemon.find(name) is not None]
+    return versioned + [name for name in daemon.models if name not in versioned]
 
 
 def _completions(daemon: Daemon, chat: bool) -> Endpoint:
     async def completions(call: Call) -> Response:
         body = await read_json_body(call, daemon, None)
         model = generative_model(daemon, body.get("model"))
+        call.model = model  # named by the body, not the path: the front counts the request under it
         assert model.config.generation is not None
         priority = _admitted(daemon, call, model.config)
         prompt = read_messages(body.get("messages")) if chat else read_prompt(body.get("prompt"))
@@ -128,6 +135,7 @@ def _embeddings(daemon: Daemon) -> Endpoint:
         if model is None or not model.is_handler or model.generator is not None:
             names = sorted(n for n, m in daemon.models.items() if m.is_handler and m.generator is None)
             raise ModelNotFound(f"no embedding model named {name!r}; handler models: {names}")
+        call.model = model  # named by the body, not the path: the front counts the request under it
         priority = _admitted(daemon, call, model.config)
         texts = _texts(body.get("input"))
         encoding = body.get("encoding_format", "float")

@@ -248,7 +248,7 @@ def test_serves_metrics(running: Running) -> None:
     assert status == 200
     text = body.decode()
     assert 'inferd_queue_depth{model="tiny"}' in text
-    assert 'inferd_requests_total{code="200",model="tiny"}' in text
+    assert 'inferd_requests_total{code="200",model="tiny",protocol="http"}' in text
 
 
 def test_image_healthcheck_passes(running: Running) -> None:

@@ -134,12 +134,17 @@ def standin_registry() -> CollectorRegistry:
     return registry
 
 
+REQUEST_DURATION = "inferd_request_duration_seconds"  # by protocol, as inferd's, unlike the other histograms
+
+
 def _add_request_metrics(registry: CollectorRegistry) -> None:
-    requests = Counter("inferd_requests", "Requests answered", ["model", "code"], registry=registry)
+    requests = Counter("inferd_requests", "Requests answered", ["model", "protocol", "code"], registry=registry)
     durations = {
-        name: Histogram(name, help_text, ["model"], registry=registry)
+        name: Histogram(
+            name, help_text, ["model", "protocol"] if name == REQUEST_DURATION else ["model"], registry=registry
+        )
         for name, help_text in (
-            ("inferd_request_duration_seconds", "Time from request received to answer sent"),
+            (REQUEST_DURATION, "Time from request received to answer sent"),
             ("inferd_queue_duration_seconds", "Time a request waited before its batch started"),
             ("inferd_worker_wait_seconds", "Queue time waiting for a free worker"),
             ("inferd_batch_wait_seconds", "Queue time waiting, with a worker idle, for the batch to fill"),
@@ -161,11 +166,13 @@ def _add_request_metrics(registry: CollectorRegistry) -> None:
         registry=registry,
     )
     for model, seconds, batch in (("tiny", 0.004, 8), ("minilm", 0.03, 4)):
-        requests.labels(model, "200").inc(100)
-        requests.labels(model, "429").inc(2)
-        requests.labels(model, "503").inc(1)
-        for histogram in durations.values():
-            histogram.labels(model).observe(seconds)
+        requests.labels(model, "http", "200").inc(100)
+        requests.labels(model, "grpc", "200").inc(40)
+        requests.labels(model, "http", "429").inc(2)
+        requests.labels(model, "grpc", "503").inc(1)
+        for name, histogram in durations.items():
+            for labels in ((model, "http"), (model, "grpc")) if name == REQUEST_DURATION else ((model,),):
+                histogram.labels(*labels).observe(seconds)
         batch_size.labels(model).observe(batch)
         queue_depth.labels(model).set(3)
         inflight.labels(model).set(5)

@@ -49,3 +49,11 @@ def _total(item: Any) -> Any:
     if isinstance(item, dict):
         return {name: _total(part) for name, part in item.items()}
     return float(np.sum(item))
+
+
+class Fill(Handler):
+    """Each vector -> a 3x224x224 float32 image of its sum (past the segment threshold): a big
+    tensor for the next step, as a decode step gives."""
+
+    def predict(self, items: list[Any]) -> list[np.ndarray]:
+        return [np.full((3, 224, 224), float(np.sum(item)), dtype=np.float32) for item in items]

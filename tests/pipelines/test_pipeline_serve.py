@@ -114,8 +114,8 @@ def test_a_step_failure_names_the_step(chain_server: RunningServer) -> None:
 
 def test_each_step_and_the_pipeline_keep_their_own_series(chain_server: RunningServer) -> None:
     series = [
-        'inferd_requests_total{code="200",model="chain"}',
-        'inferd_request_duration_seconds_count{model="chain"}',
+        'inferd_requests_total{code="200",model="chain",protocol="http"}',
+        'inferd_request_duration_seconds_count{model="chain",protocol="http"}',
         *(f'inferd_batch_size_count{{model="{step}"}}' for step in ("parse", "double", "total")),
         *(
             f'inferd_pipeline_step_seconds_count{{model="chain",step="{step}"}}'

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chaos.logs import assert_clean_log
 from tests.conftest import EXAMPLE_MODELS, HANDLERS, RunningServer, free_port, start_server, wait_until
@@ -263,16 +264,36 @@ def test_a_short_timeout_ends_the_wait_and_the_request(
     wait_until(counted, 30, "the timed-out call to be counted as 504 (or 499, if gRPC cancelled it first)")
 
 
-def test_metrics_count_grpc_requests(server: RunningServer, client: grpcclient.InferenceServerClient) -> None:
-    def ok_count() -> float:
-        for line in server.get("/metrics").text.splitlines():
-            if line.startswith("inferd_requests_total") and 'model="tiny"' in line and '"200"' in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+REQUEST_SAMPLES = ("inferd_requests_total", "inferd_request_duration_seconds_count")
 
-    before = ok_count()
+
+def request_counts(server: RunningServer) -> dict[tuple[str, str, str], float]:
+    """(sample name, protocol, code) -> value of tiny's request series in /metrics."""
+    counts = {}
+    for family in text_string_to_metric_families(server.get("/metrics").text):
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("model") == "tiny" and sample.name in REQUEST_SAMPLES:
+                counts[(sample.name, labels["protocol"], labels.get("code", ""))] = sample.value
+    return counts
+
+
+def test_request_series_name_the_protocol_each_request_came_by(
+    server: RunningServer, client: grpcclient.InferenceServerClient
+) -> None:
+    before = request_counts(server)
     client.infer("tiny", [tensor("input", np.ones((1, 16), np.float32), "FP32")])
-    assert ok_count() == before + 1
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16}]}
+    assert server.post("/v2/models/tiny/infer", body).status_code == 200
+    assert server.post("/v2/models/tiny/infer", body).status_code == 200
+    after = request_counts(server)
+    grown = {key: value - before.get(key, 0.0) for key, value in after.items() if value != before.get(key, 0.0)}
+    assert grown == {
+        ("inferd_requests_total", "grpc", "200"): 1.0,
+        ("inferd_requests_total", "http", "200"): 2.0,
+        ("inferd_request_duration_seconds_count", "grpc", ""): 1.0,
+        ("inferd_request_duration_seconds_count", "http", ""): 2.0,
+    }
 
 
 def test_a_stream_answers_each_request_in_order(client: grpcclient.InferenceServerClient) -> None:

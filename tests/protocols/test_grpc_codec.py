@@ -14,9 +14,20 @@ from inferd.datatypes import DATATYPES
 from inferd.errors import BadRequest
 from inferd.protocols.grpc_codec import CONTENTS_FIELDS, decode_infer_request, encode_infer_response
 from inferd.protocols.grpc_pb import grpc_service_pb2 as pb
+from inferd.protocols.grpc_wire import InferCall, InferReply, parse_infer_call, serialize_infer_reply
 from inferd.protocols.shm import RegionExists, RegionRef, SharedMemory
 
 NUMERIC = [name for name in DATATYPES if name != "BYTES"]
+
+
+def received(request: pb.ModelInferRequest) -> InferCall:
+    """The request as the server's deserializer hands it over, from its bytes on the wire."""
+    return parse_infer_call(request.SerializeToString())
+
+
+def sent(reply: InferReply) -> pb.ModelInferResponse:
+    """The response as the client parses it, from the server serializer's bytes."""
+    return pb.ModelInferResponse.FromString(serialize_infer_reply(reply))
 
 
 def request_with(
@@ -31,7 +42,7 @@ def test_raw_inputs_decode_to_views_of_their_dtype(datatype: str) -> None:
     array = (np.arange(6).reshape(2, 3) % 2).astype(DATATYPES[datatype].numpy_dtype)
     request, _ = request_with("x", datatype, [2, 3])
     request.raw_input_contents.append(array.tobytes())
-    decoded, targets = decode_infer_request(request, SharedMemory())
+    decoded, targets = decode_infer_request(received(request), SharedMemory())
     assert np.array_equal(decoded.inputs["x"], array) and decoded.datatypes == {"x": datatype}
     assert targets == {}
 
@@ -41,7 +52,7 @@ def test_typed_contents_decode(datatype: str) -> None:
     values = [b"a", b"bc"] if datatype == "BYTES" else [0, 1]
     request, entry = request_with("x", datatype, [2])
     getattr(entry.contents, CONTENTS_FIELDS[datatype]).extend(values)
-    decoded, _ = decode_infer_request(request, SharedMemory())
+    decoded, _ = decode_infer_request(received(request), SharedMemory())
     assert decoded.inputs["x"].tolist() == ([b"a", b"bc"] if datatype == "BYTES" else [0, 1])
 
 
@@ -65,7 +76,7 @@ def test_malformed_requests_are_bad_requests(build: object, message: str) -> Non
     request, entry = request_with("x", "FP32", [2])
     build(request, entry)  # type: ignore[operator]
     with pytest.raises(BadRequest, match=message):
-        decode_infer_request(request, SharedMemory())
+        decode_infer_request(received(request), SharedMemory())
 
 
 @pytest.fixture
@@ -87,10 +98,12 @@ def test_inputs_and_outputs_in_a_region(region_file: str) -> None:
     wanted = request.outputs.add(name="y")
     wanted.parameters["shared_memory_region"].string_param = "r"
     wanted.parameters["shared_memory_byte_size"].int64_param = 8
-    decoded, targets = decode_infer_request(request, regions)
+    decoded, targets = decode_infer_request(received(request), regions)
     assert decoded.inputs["x"].tolist() == [2.0, 3.0]
     assert targets == {"y": RegionRef("r", 0, 8)}
-    response = encode_infer_response("m", "1", None, {"y": np.array([7.0, 9.0], np.float32)}, {}, targets, regions)
+    response = sent(
+        encode_infer_response("m", "1", None, {"y": np.array([7.0, 9.0], np.float32)}, {}, targets, regions)
+    )
     assert list(response.raw_output_contents) == [b""]  # the bytes went to the region
     assert regions.read(RegionRef("r", 0, 8), "check") == np.array([7.0, 9.0], np.float32).tobytes()
     regions.close()

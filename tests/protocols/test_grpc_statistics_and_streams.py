@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chaos.logs import assert_clean_log
 from tests.conftest import EXAMPLE_MODELS, RunningServer, free_port, start_server, wait_until
@@ -165,3 +166,27 @@ def test_a_stream_cancelled_mid_sequence_stops_the_sequence(server: RunningServe
     client.stop_stream(cancel_requests=True)
     wait_until(lambda: cancelled_sequences(server) > before, 30, "the sequence to be cancelled")
     wait_until(lambda: server.models()["slowcaps"]["queue_depth"] == 0, 30, "nothing left queued")
+
+
+def caps_answered(server: RunningServer, protocol: str) -> float:
+    for family in text_string_to_metric_families(server.get("/metrics").text):
+        for sample in family.samples:
+            wanted = {"model": "caps", "code": "200", "protocol": protocol}
+            if sample.name == "inferd_requests_total" and all(sample.labels.get(k) == v for k, v in wanted.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_generations_count_under_the_protocol_they_came_by(server: RunningServer, client: Any) -> None:
+    http_before, grpc_before = caps_answered(server, "http"), caps_answered(server, "grpc")
+    assert server.post("/models/caps/generate", {"prompt": "hi"}).json()["text"] == "HI"
+    completion = server.post("/v1/completions", {"model": "caps", "prompt": "ok"})
+    assert completion.status_code == 200, completion.text
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("caps", prompt_inputs("yes"))
+    while not chunk_of(answers.get(timeout=60)[0])[1]:
+        pass
+    client.stop_stream()
+    wait_until(lambda: caps_answered(server, "grpc") == grpc_before + 1, 30, "the generation counted under grpc")
+    assert caps_answered(server, "http") == http_before + 2  # the generate route and the OpenAI one

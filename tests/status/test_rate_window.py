@@ -111,3 +111,17 @@ def test_reads_close_together_share_one_walk_over_the_histogram() -> None:
     clock.now_s += 0.3
     later = window.read().of(("a", None))
     assert len(walks) == 3 and later is not None and later.requests_per_s == pytest.approx(2 / 1.5)
+
+
+def test_a_models_series_under_each_protocol_add_up() -> None:
+    clock, durations = Clock(), histogram("model", "protocol")
+    window = RateWindow(durations.collect, window_s=5.0, clock=clock)
+    window.read()
+    for _ in range(3):
+        durations.labels("a", "http").observe(0.005)
+    durations.labels("a", "grpc").observe(0.5)
+    clock.now_s += 2.0
+    rates = window.read().of(("a", None))
+    assert rates is not None and rates.requests_per_s == pytest.approx(4 / 2.0)
+    assert rates.p50_s is not None and 0.001 < rates.p50_s <= 0.01
+    assert rates.p99_s is not None and 0.1 < rates.p99_s <= 1.0

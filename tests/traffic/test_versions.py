@@ -129,3 +129,8 @@ def test_tritonclient_names_versions(server: RunningServer) -> None:
 def test_fronts_that_take_a_name_only_reach_a_version_as_name_at_version(server: RunningServer) -> None:
     answer = v2_infer(server, "/v2/models/echo@1/infer")
     assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+
+
+def test_openai_model_list_names_each_versioned_model_and_its_versions(server: RunningServer) -> None:
+    ids = [entry["id"] for entry in server.get("/v1/models").json()["data"]]
+    assert sorted(ids) == sorted(["echo", "echo@1", "echo@2", "echo@10", "newest", "newest@9", "newest@10", "plain"])
