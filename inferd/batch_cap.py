@@ -11,7 +11,7 @@ The cap keeps the measured cost per item for batch sizes in power-of-two buckets
 weighted, in a `BatchCost` keyed by bucket. It then takes the largest bucket measured and steps
 down to a smaller one only where that one's cost per item is clearly lower (below CLEAR_GAIN of
 the current choice, with MIN_SAMPLES batches in both), so noise never caps a flat curve. A size
-not run under load is never measured, so every PROBE_EVERY batches one batch is offered at the
+not run under load is never measured, so every few batches (PROBE_EVERY_*) one is offered at the
 neighbouring bucket, above and below the cap in turn: a model whose best size changes, or whose
 first measurements were noisy, moves back. The cap only limits how many items a batch takes; a
 request's items are never split.
@@ -23,7 +23,8 @@ from inferd.batch_cost import BatchCost
 
 CLEAR_GAIN = 0.8  # a smaller bucket wins only at below this share of the larger one's cost per item
 MIN_SAMPLES = 3  # batches a bucket needs before its cost counts
-PROBE_EVERY = 8  # batches between two probes at a neighbouring bucket, at first
+PROBE_EVERY_UNMEASURED = 2  # batches between probes while a neighbouring bucket is not measured
+PROBE_EVERY = 8  # batches between two probes at a measured neighbour, at first
 PROBE_EVERY_MAX = 32  # while probes keep the cap where it is, they grow rarer up to this
 
 
@@ -51,8 +52,14 @@ class BatchSizeCap:
         if cap != self.cap:
             self._probe_every = PROBE_EVERY  # a move may be followed by another: look again soon
         self._since_probe += 1
-        if self._since_probe >= self._probe_every and self._probe is None:
+        if self._probe is None and self._since_probe >= self._probe_interval():
             self._start_probe()
+
+    def _probe_interval(self) -> int:
+        index = self.buckets.index(self.cap)
+        sides = self.buckets[max(index - 1, 0) : index + 2]
+        unmeasured = any(self.per_item_s(b) is None for b in sides)
+        return PROBE_EVERY_UNMEASURED if unmeasured else self._probe_every
 
     def _start_probe(self) -> None:
         self._since_probe = 0
