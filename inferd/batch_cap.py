@@ -8,9 +8,10 @@ full batches are right; those must keep them.
 
 The cap keeps the measured cost per item for batch sizes in power-of-two buckets (the bucket of
 `n` items is the next power of two at or above it, `max_batch_size` the last one), exponentially
-weighted, in a `BatchCost` keyed by bucket. It then takes the largest bucket measured and steps
-down to a smaller one only where that one's cost per item is clearly lower (below CLEAR_GAIN of
-the current choice, with MIN_SAMPLES batches in both), so noise never caps a flat curve. A size
+weighted, in a `BatchCost` keyed by bucket. The cap is `max_batch_size` and steps down to a
+smaller bucket only where that one's cost per item is clearly lower than a larger one measured
+(below CLEAR_GAIN of the current choice, with MIN_SAMPLES batches in both), so noise never caps a
+flat curve and a model measured only at small sizes (while traffic was light) keeps full batches. A size
 not run under load is never measured, so every few batches (PROBE_EVERY_*) one is offered at the
 neighbouring bucket, above and below the cap in turn: a model whose best size changes, or whose
 first measurements were noisy, moves back. The cap only limits how many items a batch takes; a
@@ -85,7 +86,9 @@ class BatchSizeCap:
         measured = [(b, cost) for b in reversed(self.buckets) if (cost := self.per_item_s(b)) is not None]
         if not measured:
             return self.max_batch_size
-        best, best_cost = measured[0]
+        # Sizes never measured above the largest measured are taken to cost the same: only a
+        # smaller bucket measured clearly cheaper than a larger one measured lowers the cap.
+        best, best_cost = self.max_batch_size, measured[0][1]
         for bucket, cost in measured[1:]:
             if cost < CLEAR_GAIN * best_cost:
                 best, best_cost = bucket, cost

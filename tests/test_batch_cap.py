@@ -80,6 +80,15 @@ def test_noise_of_a_tenth_does_not_cap_a_flat_curve() -> None:
         assert cap.cap >= 16
 
 
+def test_small_batches_alone_under_light_traffic_do_not_cap() -> None:
+    cap = BatchSizeCap(32)
+    for _ in range(20):
+        cap.observe(1, mostly_fixed(1))
+        cap.observe(2, mostly_fixed(2))
+    assert cap.cap == 32
+    assert run_loaded(cap, mostly_fixed, 100)[-10:] == [32] * 10
+
+
 def test_no_cap_before_anything_is_measured() -> None:
     cap = BatchSizeCap(32)
     assert cap.limit() == 32
