@@ -37,6 +37,10 @@ class BatchCost:
         self._late_s[items] = self._mean_s[items] + LATE_SPREADS * self._spread_s[items]
         self._count[items] = count + 1
 
+    def count(self, items: int) -> int:
+        """How many batches of exactly `items` were observed."""
+        return self._count.get(items, 0)
+
     def estimate_s(self, items: int) -> float | None:
         """The mean compute time of a batch of `items`, or None where no size at or around it was seen."""
         return self._read(self._mean_s, items)

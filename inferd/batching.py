@@ -4,8 +4,9 @@ Rules:
 - admission: at most `max_queue_size` requests wait; past that a request fails at once (429);
 - the queue is ordered by priority, FIFO within a level, and a request that has waited past the
   model's promotion limit goes ahead of those that have not (priority_queue.py);
-- a batch forms only when a worker is idle: up to `max_batch_size` items from the head of the queue,
-  only requests whose batch key (names, dtypes and non-batch shapes) matches the head's, in order;
+- a batch forms only when a worker is idle: up to `max_batch_size` items from the head of the queue
+  (fewer while a smaller batch is clearly cheaper per item: batch_cap.py), only requests whose
+  batch key (names, dtypes and non-batch shapes) matches the head's, in order;
 - a batch leaves at once, unless its model's learned `BatchWindow` says a short hold for company
   pays (see batch_window.py); never past `batch_timeout_s` from its oldest request when that is set;
 - a request whose deadline passes is answered 504 at once; if still queued it is never computed;
@@ -29,6 +30,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from inferd.batch_cap import BatchSizeCap
 from inferd.batch_cost import BatchCost
 from inferd.batch_window import BatchWindow
 from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestError, RequestTimedOut
@@ -127,6 +129,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self.window = BatchWindow(policy.max_batch_size, policy.batch_timeout_s)
         self.cost = BatchCost()
+        self.size_cap = BatchSizeCap(policy.max_batch_size)
         self._reserve = UrgentReserve(self.cost, policy.max_batch_size)
         # Each batch in flight: when it should be answered (None: not known), and its requests. A
         # batch answered is done before its callback drops it here, and the batcher may run between.
@@ -293,19 +296,19 @@ class Batcher:
         """The head request and those after it that may share its batch; whether it is full."""
         head = self._queue.head()
         limit_lower = head.level != PROMOTED and urgent_level is not None and head.level <= urgent_level
-        limit = self.policy.max_batch_size
+        limit = full_items = self.size_cap.limit()
         chosen: list[PendingRequest] = []
         items = 0
         for request in self._queue:
             if request.key != head.key:
                 continue
             if limit_lower and self._reserve.yields(request.level, urgent_level):
-                limit, limit_lower = self._reserve.fill_limit(items), False  # the first lower one
-            if items + request.items > limit:
+                limit, limit_lower = min(limit, self._reserve.fill_limit(items)), False  # the first lower one
+            if chosen and items + request.items > limit:  # the head goes whole, whatever the cap
                 return chosen, True
             chosen.append(request)
             items += request.items
-            if items == self.policy.max_batch_size:
+            if items >= full_items:
                 return chosen, True
         return chosen, False
 
@@ -347,6 +350,7 @@ class Batcher:
             self._observer.batch_done(done.compute_s, items=items, requests=len(chosen))
             self.window.batch_done(items, done.compute_s)
             self.cost.observe(items, done.compute_s)
+            self.size_cap.observe(items, done.compute_s)
             for request, result in zip(chosen, done.results):
                 _deliver(self.model, request, result)
         self.wake()

@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from inferd import __version__, gpu
+from inferd.batching import Batcher
 from inferd.messages import GpuMemory
 
 if TYPE_CHECKING:
@@ -265,16 +266,23 @@ class StateCollector(Collector):
         ready = GaugeMetricFamily("inferd_model_ready", "1 when the model has a ready worker.", labels=["model"])
         workers = GaugeMetricFamily("inferd_workers", "Worker processes by state.", labels=["model", "state"])
         restarts = CounterMetricFamily("inferd_worker_restarts", "Worker restarts.", labels=["model"])
+        size_cap = GaugeMetricFamily(
+            "inferd_batch_size_cap",
+            "The most items a batch takes under load: max_batch_size, or less where measured cheaper per item.",
+            labels=["model"],
+        )
         for name, model in self._models().items():
             group = model.workers
             depth.add_metric([name], model.batcher.queue_depth)
             inflight.add_metric([name], model.batcher.inflight_requests)
+            if isinstance(model.batcher, Batcher):  # pipelines, splits and successors batch nothing
+                size_cap.add_metric([name], model.batcher.size_cap.cap)
             ready.add_metric([name], 1 if group.ready_count else 0)
             states = [h.state for h in group.handles.values()]
             for state in WORKER_STATES:
                 workers.add_metric([name, state], states.count(state))
             restarts.add_metric([name], group.restarts_total)
-        yield from (depth, inflight, ready, workers, restarts)
+        yield from (depth, inflight, ready, workers, restarts, size_cap)
 
     def _worker_families(self) -> Iterator[Metric]:
         cpu = CounterMetricFamily(

@@ -52,6 +52,7 @@ def test_counts_latencies_and_batches_agree_with_the_requests_sent(serve) -> Non
     assert value(found, "inferd_inference_duration_seconds_sum", model="echo") >= 0.05 * batches
     assert value(found, "inferd_request_duration_seconds_bucket", model="echo", protocol="http", le="+Inf") == 11
     assert value(found, "inferd_queue_depth", model="echo") == 0
+    assert value(found, "inferd_batch_size_cap", model="echo") == 4  # a fixed cost per batch: never capped
     assert value(found, "inferd_inflight_requests", model="echo") == 0
     assert value(found, "inferd_model_ready", model="echo") == 1
     assert value(found, "inferd_workers", model="echo", state="ready") == 1
