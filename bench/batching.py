@@ -128,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         found = endpoints(args, ctx.model_paths, notes)
         schedule = run_all.run_interleaved if args.interleave else run_all.run_sequential
         rows = schedule(ctx, found, notes)
-        default_tiny = next(e for e in found if e.target == "inferd native" and e.model == "tiny")
-        cpu_line = main_cpu_per_request(replace(ctx, settings=settings), default_tiny, max(args.concurrency))
+        default_tiny = next((e for e in found if e.target == "inferd native" and e.model == "tiny"), None)
+        cpu_line = (
+            main_cpu_per_request(replace(ctx, settings=settings), default_tiny, max(args.concurrency))
+            if default_tiny is not None
+            else "main process CPU per request: measured on the tiny model only (not in --models)"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
