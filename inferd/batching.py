@@ -295,7 +295,7 @@ class Batcher:
     def _take(self, urgent_level: int | None) -> tuple[list[PendingRequest], bool]:
         """The head request and those after it that may share its batch; whether it is full."""
         head = self._queue.head()
-        limit_lower = head.level != PROMOTED and urgent_level is not None and head.level <= urgent_level
+        limit_lower = self._urgent_among_others(head.level, urgent_level)
         limit = full_items = self.size_cap.limit()
         chosen: list[PendingRequest] = []
         items = 0

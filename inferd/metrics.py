@@ -168,6 +168,7 @@ class ModelMetrics:
         self._metrics = metrics
         self._model = model
         self.tally = tally or InferenceTally()
+        self._request_duration: dict[str, Histogram] = {}  # by protocol: its child of the histogram
         self._queue_duration = metrics.queue_duration.labels(model)
         self._worker_wait = metrics.worker_wait.labels(model)
         self._batch_wait = metrics.batch_wait.labels(model)
@@ -181,7 +182,10 @@ class ModelMetrics:
         # OpenAI routes are all "http": their paths tell them apart), so the label keeps two values.
         # A series appears at its first request: a daemon without gRPC shows no grpc series.
         self._metrics.requests.labels(self._model, protocol, str(code)).inc()
-        self._metrics.request_duration.labels(self._model, protocol).observe(duration_s)
+        duration = self._request_duration.get(protocol)
+        if duration is None:  # a label lookup per request costs more than the observation
+            duration = self._request_duration[protocol] = self._metrics.request_duration.labels(self._model, protocol)
+        duration.observe(duration_s)
         (self.tally.success if code == 200 else self.tally.fail).add(duration_s)
         self.tally.last_inference_ms = int(time.time() * 1000)
 
