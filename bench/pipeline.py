@@ -57,34 +57,20 @@ STEPS = ("decode", "effnet", "top5")
 
 def pipeline_config(cpus: list[int], device: str, network_batch: int, layout: str = "shared") -> str:
     if layout == "split":
-        return split_pipeline_config(cpus, device, network_batch)
+        half = max(1, len(cpus) // 2)
+        decode, rest = cpus[:half], cpus[half:] or cpus[:half]
+        network = f'device: {device}\n    cpu_affinity: "{format_cpu_list(rest)}"'
+        return _pipeline_yaml(decode, network, rest[-1:], network_batch)
     cores = format_cpu_list(cpus)
     network = (
         f"device: {device}" if device != "cpu" else f'cpu_affinity: "{cores}"\n    workers_per_device: {len(cpus)}'
     )
-    return f"""
-models:
-  - name: decode
-    handler: {MODELS}/imagenet.py:DecodeImage
-    cpu_affinity: "{cores}"
-    workers_per_device: {len(cpus)}
-    max_batch_size: 8
-  - name: effnet
-    path: {MODELS}/efficientnet_lite0.pt
-    {network}
-    max_batch_size: {network_batch}
-    inputs: [{{name: image, datatype: FP32, shape: [-1, 3, 224, 224]}}]
-  - name: top5
-    handler: {MODELS}/imagenet.py:TopClasses
-    cpu_affinity: "{cores}"
-    max_batch_size: 64
-  - {{name: classify, pipeline: [decode, effnet, top5], request_timeout_ms: 120000}}
-"""
+    return _pipeline_yaml(cpus, network, cpus, network_batch)
 
 
-def split_pipeline_config(cpus: list[int], device: str, network_batch: int) -> str:
-    half = max(1, len(cpus) // 2)
-    decode, rest = cpus[:half], cpus[half:] or cpus[:half]
+def _pipeline_yaml(decode: list[int], network: str, top5: list[int], network_batch: int) -> str:
+    """The classify pipeline: decode on `decode` (a worker per core), the network placed by
+    `network` (YAML lines), top-5 on `top5`."""
     return f"""
 models:
   - name: decode
@@ -94,13 +80,12 @@ models:
     max_batch_size: 8
   - name: effnet
     path: {MODELS}/efficientnet_lite0.pt
-    device: {device}
-    cpu_affinity: "{format_cpu_list(rest)}"
+    {network}
     max_batch_size: {network_batch}
     inputs: [{{name: image, datatype: FP32, shape: [-1, 3, 224, 224]}}]
   - name: top5
     handler: {MODELS}/imagenet.py:TopClasses
-    cpu_affinity: "{format_cpu_list(rest[-1:])}"
+    cpu_affinity: "{format_cpu_list(top5)}"
     max_batch_size: 64
   - {{name: classify, pipeline: [decode, effnet, top5], request_timeout_ms: 120000}}
 """
@@ -324,8 +309,6 @@ def executor_cost() -> None:
 def overhead(folder: Path, rounds: int = 5, requests: int = 200) -> None:
     """Median c=1 latency of one echo model, of pipelines of 1 and 3 echo steps: the executor's
     own cost is (pipeline of 1 - direct), each further step's (pipeline of 3 - pipeline of 1) / 2."""
-    import httpx
-
     (folder / "echo.py").write_text(ECHO)
     steps = "".join(f"  - {{name: e{i}, handler: {folder}/echo.py:Echo}}\n" for i in range(3))
     port = free_port()
@@ -334,29 +317,38 @@ def overhead(folder: Path, rounds: int = 5, requests: int = 200) -> None:
         f"server: {{host: 127.0.0.1, port: {port}, log_level: warning}}\nmodels:\n{steps}"
         "  - {name: one, pipeline: [e0]}\n  - {name: three, pipeline: [e0, e1, e2]}\n"
     )
-    argv = [sys.executable, "-m", "inferd", "serve", str(path)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    latencies_s: dict[str, list[float]] = {"e0": [], "one": [], "three": []}
-    server = ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / "overhead.log", env=env, cwd=REPO)
-    with server, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-        for _ in range(rounds):  # interleaved, so that a noisy moment hits every row alike
-            for name, samples in latencies_s.items():
-                for _ in range(requests):
-                    started = time.perf_counter()
-                    client.post(f"/models/{name}/predict", json={"inputs": "x"}).raise_for_status()
-                    samples.append(time.perf_counter() - started)
-    direct, one, three = (statistics.median(latencies_s[name]) * 1000 for name in ("e0", "one", "three"))
+    direct, one, three = _median_latencies_ms(path, port, ("e0", "one", "three"), rounds, requests, "overhead.log")
     print(f"c=1 median: one echo model {direct:.3f} ms, pipeline of 1 step {one:.3f} ms, of 3 steps {three:.3f} ms")
     print(
         f"executor's own cost {one - direct:.3f} ms; each further step {(three - one) / 2:.3f} ms (a hop to a worker)"
     )
 
 
+def _median_latencies_ms(
+    config: Path, port: int, models: tuple[str, ...], rounds: int, requests: int, log_name: str
+) -> list[float]:
+    """Serve `config` and time one request at a time to each model's route, the models in turns
+    (so that a noisy moment hits every row alike): each one's median, in ms."""
+    import httpx
+
+    argv = [sys.executable, "-m", "inferd", "serve", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    latencies_s: dict[str, list[float]] = {name: [] for name in models}
+    server = ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", config.parent / log_name, env=env, cwd=REPO)
+    with server, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        for _ in range(rounds):
+            for name, samples in latencies_s.items():
+                for _ in range(requests):
+                    started = time.perf_counter()
+                    client.post(f"/models/{name}/predict", json={"inputs": "x"}).raise_for_status()
+                    samples.append(time.perf_counter() - started)
+    return [statistics.median(latencies_s[name]) * 1000 for name in models]
+
+
 def image_overhead(folder: Path, rounds: int = 5, requests: int = 100) -> None:
     """The cost of a hop that carries a 3x224x224 FP32 tensor (worker -> main -> worker), as in the
     classify pipeline: median c=1 latency of [image, shape] against [image, identity, echo, shape],
     whose two extra steps add two such hops (into a tensor model, then out of it to a handler)."""
-    import httpx
     import torch
 
     (folder / "echo.py").write_text(ECHO)
@@ -372,18 +364,7 @@ def image_overhead(folder: Path, rounds: int = 5, requests: int = 100) -> None:
         f"  - {{name: shape, handler: {folder}/echo.py:Shape}}\n"
         "  - {name: short, pipeline: [image, shape]}\n  - {name: long, pipeline: [image, identity, echo, shape]}\n"
     )
-    argv = [sys.executable, "-m", "inferd", "serve", str(path)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    latencies_s: dict[str, list[float]] = {"short": [], "long": []}
-    server = ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", folder / "image.log", env=env, cwd=REPO)
-    with server, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-        for _ in range(rounds):  # interleaved, so that a noisy moment hits both rows alike
-            for name, samples in latencies_s.items():
-                for _ in range(requests):
-                    started = time.perf_counter()
-                    client.post(f"/models/{name}/predict", json={"inputs": "x"}).raise_for_status()
-                    samples.append(time.perf_counter() - started)
-    short, long = (statistics.median(latencies_s[name]) * 1000 for name in ("short", "long"))
+    short, long = _median_latencies_ms(path, port, ("short", "long"), rounds, requests, "image.log")
     print(f"c=1 median: [image, shape] {short:.3f} ms, [image, identity, echo, shape] {long:.3f} ms")
     print(f"each hop with a 3x224x224 FP32 tensor {(long - short) / 2:.3f} ms (compute of identity and echo included)")
 
