@@ -29,6 +29,7 @@ from starlette.routing import Router as StarletteRouter
 from inferd.auth import Access
 from inferd.config import Config
 from inferd.errors import ClientGone, ModelUnavailable
+from inferd.protocols import openai_errors
 from inferd.protocols.http import Call, answer
 from inferd.protocols.middleware import ModelMiddleware, build_all
 from inferd.protocols.routing import Match, Router
@@ -83,7 +84,9 @@ class Front:
         started = time.perf_counter()
         call = Call(Request(scope, receive), request_id)
         if match is not None:
-            call.model, call.params = match.model, match.params
+            call.model, call.params, call.error_body = match.model, match.params, match.route.error_body
+        elif scope["path"].startswith(openai_errors.PREFIX):  # an OpenAI client's 404 reads as OpenAI's
+            call.error_body = openai_errors.openai_error_body
         note = RequestNote(scope["headers"])
         token = NOTE.set(note)
         try:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json"
+ErrorBody = Callable[[RequestError, str], dict[str, Any]]  # (error, request id) -> the JSON answer
 QUIET_STATUSES = frozenset({429})  # a flood under overload: inferd_requests_total counts them instead
 
 
@@ -38,6 +39,7 @@ class Call:
     model: ServedModel | None = None  # the model a model route's path names, if it exists
     params: Mapping[str, str] = field(default_factory=dict)  # e.g. a v2 path's name and version
     key_name: str | None = None  # the name of the API key that opened the route, if any
+    error_body: ErrorBody | None = None  # how the route's errors read, where not inferd's own
 
     @property
     def path(self) -> str:
@@ -60,10 +62,12 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(body, status_code=status, media_type=JSON_TYPE, headers=headers)
 
 
-def error_response(error: RequestError, request_id: str) -> Response:
-    return json_response(
-        {"error": error.message, **error.fields, "request_id": request_id}, error.status, error.headers
-    )
+def inferd_error_body(error: RequestError, request_id: str) -> dict[str, Any]:
+    return {"error": error.message, **error.fields, "request_id": request_id}
+
+
+def error_response(error: RequestError, request_id: str, body: ErrorBody | None = None) -> Response:
+    return json_response((body or inferd_error_body)(error, request_id), error.status, error.headers)
 
 
 async def answer(call: Call, endpoint: Endpoint) -> Response:
@@ -76,12 +80,13 @@ async def answer(call: Call, endpoint: Endpoint) -> Response:
         return _error_answer(call, ClientGone("the client disconnected while sending its body"))
     except Exception:  # a bug of ours: answer 500 with a reason and keep serving
         log.exception("request %s: internal error on %s %s", call.request_id, call.method, call.path)
-        return json_response({"error": "internal server error; see the server log", "request_id": call.request_id}, 500)
+        internal = RequestError("internal server error; see the server log")
+        return error_response(internal, call.request_id, call.error_body)
 
 
 def _error_answer(call: Call, error: RequestError) -> Response:
     _log_error(call, error)
-    return error_response(error, call.request_id)
+    return error_response(error, call.request_id, call.error_body)
 
 
 def _log_error(call: Call, error: RequestError) -> None:

@@ -24,6 +24,7 @@ from inferd.protocols import native
 from inferd.protocols.disconnect import unless_client_leaves
 from inferd.protocols.generate import generative_model, read_json_body, submit
 from inferd.protocols.http import Call, Endpoint, json_response
+from inferd.protocols.openai_errors import openai_error_body
 from inferd.protocols.routing import Route
 from inferd.protocols.streaming import Completion, EventStream, collect, first_chunk, sse
 
@@ -33,10 +34,17 @@ Render = Callable[[Chunk | None, Completion], dict[str, Any]]  # one stream chun
 
 def routes(daemon: Daemon) -> list[Route]:
     return [
-        Route("/v1/models", {"GET": _models(daemon)}),
-        Route("/v1/chat/completions", {"POST": _completions(daemon, chat=True)}, inference=True),
-        Route("/v1/completions", {"POST": _completions(daemon, chat=False)}, inference=True),
-        Route("/v1/embeddings", {"POST": _embeddings(daemon)}, inference=True),
+        Route("/v1/models", {"GET": _models(daemon)}, error_body=openai_error_body),
+        Route(
+            "/v1/chat/completions",
+            {"POST": _completions(daemon, chat=True)},
+            inference=True,
+            error_body=openai_error_body,
+        ),
+        Route(
+            "/v1/completions", {"POST": _completions(daemon, chat=False)}, inference=True, error_body=openai_error_body
+        ),
+        Route("/v1/embeddings", {"POST": _embeddings(daemon)}, inference=True, error_body=openai_error_body),
     ]
 
 

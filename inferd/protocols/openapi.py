@@ -5,8 +5,10 @@ version, and a generative model's /models/<name>/generate) whose request schemas
 inputs, datatypes and fixed dims, so a client generator or a fuzzer builds requests the model can
 take. The v2 model routes, the OpenAI-compatible, v2 statistics and shared-memory routes are
 listed from the same route tables the router serves (inferd.protocols.openapi_routes). Every
-error answer is `{"error": str, "request_id": str}`. The document is rebuilt per request: a reload that adds or removes a model changes it at
-once. Where API keys are set, it needs one, like the routes it describes.
+error answer is `{"error": str, "request_id": str}`, except on the OpenAI routes, whose errors read
+as OpenAI's (`{"error": {"message", "type", "param", "code"}, "request_id"}`). The document is
+rebuilt per request: a reload that adds or removes a model changes it at once. Where API keys are
+set, it needs one, like the routes it describes.
 """
 
 from __future__ import annotations
@@ -73,8 +75,14 @@ def _components() -> Schema:
          "shape": {"type": "array", "items": {"type": "integer"}}},
         ["name", "datatype", "shape"],
     )  # fmt: skip
+    openai_error = _object(
+        {"message": {"type": "string"}, "type": {"type": "string"},
+         "param": {"type": "string", "nullable": True}, "code": {"type": "string", "nullable": True}},
+        ["message", "type"],
+    )  # fmt: skip
     return {
         "Error": _object({"error": {"type": "string"}, "request_id": {"type": "string"}}, ["error", "request_id"]),
+        "OpenAIError": _object({"error": openai_error, "request_id": {"type": "string"}}, ["error", "request_id"]),
         "TensorMetadata": tensor_metadata,
         "ModelMetadata": _object(
             {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},

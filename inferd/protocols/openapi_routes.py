@@ -14,6 +14,7 @@ from inferd.protocols.routing import Route
 Schema = dict[str, Any]
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
+OPENAI_ERROR_REF = {"$ref": "#/components/schemas/OpenAIError"}  # the /v1 routes' (openai_errors.py)
 GENERATION_ERRORS = (400, 404, 413, 429, 499, 503, 504)
 _STRING = {"type": "string"}
 _INTEGER = {"type": "integer"}
@@ -30,8 +31,10 @@ def json_content(schema: Schema, description: str = "OK") -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def operation(summary: str, ok: Schema, errors: Iterable[int] = (), **extra: Any) -> Schema:
-    responses = {"200": ok, **{str(status): json_content(ERROR_REF, "error") for status in errors}}
+def operation(
+    summary: str, ok: Schema, errors: Iterable[int] = (), error_schema: Schema = ERROR_REF, **extra: Any
+) -> Schema:
+    responses = {"200": ok, **{str(status): json_content(error_schema, "error") for status in errors}}
     return {"summary": summary, "responses": responses, **extra}
 
 
@@ -129,7 +132,8 @@ def _completions(context: Mapping[str, Any], chat: bool) -> Schema:
     summary = "OpenAI chat completion" if chat else "OpenAI text completion"
     return operation(
         f"{summary}; with \"stream\": true, SSE chunks ending with data: [DONE]",
-        _events_or_json(answer), GENERATION_ERRORS, requestBody=body(object_schema(properties, required)),
+        _events_or_json(answer), GENERATION_ERRORS, OPENAI_ERROR_REF,
+        requestBody=body(object_schema(properties, required)),
     )  # fmt: skip
 
 
@@ -144,7 +148,8 @@ def _embeddings(context: Mapping[str, Any]) -> Schema:
     )  # fmt: skip
     return operation(
         "OpenAI embeddings from a handler model whose outputs are vectors", json_content(answer),
-        (400, 404, 413, 422, 429, 503, 504), requestBody=body(object_schema(properties, ["model", "input"])),
+        (400, 404, 413, 422, 429, 503, 504), OPENAI_ERROR_REF,
+        requestBody=body(object_schema(properties, ["model", "input"])),
     )  # fmt: skip
 
 

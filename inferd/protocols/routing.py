@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from inferd.errors import MethodNotAllowed, RequestError
-from inferd.protocols.http import Endpoint
+from inferd.protocols.http import Endpoint, ErrorBody
 
 if TYPE_CHECKING:
     from inferd.daemon import ServedModel
@@ -32,6 +32,7 @@ class Route:
     path: str  # the path, or its pattern (e.g. /v2/models/{name}/infer), as messages name it
     methods: Mapping[str, Endpoint]
     inference: bool = False  # answers count in the model's request metrics
+    error_body: ErrorBody | None = None  # its errors' JSON, where not inferd's {"error": str, ...}
     allow: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -75,19 +76,31 @@ async def test_async_client_streams(server: RunningServer) -> None:
     await client.close()
 
 
-def test_caps_are_a_400_the_client_raises(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as refused:  # the client keeps inferd's message as .body
+def test_caps_are_a_400_whose_reason_the_client_shows(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
         client.completions.create(model="caps", prompt="x", max_tokens=9999)
-    assert "max_tokens is 9999" in str(refused.value.body) and "at most 400" in str(refused.value.body)
+    said = str(refused.value)  # what a user sees: the client's text holds OpenAI's error.message
+    assert "max_tokens is 9999" in said and "at most 400" in said, said
+    assert refused.value.type == "invalid_request_error"
     with pytest.raises(openai.NotFoundError) as unknown:
         client.completions.create(model="nope", prompt="x")
-    assert "caps" in str(unknown.value.body)
+    assert "'caps'" in str(unknown.value) and unknown.value.code == "model_not_found"
 
 
 def test_a_wrong_key_is_refused(server: RunningServer) -> None:
     wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError) as refused:
         wrong.models.list()
+    assert refused.value.code == "invalid_api_key" and "key" in str(refused.value).lower()
+
+
+def test_errors_read_as_openai_errors_on_every_v1_path(server: RunningServer) -> None:
+    for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/chat/completions"), ("GET", "/v1/nothing")):
+        answer = httpx.request(method, server.url + path, content=b"{}", headers=server.headers, timeout=30)
+        error = answer.json()["error"]
+        assert set(error) >= {"message", "type", "param", "code"} and error["message"], (path, answer.text)
+        assert answer.json()["request_id"] == answer.headers["x-request-id"]
+    assert isinstance(server.get("/v2/models/nothing").json()["error"], str)  # other routes keep inferd's
 
 
 def test_embeddings_match_the_native_route(client: openai.OpenAI, server: RunningServer) -> None:

@@ -64,7 +64,7 @@ def test_bad_priorities_on_the_generation_routes_are_400s(tmp_path: Path) -> Non
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
         with pytest.raises(openai.BadRequestError) as caught:
             client.completions.create(model="caps", prompt="a", extra_headers={"X-Priority": "x"})
-        assert "from 1 (highest) to 3 (lowest)" in caught.value.response.json()["error"]
+        assert "from 1 (highest) to 3 (lowest)" in str(caught.value)
     finally:
         server.stop()
     assert_clean_log(server.log())

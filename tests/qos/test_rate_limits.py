@@ -85,7 +85,7 @@ def test_a_key_past_its_burst_gets_429_on_every_front_and_other_keys_do_not(serv
     with pytest.raises(openai.RateLimitError) as caught:
         client.embeddings.create(model="lengths", input="x")
     assert int(caught.value.response.headers["Retry-After"]) >= 1
-    assert "API key 'tenant-a' is over its rate limit" in caught.value.response.json()["error"]
+    assert "API key 'tenant-a' is over its rate limit" in str(caught.value)
     assert predict(server, "echo", "secret-b").status_code == 200  # tenant-b: a bucket of its own
     assert limited_count(server, "tenant-a", "echo", "key") == 2
     assert limited_count(server, "tenant-a", "-", "key") == 1  # the OpenAI route names its model in the body
@@ -115,7 +115,7 @@ def test_openai_routes_meet_their_models_limit_once_the_body_names_it(server: Ru
     assert client.chat.completions.create(model="caps", messages=[{"role": "user", "content": "hi"}]).choices
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="caps", messages=[{"role": "user", "content": "hi"}])
-    assert "model 'caps' is over its rate limit" in caught.value.response.json()["error"]
+    assert "model 'caps' is over its rate limit" in str(caught.value)
     assert limited_count(server, "tenant-b", "lengths", "model") == 1
     assert limited_count(server, "tenant-b", "caps", "model") == 1
 

@@ -149,4 +149,4 @@ def test_a_chat_of_a_million_values_is_refused_off_the_loop(server: RunningServe
     answer = _attack(server, "OpenAI chat with 300,000 messages", "/v1/chat/completions", body,
                      {"Content-Type": "application/json"})  # fmt: skip
     assert answer.status_code == 413, answer.text
-    assert "more than 50000 values" in answer.json()["error"]
+    assert "more than 50000 values" in answer.json()["error"]["message"]
