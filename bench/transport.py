@@ -16,7 +16,9 @@ rows/s (images per second) from the p50 of a 32-image request, over the same net
 loop in one process with as many torch threads as inferd's worker has (target: at least 0.8).
 
 The row "gRPC, request serialized once" sends tritonclient's request as bytes built once: its gap
-to the gRPC row is the client's own work. Most of that work is page faults: each call the clients
+to the gRPC row is the client's own work. The row "gRPC client alone, no server" times that work
+by itself (tritonclient building and serializing the request, as each `infer` call does): the gRPC
+row can be no faster than it, whatever the server does. Most of that work is page faults: each call the clients
 build their 4 MiB request in memory glibc has just taken from the kernel (about 3 ms a 4 MiB on a
 2-core VM, against 0.1 ms to copy into memory already mapped). `--keep-client-memory` has this
 process keep what it frees (mallopt: mmap threshold 32 MiB, trim threshold 256 MiB) to show the
@@ -137,6 +139,7 @@ def inferd_rows(array: np.ndarray, count: int, http_url: str, grpc_url: str) -> 
             )
             client.unregister_system_shared_memory("bench-in")
         rows["gRPC, request serialized once"] = pre_serialized(array, grpc_url, count)
+        rows["gRPC client alone, no server"] = client_alone(array, count)
     finally:
         shm.destroy_shared_memory_region(region)
         http.close()
@@ -165,6 +168,27 @@ def pre_serialized(array: np.ndarray, grpc_url: str, count: int) -> list[float]:
         return timed(lambda: call(data), count)
     finally:
         channel.close()
+
+
+def client_alone(array: np.ndarray, count: int) -> list[float]:
+    """What tritonclient.grpc does for each infer call before a byte leaves the process: build the
+    ModelInferRequest from the InferInput (a copy of the 4 MiB) and serialize it (another). No
+    server beats the echo by more than this row: it bounds the gRPC row from below."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc._utils import _get_inference_request
+
+    raw = grpcclient.InferInput("input", list(array.shape), "FP32")
+    raw.set_data_from_numpy(array)
+    outputs = [grpcclient.InferRequestedOutput("output")]
+
+    def build_and_serialize() -> bytes:
+        request = _get_inference_request(
+            model_name="rowsum", inputs=[raw], model_version="", request_id="", outputs=outputs, sequence_id=0,
+            sequence_start=False, sequence_end=False, priority=0, timeout=None, parameters=None,
+        )  # fmt: skip
+        return bytes(request.SerializeToString())
+
+    return timed(build_and_serialize, count)
 
 
 def keep_client_memory() -> None:
