@@ -4,7 +4,7 @@ overhead per step at c=1, and where each point's time went (batch size, compute 
 each model, from /metrics).
 
     pip install -e ".[examples]" && python models/build_examples.py
-    python bench/pipeline.py [--duration 5] [--rounds 3] [--cpus 0-3] [--device cuda] [--photo PATH]
+    python bench/pipeline.py [--duration 5] [--warmup 10] [--rounds 3] [--cpus 0-3] [--device cuda] [--photo PATH]
     python bench/pipeline.py --overhead     # only the cost of a step: echo steps, then image tensors, c=1
 
 A fair comparison on any number of cores (the default, --layout shared): both ways get the same
@@ -173,11 +173,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(
-    name: str, server: tuple[int, int], photo: bytes, concurrency: int, duration_s: float
+    name: str, server: tuple[int, int], photo: bytes, concurrency: int, duration_s: float, warmup_s: float
 ) -> tuple[float, float]:
     """One point: its images/s, the server's CPU time per image (less swayed than images/s by other
-    load on the machine), and where the time went in each model (from /metrics)."""
+    load on the machine), and where the time went in each model (from /metrics). The point's load
+    runs `warmup_s` first, unmeasured: the batch-size cap learns each model's costs under it."""
     port, pid = server
+    if warmup_s > 0:
+        asyncio.run(load(port, photo, concurrency, warmup_s))
     before, cpu_before_s = scrape(port), cpu_seconds(pid)
     rate, latency_s, failed = asyncio.run(load(port, photo, concurrency, duration_s))
     after, cpu_ms = scrape(port), (cpu_seconds(pid) - cpu_before_s) * 1000 / max(rate * duration_s, 1)
@@ -200,9 +203,10 @@ def print_models(before: str, after: str) -> None:
         compute_ms = delta_mean(before, after, "inferd_inference_duration_seconds", model) * 1000
         queue_ms = delta_mean(before, after, "inferd_queue_duration_seconds", model) * 1000
         worker_ms = delta_mean(before, after, "inferd_worker_wait_seconds", model) * 1000
+        cap = re.search(rf'^inferd_batch_size_cap\{{model="{re.escape(model)}"\}} (\S+)', after, re.M)
         print(
-            f"           {model:>8}: batch {batch:5.1f} items, compute {compute_ms:7.2f} ms per batch, "
-            f"queued {queue_ms:7.2f} ms ({worker_ms:7.2f} ms waiting for a worker)"
+            f"           {model:>8}: batch {batch:5.1f} items (cap {float(cap[1]) if cap else float('nan'):g}), "
+            f"compute {compute_ms:7.2f} ms per batch, queued {queue_ms:7.2f} ms ({worker_ms:7.2f} ms waiting for a worker)"
         )
 
 
@@ -372,6 +376,7 @@ def image_overhead(folder: Path, rounds: int = 5, requests: int = 100) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per point")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds of each point's load before it is measured")
     parser.add_argument("--cpus", default=format_cpu_list(sorted(os.sched_getaffinity(0))))
     parser.add_argument("--device", default="cpu", help="where the network runs: cpu or cuda")
     parser.add_argument("--photo", type=Path, default=None, help="a PNG (default: scikit-image's chelsea.png)")
@@ -396,7 +401,8 @@ def main() -> None:
     cpus = list(parse_cpu_list(args.cpus))
     print(
         f"cores {format_cpu_list(cpus)}, network on {args.device} (max_batch_size {args.network_batch}), "
-        f"pipeline layout {args.layout}, {args.duration:g} s per point, {args.rounds} round(s)"
+        f"pipeline layout {args.layout}, {args.duration:g} s per point after {args.warmup:g} s of its load, "
+        f"{args.rounds} round(s)"
     )
     configs = {
         "pipeline": pipeline_config(cpus, args.device, args.network_batch, args.layout),
@@ -411,7 +417,7 @@ def main() -> None:
         for _ in range(args.rounds):  # interleaved, so that a noisy moment hits both alike
             for concurrency in CONCURRENCIES:
                 for name, server in running.items():
-                    rate, cpu_ms = measure(name, server, photo, concurrency, args.duration)
+                    rate, cpu_ms = measure(name, server, photo, concurrency, args.duration, args.warmup)
                     rates.setdefault((name, concurrency), []).append(rate)
                     cpu_per_image_ms.setdefault((name, concurrency), []).append(cpu_ms)
     print(f"load average {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
