@@ -219,12 +219,16 @@ def _serve_generation(runner: Any, channel: Channel, send_lock: threading.Lock) 
     a HandlerStreams."""
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read_into, args=(channel, inbox), name="inferd-inbox", daemon=True).start()
+    arrival_hold: ArrivalHold | None = getattr(runner, "arrival_hold", None)
     while True:
-        messages = [inbox.get()] if not runner.running else []
-        if messages and isinstance(messages[0], Generate) and hasattr(runner, "arrival_hold"):
-            messages += _held(inbox, runner.arrival_hold)
+        idle = not runner.running
+        messages = [inbox.get()] if idle else []
+        if messages and isinstance(messages[0], Generate) and arrival_hold is not None:
+            messages += _held(inbox, arrival_hold)
         while not inbox.empty():
             messages.append(inbox.get_nowait())
+        if not idle and arrival_hold is not None:
+            arrival_hold.joined(sum(isinstance(message, Generate) for message in messages))
         chunks: list[Chunk] = []
         for message in messages:
             if message is None or isinstance(message, Stop):
@@ -257,6 +261,7 @@ def _held(inbox: queue.Queue[Any], arrival_hold: ArrivalHold) -> list[Any]:
             held.append(inbox.get(timeout=min(left, hold.gap_s)))
         except queue.Empty:
             break
+    arrival_hold.held(sum(isinstance(message, Generate) for message in held))
     return held
 
 
