@@ -84,7 +84,21 @@ async def _abort(context: Context, rpc: str, error: RequestError) -> None:
         log.log(level, "grpc %s: %s: %s", rpc, code.name, error.message)
     if "Retry-After" in error.headers:
         context.set_trailing_metadata((("retry-after", error.headers["Retry-After"]),))
-    await context.abort(code, error.message)
+    try:
+        await context.abort(code, error.message)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        if not _call_over(context):
+            raise
+        # The call ended first (its deadline passed as ours did, or the client left), so no status
+        # can go out: a cancelled handler is one debug line of grpc's, not a traceback.
+        raise asyncio.CancelledError from None
+
+
+def _call_over(context: Context) -> bool:
+    remaining_s = context.time_remaining()
+    return bool(context.done() or (remaining_s is not None and remaining_s <= 0))
 
 
 def _one_line(error: BaseException) -> str:
