@@ -16,6 +16,10 @@ not run under load is never measured, so every few batches (PROBE_EVERY_*) one i
 neighbouring bucket, above and below the cap in turn: a model whose best size changes, or whose
 first measurements were noisy, moves back. The cap only limits how many items a batch takes; a
 request's items are never split.
+
+The cost is the batch's CPU time where the worker reports one (one torch thread on a CPU does all
+its work), else its wall time: other processes on the same cores stretch the wall time of every
+size alike and hide the curve.
 """
 
 from __future__ import annotations

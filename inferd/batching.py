@@ -350,7 +350,7 @@ class Batcher:
             self._observer.batch_done(done.compute_s, items=items, requests=len(chosen))
             self.window.batch_done(items, done.compute_s)
             self.cost.observe(items, done.compute_s)
-            self.size_cap.observe(items, done.compute_s)
+            self.size_cap.observe(items, done.compute_s if done.cpu_s is None else done.cpu_s)
             for request, result in zip(chosen, done.results):
                 _deliver(self.model, request, result)
         self.wake()

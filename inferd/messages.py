@@ -115,6 +115,7 @@ class BatchDone:
     compute_s: float
     gpu: GpuMemory | None = None
     resident_bytes: int | None = None  # the worker's RSS after the batch, where a limit applies
+    cpu_s: float | None = None  # the batch's CPU time, where one thread on a CPU does all its work
 
 
 @dataclass(frozen=True)

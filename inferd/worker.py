@@ -168,6 +168,11 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
     send_lock = threading.Lock()
     watch_memory = spec.model.max_worker_memory_mb is not None
     gpu_reader = _gpu_reader(spec.slot)
+    # Where this thread does all of a batch's work, its CPU time is the batch's cost without the
+    # time other processes on the same cores took from it (a pipeline's other steps, say).
+    import torch  # loaded by now
+
+    one_cpu_thread = gpu_reader is None and spec.slot.device == "cpu" and torch.get_num_threads() == 1
     if gpu_reader is not None:
         _start_stats_thread(channel, send_lock, gpu_reader)
     if spec.model.generation is not None:
@@ -198,11 +203,12 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
         if isinstance(message, StreamPredict):
             _refuse_stream(message, spec.model.name, channel, send_lock)
         if isinstance(message, Batch):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             results = runner.run_batch(message.payloads)
             done = BatchDone(
                 message.batch_id, results, time.perf_counter() - started,
                 gpu_reader() if gpu_reader else None, _resident_bytes() if watch_memory else None,
+                time.thread_time() - cpu_started if one_cpu_thread else None,
             )  # fmt: skip
             with send_lock:
                 try:

@@ -102,6 +102,7 @@ class CurveWorker:
     def __init__(self, name: str, curve: Curve, pool: CurvePool) -> None:
         self.name = name
         self._curve = curve
+        self._cpu_curve = pool.cpu_curve
         self._pool = pool
         self.busy = False
 
@@ -114,12 +115,15 @@ class CurveWorker:
 
     def _finish(self, batch: Batch, future: asyncio.Future[BatchDone]) -> None:
         self.busy = False
-        future.set_result(BatchDone(batch.batch_id, list(batch.payloads), self._curve(len(batch.payloads))))
+        items = len(batch.payloads)
+        cpu_s = None if self._cpu_curve is None else self._cpu_curve(items)
+        future.set_result(BatchDone(batch.batch_id, list(batch.payloads), self._curve(items), cpu_s=cpu_s))
 
 
 class CurvePool:
-    def __init__(self, curve: Curve, workers: int) -> None:
+    def __init__(self, curve: Curve, workers: int, cpu_curve: Curve | None = None) -> None:
         self.sizes: list[int] = []
+        self.cpu_curve = cpu_curve  # the CPU time the workers report beside the wall time, if any
         self.workers = [CurveWorker(f"w{i}", curve, self) for i in range(workers)]
         self.unavailable_reason: str | None = None
         self.ready_count = workers
@@ -140,10 +144,14 @@ class QuietObserver:
 
 
 async def closed_loop(
-    curve: Curve, clients: int, requests_each: int, after: Callable[[Batcher], Awaitable[None]] | None = None
+    curve: Curve,
+    clients: int,
+    requests_each: int,
+    after: Callable[[Batcher], Awaitable[None]] | None = None,
+    cpu_curve: Curve | None = None,
 ) -> tuple[Batcher, list[int]]:
     """`clients` each send `requests_each` requests one after another; every answer is checked."""
-    pool = CurvePool(curve, workers=2)
+    pool = CurvePool(curve, workers=2, cpu_curve=cpu_curve)
     batcher = Batcher("m", BatchPolicy(32, None, 1000, 30.0), pool, QuietObserver(), lambda w, r: None)
     batcher.start()
 
@@ -183,3 +191,12 @@ async def test_a_request_larger_than_the_cap_goes_whole() -> None:
 
     await closed_loop(rising, clients=64, requests_each=80, after=send_sixteen)
     assert answers == [["x"] * 16]
+
+
+async def test_the_cap_follows_the_cpu_time_where_the_worker_reports_it() -> None:
+    # A worker sharing its core with other processes (a pipeline's other steps) reports wall times
+    # that their slices inflate; its own CPU time is what a batch size costs.
+    batcher, _ = await closed_loop(mostly_fixed, clients=64, requests_each=80, cpu_curve=rising)
+    assert batcher.size_cap.cap == 4
+    batcher, _ = await closed_loop(rising, clients=64, requests_each=80, cpu_curve=mostly_fixed)
+    assert batcher.size_cap.cap == 32
