@@ -168,11 +168,6 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
     send_lock = threading.Lock()
     watch_memory = spec.model.max_worker_memory_mb is not None
     gpu_reader = _gpu_reader(spec.slot)
-    # Where this thread does all of a batch's work, its CPU time is the batch's cost without the
-    # time other processes on the same cores took from it (a pipeline's other steps, say).
-    import torch  # loaded by now
-
-    one_cpu_thread = gpu_reader is None and spec.slot.device == "cpu" and torch.get_num_threads() == 1
     if gpu_reader is not None:
         _start_stats_thread(channel, send_lock, gpu_reader)
     if spec.model.generation is not None:
@@ -191,6 +186,11 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
             return BatchDone(batch_id, results, compute_s, gpu_reader() if gpu_reader else None, resident)
 
         return serve_concurrently(runner, channel, send_lock, finish)
+    import torch  # loaded by now
+
+    # Where this thread does all of a batch's work, its CPU time is the batch's cost without the
+    # time other processes on the same cores took from it (a pipeline's other steps, say).
+    one_cpu_thread = gpu_reader is None and spec.slot.device == "cpu" and torch.get_num_threads() == 1
     while True:
         try:
             message = channel.recv()
@@ -234,7 +234,7 @@ def _serve_generation(runner: Any, channel: Channel, send_lock: threading.Lock) 
         while not inbox.empty():
             messages.append(inbox.get_nowait())
         if not idle and arrival_hold is not None:
-            arrival_hold.joined(sum(isinstance(message, Generate) for message in messages))
+            arrival_hold.joined(_sequences(messages))
         chunks: list[Chunk] = []
         for message in messages:
             if message is None or isinstance(message, Stop):
@@ -267,8 +267,13 @@ def _held(inbox: queue.Queue[Any], arrival_hold: ArrivalHold) -> list[Any]:
             held.append(inbox.get(timeout=min(left, hold.gap_s)))
         except queue.Empty:
             break
-    arrival_hold.held(sum(isinstance(message, Generate) for message in held))
+    arrival_hold.held(_sequences(held))
     return held
+
+
+def _sequences(messages: list[Any]) -> int:
+    """How many of `messages` start a sequence."""
+    return sum(isinstance(message, Generate) for message in messages)
 
 
 def _send(channel: Channel, send_lock: threading.Lock, message: Any) -> bool:

@@ -34,18 +34,15 @@ Render = Callable[[Chunk | None, Completion], dict[str, Any]]  # one stream chun
 
 def routes(daemon: Daemon) -> list[Route]:
     return [
-        Route("/v1/models", {"GET": _models(daemon)}, error_body=openai_error_body),
-        Route(
-            "/v1/chat/completions",
-            {"POST": _completions(daemon, chat=True)},
-            inference=True,
-            error_body=openai_error_body,
-        ),
-        Route(
-            "/v1/completions", {"POST": _completions(daemon, chat=False)}, inference=True, error_body=openai_error_body
-        ),
-        Route("/v1/embeddings", {"POST": _embeddings(daemon)}, inference=True, error_body=openai_error_body),
+        _route("/v1/models", {"GET": _models(daemon)}, inference=False),
+        _route("/v1/chat/completions", {"POST": _completions(daemon, chat=True)}),
+        _route("/v1/completions", {"POST": _completions(daemon, chat=False)}),
+        _route("/v1/embeddings", {"POST": _embeddings(daemon)}),
     ]
+
+
+def _route(path: str, methods: dict[str, Endpoint], inference: bool = True) -> Route:
+    return Route(path, methods, inference=inference, error_body=openai_error_body)
 
 
 def _models(daemon: Daemon) -> Endpoint:
