@@ -1,16 +1,18 @@
 """ASGI middleware from the config, served for real: a server-wide one sees every request, a
-model's own sees only the requests whose path names that model, the example header check answers
-401 itself, and a middleware that cannot be built is a config error at its YAML path for `serve`,
+model's own sees only that model's requests (its paths, and the OpenAI routes whose body names it),
+the example header check answers 401 itself, and a middleware that cannot be built is a config error at its YAML path for `serve`,
 `validate` and a reload."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.chaos.logs import assert_clean_log
@@ -21,6 +23,7 @@ Serve = Callable[..., RunningServer]
 REPO = TESTS.parent
 HEADER_CHECK = REPO / "examples" / "header_check.py"
 TAG = TESTS / "models" / "middleware.py"
+GENERATORS = TESTS / "generation" / "generators.py"
 
 CONFIG = f"""
 server:
@@ -38,6 +41,17 @@ models:
       - {{class: "{TAG}:Tag", args: {{name: guarded}}}}
   - {{name: plain, handler: "{HANDLERS}:Identity"}}
   - {{name: piped, pipeline: [plain], middleware: [{{class: "{TAG}:Tag", args: {{name: piped}}}}]}}
+  - name: guarded_llm
+    handler: "{GENERATORS}:Capitals"
+    generation: {{max_tokens: 200}}
+    middleware:
+      - {{class: "{HEADER_CHECK}:RequireHeader", args: {{header: x-tenant, value: blue}}}}
+      - {{class: "{TAG}:Tag", args: {{name: guarded_llm}}}}
+  - {{name: open_llm, handler: "{GENERATORS}:Capitals", generation: {{max_tokens: 200}}}}
+  - name: guarded_vectors
+    handler: "{HANDLERS}:Lengths"
+    max_batch_size: 8
+    middleware: [{{class: "{HEADER_CHECK}:RequireHeader", args: {{header: x-tenant, value: blue}}}}]
 """
 
 
@@ -104,6 +118,47 @@ def test_the_header_check_answers_401_itself(server: RunningServer) -> None:
     assert allowed.status_code == 200 and allowed.json() == {"outputs": ["x"]}
     assert seen_by(allowed) == ["guarded", "server"]
     assert server.post("/models/plain/predict", {"inputs": ["x"]}).status_code == 200  # other models stay open
+    assert_clean_log(server.log())
+
+
+def _answered(metrics: str, model: str) -> float:
+    """Requests of `model` the front counted, whatever their status."""
+    pattern = rf'^inferd_requests_total{{code="\d+",model="{model}",protocol="http"}} (\S+)$'
+    return sum(float(value) for value in re.findall(pattern, metrics, re.M))
+
+
+def test_a_model_middleware_guards_the_openai_routes_that_name_it(server: RunningServer) -> None:
+    refused = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    for call in (
+        lambda: refused.completions.create(model="guarded_llm", prompt="hello", max_tokens=10),
+        lambda: refused.chat.completions.create(model="guarded_llm", messages=[{"role": "user", "content": "hi"}]),
+        lambda: list(refused.completions.create(model="guarded_llm", prompt="hello", stream=True)),
+        lambda: refused.embeddings.create(model="guarded_vectors", input="four"),
+    ):
+        with pytest.raises(openai.AuthenticationError) as refusal:
+            call()
+        assert refusal.value.response.json() == {"error": "this route needs the header x-tenant: blue"}  # its own
+    assert refused.completions.create(model="open_llm", prompt="hello").choices[0].text == "HELLO"  # others stay open
+
+    before = _answered(server.get("/metrics").text, "guarded_llm")
+    allowed = openai.OpenAI(
+        base_url=server.url + "/v1", api_key="unused", max_retries=0, default_headers={"x-tenant": "blue"}
+    )
+    assert allowed.completions.create(model="guarded_llm", prompt="hello").choices[0].text == "HELLO"
+    chat = allowed.chat.completions.create(model="guarded_llm", messages=[{"role": "user", "content": "hi"}])
+    assert chat.choices[0].message.content == "HI"
+    streamed = allowed.completions.create(model="guarded_llm", prompt="hello", stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == "HELLO"
+    vectors = allowed.embeddings.create(model="guarded_vectors", input=["four", "sixsix"], encoding_format="float")
+    assert [item.embedding for item in vectors.data] == [[4.0, 1.0], [6.0, 1.0]]
+
+    raw = httpx.post(
+        server.url + "/v1/completions", json={"model": "guarded_llm", "prompt": "hi"}, headers={"x-tenant": "blue"}
+    )
+    assert raw.status_code == 200 and seen_by(raw) == ["guarded_llm", "server"]  # its chain, inside the server's
+    assert raw.headers["x-request-id"]
+    # Each request the chain let through counted once (the 401s are the middleware's, not counted).
+    assert _answered(server.get("/metrics").text, "guarded_llm") == before + 4
     assert_clean_log(server.log())
 
 

@@ -1,6 +1,7 @@
 """The ASGI application in front of every route: one pure-ASGI layer; the only middleware is what
 the config names (inferd/protocols/middleware.py): the server's around all of this, a model's
-around what follows the match of a path that names the model.
+around what follows the match of a path that names the model, or around the request replayed once
+a route read a body that names it (the OpenAI routes).
 
 Per HTTP request, in order: take the client's X-Request-ID if it is sane (else make one); match the
 path (404) and the method (405 with Allow); check access (401/403); on an inference route, take
@@ -31,7 +32,7 @@ from inferd.config import Config
 from inferd.errors import ClientGone, ModelUnavailable
 from inferd.protocols import openai_errors
 from inferd.protocols.http import Call, answer
-from inferd.protocols.middleware import ModelMiddleware, build_all
+from inferd.protocols.middleware import ModelMiddleware, ThroughModelMiddleware, build_all, passed_model_middleware
 from inferd.protocols.routing import Match, Router
 from inferd.rate_limit import RateLimits
 from inferd.request_note import NOTE, VARIANT_HEADER, RequestNote
@@ -95,6 +96,8 @@ class Front:
             response = await answer(call, _cancelled_by_shutdown)
         finally:
             NOTE.reset(token)
+        if isinstance(response, ThroughModelMiddleware):  # its body named a model with middleware
+            return await self.model_middleware.replay(response, scope, receive, send)
         if note.variant is not None:  # a traffic split answered: name its variant
             response.raw_headers.append((VARIANT_HEADER.encode(), note.variant.encode()))
         if match is not None and match.route.inference and call.model is not None:  # OpenAI's: set by the route
@@ -109,7 +112,7 @@ class Front:
             raise self.router.not_found(call.path)
         endpoint = match.route.endpoint(call.method, call.path)
         call.key_name = self.access.check(match.route, call.request.scope)
-        if match.route.inference and self.limits is not None:
+        if match.route.inference and self.limits is not None and not passed_model_middleware():  # else taken
             self.limits.admit(call.key_name, match.model.config if match.model is not None else None)
         return await endpoint(call)
 

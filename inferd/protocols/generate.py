@@ -16,7 +16,7 @@ from inferd.generation.params import GenerationParams, read_messages, read_param
 from inferd.generation.scheduler import Stream
 from inferd.messages import Chunk
 from inferd.priority import header_priority
-from inferd.protocols.http import BodyLimits, Call, Endpoint, json_response, read_json_document
+from inferd.protocols.http import BodyLimits, Call, Endpoint, json_response, parse_bounded_json, read_body
 from inferd.protocols.routing import Match, Resolver, Route
 from inferd.protocols.streaming import Completion, EventStream, collect, first_chunk, sse
 
@@ -51,14 +51,22 @@ def generative_model(daemon: Daemon, name: Any) -> ServedModel:
 
 
 async def read_json_body(call: Call, daemon: Daemon, model: ServedModel | None) -> dict[str, Any]:
+    return (await read_json_body_and_bytes(call, daemon, model))[0]
+
+
+async def read_json_body_and_bytes(
+    call: Call, daemon: Daemon, model: ServedModel | None
+) -> tuple[dict[str, Any], bytes]:
+    """The body as a JSON object, and as the bytes the client sent."""
     server = daemon.config.server
     limits = BodyLimits(server.max_request_bytes, server.body_timeout_s, "max_request_bytes")
     fraction = model.config.request_bytes_fraction if model is not None else 0.5
     with daemon.admission.hold(model.name if model else "-", fraction) as held:
-        body = await read_json_document(call.request, limits, daemon.admission, held)
+        raw = await read_body(call.request, limits, held)
+        body = await daemon.admission.decode(len(raw), True, parse_bounded_json, raw)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
-    return body
+    return body, raw
 
 
 def submit(

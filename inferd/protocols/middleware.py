@@ -1,8 +1,13 @@
 """ASGI middleware named in the config, each built once as `Class(app, **args)` (Starlette's
 convention): `server.middleware` around every HTTP request, a model's own `middleware` around the
 requests whose path names that model (its native route, its v2 routes, its generate route). In
-each list the first is the outermost. Lifespan events never pass through them. The OpenAI routes
-name their model in the body, so only server-wide middleware sees them; gRPC has no ASGI layer.
+each list the first is the outermost. Lifespan events never pass through them. gRPC has no ASGI
+layer.
+
+The OpenAI routes name their model in the body, so its chain can only run once the body is read:
+such a route answers `ThroughModelMiddleware` for a model that has one, and the front sends the
+same request, its body replayed, through that chain, inside which the route serves it
+(`passed_model_middleware` tells it so). A model's middleware thus guards it on every HTTP route.
 
 Every chain is built before it serves: at start-up (a problem stops `serve`) and for a reload's new
 config before the reload applies (a problem rejects it). A middleware that cannot be imported, is
@@ -13,10 +18,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from inferd.config import Config, MiddlewareSpec, ModelConfig
 from inferd.errors import ConfigError, StartupError
@@ -26,6 +32,33 @@ log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+# The model whose chain the request being served has passed (set by the front around the chain).
+_PASSED: ContextVar[str | None] = ContextVar("inferd_model_middleware_passed", default=None)
+
+
+class ThroughModelMiddleware(Response):
+    """A route's answer for a body that names `model`, whose middleware the request has not passed:
+    the front replays `body` through the model's chain (nothing of it is sent as is)."""
+
+    def __init__(self, model: ModelConfig, body: bytes) -> None:
+        super().__init__()
+        self.model = model
+        self.body = body
+
+
+def through_model_middleware(model: ModelConfig, body: bytes) -> ThroughModelMiddleware | None:
+    """What a route whose body names `model` answers before serving it: None where it may serve it
+    now (the model has no middleware, or the request is inside its chain already)."""
+    if not model.middleware or _PASSED.get() == model.name:
+        return None
+    return ThroughModelMiddleware(model, body)
+
+
+def passed_model_middleware() -> bool:
+    """Whether the request being served is inside a model's chain that a route sent it through."""
+    return _PASSED.get() is not None
 
 
 class MiddlewareProblem(Exception):
@@ -120,6 +153,24 @@ class ModelMiddleware:
                     (model.middleware, built[model.name]),
                     *self._chains.get(model.name, [])[:1],
                 ]
+
+    async def replay(self, detour: ThroughModelMiddleware, scope: Scope, receive: Any, send: Any) -> None:
+        """The request again, through `detour.model`'s chain, its body (already read) given anew;
+        what comes after it (a disconnect) from the client as before."""
+        replayed = False
+
+        async def receive_again() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": detour.body, "more_body": False}
+
+        token = _PASSED.set(detour.model.name)
+        try:
+            await self.chain_for(detour.model)(scope, receive_again, send)
+        finally:
+            _PASSED.reset(token)
 
     def chain_for(self, model: ModelConfig) -> ASGIApp:
         chain = self._built(model)

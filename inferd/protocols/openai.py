@@ -22,8 +22,9 @@ from inferd.messages import Chunk
 from inferd.priority import header_priority
 from inferd.protocols import native
 from inferd.protocols.disconnect import unless_client_leaves
-from inferd.protocols.generate import generative_model, read_json_body, submit
+from inferd.protocols.generate import generative_model, read_json_body_and_bytes, submit
 from inferd.protocols.http import Call, Endpoint, json_response
+from inferd.protocols.middleware import through_model_middleware
 from inferd.protocols.openai_errors import openai_error_body
 from inferd.protocols.routing import Route
 from inferd.protocols.streaming import Completion, EventStream, collect, first_chunk, sse
@@ -61,8 +62,11 @@ def model_ids(daemon: Daemon) -> list[str]:
 
 def _completions(daemon: Daemon, chat: bool) -> Endpoint:
     async def completions(call: Call) -> Response:
-        body = await read_json_body(call, daemon, None)
+        body, raw = await read_json_body_and_bytes(call, daemon, None)
         model = generative_model(daemon, body.get("model"))
+        if (detour := through_model_middleware(model.config, raw)) is not None:
+            return detour
+        del raw
         call.model = model  # named by the body, not the path: the front counts the request under it
         assert model.config.generation is not None
         priority = _admitted(daemon, call, model.config)
@@ -134,12 +138,15 @@ async def _events(
 
 def _embeddings(daemon: Daemon) -> Endpoint:
     async def embeddings(call: Call) -> Response:
-        body = await read_json_body(call, daemon, None)
+        body, raw = await read_json_body_and_bytes(call, daemon, None)
         name = body.get("model")
         model = daemon.find(name) if isinstance(name, str) else None
         if model is None or not model.is_handler or model.generator is not None:
             names = sorted(n for n, m in daemon.models.items() if m.is_handler and m.generator is None)
             raise ModelNotFound(f"no embedding model named {name!r}; handler models: {names}")
+        if (detour := through_model_middleware(model.config, raw)) is not None:
+            return detour
+        del raw
         call.model = model  # named by the body, not the path: the front counts the request under it
         priority = _admitted(daemon, call, model.config)
         texts = _texts(body.get("input"))
