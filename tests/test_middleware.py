@@ -114,6 +114,7 @@ def test_the_header_check_answers_401_itself(server: RunningServer) -> None:
     assert all(seen_by(r) == ["server"] for r in refused)  # nothing inside it ran
     metrics = server.get("/metrics").text
     assert 'inferd_batch_size_count{model="guarded"} 0.0' in metrics  # and no batch was computed
+    assert 'inferd_requests_total{code="401",model="guarded",protocol="http"} 3.0' in metrics  # counted as answered
     allowed = httpx.post(server.url + "/models/guarded/predict", json={"inputs": ["x"]}, headers={"x-tenant": "blue"})
     assert allowed.status_code == 200 and allowed.json() == {"outputs": ["x"]}
     assert seen_by(allowed) == ["guarded", "server"]
@@ -139,6 +140,9 @@ def test_a_model_middleware_guards_the_openai_routes_that_name_it(server: Runnin
             call()
         assert refusal.value.response.json() == {"error": "this route needs the header x-tenant: blue"}  # its own
     assert refused.completions.create(model="open_llm", prompt="hello").choices[0].text == "HELLO"  # others stay open
+    metrics = server.get("/metrics").text
+    assert 'inferd_requests_total{code="401",model="guarded_llm",protocol="http"} 3.0' in metrics
+    assert 'inferd_requests_total{code="401",model="guarded_vectors",protocol="http"} 1.0' in metrics
 
     before = _answered(server.get("/metrics").text, "guarded_llm")
     allowed = openai.OpenAI(
@@ -157,7 +161,7 @@ def test_a_model_middleware_guards_the_openai_routes_that_name_it(server: Runnin
     )
     assert raw.status_code == 200 and seen_by(raw) == ["guarded_llm", "server"]  # its chain, inside the server's
     assert raw.headers["x-request-id"]
-    # Each request the chain let through counted once (the 401s are the middleware's, not counted).
+    # Each request the chain let through counted once.
     assert _answered(server.get("/metrics").text, "guarded_llm") == before + 4
     assert_clean_log(server.log())
 

@@ -7,9 +7,10 @@ Per HTTP request, in order: take the client's X-Request-ID if it is sane (else m
 path (404) and the method (405 with Allow); check access (401/403); on an inference route, take
 from the rate limits' buckets (429, inferd/rate_limit.py), all before the body is read; run the
 endpoint; turn any error into its JSON answer (`http.answer`, the only place that does); count
-inference requests in their model's metrics; send, with X-Request-ID on every response. An answer
-to a client that has gone (499) is counted and logged but not sent. Lifespan events go to
-`lifespan` (a starlette Router's), websockets are refused.
+inference requests in their model's metrics (those a model's middleware answered itself too);
+send, with X-Request-ID on every response. An answer to a client that has gone (499) is counted
+and logged but not sent. Lifespan events go to `lifespan` (a starlette Router's), websockets are
+refused.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,10 +33,19 @@ from inferd.config import Config
 from inferd.errors import ClientGone, ModelUnavailable
 from inferd.protocols import openai_errors
 from inferd.protocols.http import Call, answer
-from inferd.protocols.middleware import ModelMiddleware, ThroughModelMiddleware, build_all, passed_model_middleware
+from inferd.protocols.middleware import (
+    ModelMiddleware,
+    ThroughModelMiddleware,
+    build_all,
+    passed_model_middleware,
+    reached_inferd,
+)
 from inferd.protocols.routing import Match, Router
 from inferd.rate_limit import RateLimits
 from inferd.request_note import NOTE, VARIANT_HEADER, RequestNote
+
+if TYPE_CHECKING:
+    from inferd.daemon import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +83,14 @@ class Front:
     async def _route(self, scope: Scope, receive: Any, send: Any) -> None:
         match = self.router.match(scope["path"])
         if match is not None and match.model is not None and match.model.config.middleware:
-            return await self.model_middleware.chain_for(match.model.config)(scope, receive, send)
+            started = time.perf_counter()
+            answered = await self.model_middleware.run(match.model.config, scope, receive, send)
+            return _count_answered_by_middleware(match.model if match.route.inference else None, answered, started)
         await self._respond(scope, receive, send, match)
 
     async def _rematched(self, scope: Scope, receive: Any, send: Any) -> None:
         """Inside a model's middleware, which may have changed the path."""
+        reached_inferd()
         await self._respond(scope, receive, send, self.router.match(scope["path"]))
 
     async def _respond(self, scope: Scope, receive: Any, send: Any, match: Match | None) -> None:
@@ -97,7 +110,8 @@ class Front:
         finally:
             NOTE.reset(token)
         if isinstance(response, ThroughModelMiddleware):  # its body named a model with middleware
-            return await self.model_middleware.replay(response, scope, receive, send)
+            answered = await self.model_middleware.replay(response, scope, receive, send)
+            return _count_answered_by_middleware(call.model, answered, started)
         if note.variant is not None:  # a traffic split answered: name its variant
             response.raw_headers.append((VARIANT_HEADER.encode(), note.variant.encode()))
         if match is not None and match.route.inference and call.model is not None:  # OpenAI's: set by the route
@@ -115,6 +129,12 @@ class Front:
         if match.route.inference and self.limits is not None and not passed_model_middleware():  # else taken
             self.limits.admit(call.key_name, match.model.config if match.model is not None else None)
         return await endpoint(call)
+
+
+def _count_answered_by_middleware(model: ServedModel | None, status: int | None, started: float) -> None:
+    """A request that a model's middleware answered itself (a 401, say) counts under the model."""
+    if model is not None and status is not None:
+        model.metrics.request_done("http", status, time.perf_counter() - started)
 
 
 async def _cancelled_by_shutdown(call: Call) -> Response:

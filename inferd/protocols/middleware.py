@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,21 @@ ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 # The model whose chain the request being served has passed (set by the front around the chain).
 _PASSED: ContextVar[str | None] = ContextVar("inferd_model_middleware_passed", default=None)
+
+
+@dataclass
+class _ChainRun:
+    reached: bool = False  # the chain passed the request on to inferd's own handling
+
+
+_RUN: ContextVar[_ChainRun | None] = ContextVar("inferd_model_middleware_run", default=None)
+
+
+def reached_inferd() -> None:
+    """Called by the app a model's chain wraps: the request passed every middleware of it."""
+    run = _RUN.get()
+    if run is not None:
+        run.reached = True
 
 
 class ThroughModelMiddleware(Response):
@@ -154,9 +170,9 @@ class ModelMiddleware:
                     *self._chains.get(model.name, [])[:1],
                 ]
 
-    async def replay(self, detour: ThroughModelMiddleware, scope: Scope, receive: Any, send: Any) -> None:
-        """The request again, through `detour.model`'s chain, its body (already read) given anew;
-        what comes after it (a disconnect) from the client as before."""
+    async def replay(self, detour: ThroughModelMiddleware, scope: Scope, receive: Any, send: Any) -> int | None:
+        """The request again, through `detour.model`'s chain (as `run`), its body (already read)
+        given anew; what comes after it (a disconnect) from the client as before."""
         replayed = False
 
         async def receive_again() -> Any:
@@ -168,9 +184,28 @@ class ModelMiddleware:
 
         token = _PASSED.set(detour.model.name)
         try:
-            await self.chain_for(detour.model)(scope, receive_again, send)
+            return await self.run(detour.model, scope, receive_again, send)
         finally:
             _PASSED.reset(token)
+
+    async def run(self, model: ModelConfig, scope: Scope, receive: Any, send: Any) -> int | None:
+        """The request through `model`'s chain; the status of the answer a middleware gave itself
+        (None where the request reached inferd's own handling, which counts it)."""
+        status = None
+
+        async def watched(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        run = _ChainRun()
+        token = _RUN.set(run)
+        try:
+            await self.chain_for(model)(scope, receive, watched)
+        finally:
+            _RUN.reset(token)
+        return None if run.reached else status
 
     def chain_for(self, model: ModelConfig) -> ASGIApp:
         chain = self._built(model)

@@ -64,10 +64,10 @@ def _completions(daemon: Daemon, chat: bool) -> Endpoint:
     async def completions(call: Call) -> Response:
         body, raw = await read_json_body_and_bytes(call, daemon, None)
         model = generative_model(daemon, body.get("model"))
+        call.model = model  # named by the body, not the path: the front counts the request under it
         if (detour := through_model_middleware(model.config, raw)) is not None:
             return detour
         del raw
-        call.model = model  # named by the body, not the path: the front counts the request under it
         assert model.config.generation is not None
         priority = _admitted(daemon, call, model.config)
         prompt = read_messages(body.get("messages")) if chat else read_prompt(body.get("prompt"))
@@ -144,10 +144,10 @@ def _embeddings(daemon: Daemon) -> Endpoint:
         if model is None or not model.is_handler or model.generator is not None:
             names = sorted(n for n, m in daemon.models.items() if m.is_handler and m.generator is None)
             raise ModelNotFound(f"no embedding model named {name!r}; handler models: {names}")
+        call.model = model  # named by the body, not the path: the front counts the request under it
         if (detour := through_model_middleware(model.config, raw)) is not None:
             return detour
         del raw
-        call.model = model  # named by the body, not the path: the front counts the request under it
         priority = _admitted(daemon, call, model.config)
         texts = _texts(body.get("input"))
         encoding = body.get("encoding_format", "float")
