@@ -16,7 +16,7 @@ from inferd.generation.params import GenerationParams, read_messages, read_param
 from inferd.generation.scheduler import Stream
 from inferd.messages import Chunk
 from inferd.priority import header_priority
-from inferd.protocols.http import BodyLimits, Call, Endpoint, json_response, parse_bounded_json, read_body
+from inferd.protocols.http import BodyLimits, Call, Endpoint, json_response, read_json_document_and_bytes
 from inferd.protocols.routing import Match, Resolver, Route
 from inferd.protocols.streaming import Completion, EventStream, collect, first_chunk, sse
 
@@ -62,8 +62,7 @@ async def read_json_body_and_bytes(
     limits = BodyLimits(server.max_request_bytes, server.body_timeout_s, "max_request_bytes")
     fraction = model.config.request_bytes_fraction if model is not None else 0.5
     with daemon.admission.hold(model.name if model else "-", fraction) as held:
-        raw = await read_body(call.request, limits, held)
-        body = await daemon.admission.decode(len(raw), True, parse_bounded_json, raw)
+        body, raw = await read_json_document_and_bytes(call.request, limits, daemon.admission, held)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body, raw

@@ -204,8 +204,15 @@ async def read_json_document(
 ) -> Any:
     """A body that is one JSON document for the route itself (a prompt, a region to register),
     parsed off the loop when large: in the decoder process, so no parse holds the loop's GIL."""
+    return (await read_json_document_and_bytes(request, limits, admission, held))[0]
+
+
+async def read_json_document_and_bytes(
+    request: Request, limits: BodyLimits, admission: Admission, held: Reservation | None = None
+) -> tuple[Any, bytes]:
+    """`read_json_document`, and the body's bytes as the client sent them."""
     body = await read_body(request, limits, held)
-    return await admission.decode(len(body), True, parse_bounded_json, body)
+    return await admission.decode(len(body), True, parse_bounded_json, body), body
 
 
 def parse_bounded_json(body: bytes | bytearray) -> Any:

@@ -35,13 +35,13 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
-# The model whose chain the request being served has passed (set by the front around the chain).
-_PASSED: ContextVar[str | None] = ContextVar("inferd_model_middleware_passed", default=None)
-
-
 @dataclass
 class _ChainRun:
-    reached: bool = False  # the chain passed the request on to inferd's own handling
+    """One request's way through a model's chain, as the front runs it."""
+
+    model: str
+    replayed: bool  # a route whose body names the model sent it here (ThroughModelMiddleware)
+    reached: bool = False  # the chain passed it on to inferd's own handling
 
 
 _RUN: ContextVar[_ChainRun | None] = ContextVar("inferd_model_middleware_run", default=None)
@@ -67,14 +67,16 @@ class ThroughModelMiddleware(Response):
 def through_model_middleware(model: ModelConfig, body: bytes) -> ThroughModelMiddleware | None:
     """What a route whose body names `model` answers before serving it: None where it may serve it
     now (the model has no middleware, or the request is inside its chain already)."""
-    if not model.middleware or _PASSED.get() == model.name:
+    run = _RUN.get()
+    if not model.middleware or (run is not None and run.replayed and run.model == model.name):
         return None
     return ThroughModelMiddleware(model, body)
 
 
 def passed_model_middleware() -> bool:
     """Whether the request being served is inside a model's chain that a route sent it through."""
-    return _PASSED.get() is not None
+    run = _RUN.get()
+    return run is not None and run.replayed
 
 
 class MiddlewareProblem(Exception):
@@ -182,13 +184,11 @@ class ModelMiddleware:
             replayed = True
             return {"type": "http.request", "body": detour.body, "more_body": False}
 
-        token = _PASSED.set(detour.model.name)
-        try:
-            return await self.run(detour.model, scope, receive_again, send)
-        finally:
-            _PASSED.reset(token)
+        return await self.run(detour.model, scope, receive_again, send, replayed=True)
 
-    async def run(self, model: ModelConfig, scope: Scope, receive: Any, send: Any) -> int | None:
+    async def run(
+        self, model: ModelConfig, scope: Scope, receive: Any, send: Any, replayed: bool = False
+    ) -> int | None:
         """The request through `model`'s chain; the status of the answer a middleware gave itself
         (None where the request reached inferd's own handling, which counts it)."""
         status = None
@@ -199,7 +199,7 @@ class ModelMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        run = _ChainRun()
+        run = _ChainRun(model.name, replayed)
         token = _RUN.set(run)
         try:
             await self.chain_for(model)(scope, receive, watched)
