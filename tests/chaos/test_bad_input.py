@@ -276,7 +276,10 @@ def requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
             | st.integers(-3, 2**70).map(str)
             | st.text(max_size=5)
         )
-        if not headers[V2_HEADER].isascii() or not headers[V2_HEADER].isprintable():
+        value = headers[V2_HEADER]
+        # What a client can send at all: h11 (httpx's) refuses non-printable values and, at the
+        # declared floor 0.16, values with whitespace at either end (" " reached it in CI).
+        if not value.isascii() or not value.isprintable() or value != value.strip():
             del headers[V2_HEADER]
     return path, body, headers
 

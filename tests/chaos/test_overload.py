@@ -52,6 +52,11 @@ def test_ten_times_the_sustainable_load_gets_429s_and_bounded_latency(serve) -> 
     assert set(statuses) == {"200", "429"}, statuses
     assert statuses["429"] > 5 * statuses["200"]  # the excess is refused
     assert all(o.json["error"] and "max_queue_size" in o.json["error"] for o in outcomes if o.status == 429)
-    assert max(o.latency_s for o in outcomes if o.status == 200) < 3 * bound_s  # bounded, with slack for a loaded CI
+    # A refusal never queues, so the slowest 429 measures how long this machine stalled the client
+    # and the main process (other test processes share its cores); an accepted request may meet
+    # the same stall on top of its queueing. An unbounded queue would instead wait out the 10 s
+    # request timeout and answer 504.
+    stall_s = max(o.latency_s for o in outcomes if o.status == 429)
+    assert max(o.latency_s for o in outcomes if o.status == 200) < 2 * bound_s + stall_s
     assert rss[2] - rss[1] < 8, rss  # the second phase of overload adds no memory
     assert_clean_log(server.log())

@@ -209,7 +209,6 @@ def test_a_shared_memory_batch_survives_its_worker_dying(server: RunningServer, 
 def test_inferd_leaves_client_regions_to_the_client(tmp_path: Path, example_models: Path) -> None:
     key = f"/inferd-test-kept-{uuid.uuid4().hex[:8]}"
     handle = shm.create_shared_memory_region("kept", key, NBYTES)
-    before = set(os.listdir("/dev/shm"))
     grpc_port = free_port()
     running = start_server(
         tmp_path,
@@ -223,9 +222,11 @@ models:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         client.register_system_shared_memory("kept", key, NBYTES)  # registered, never unregistered
         client.close()
+        main_pid = running.process.pid
         assert running.stop() == 0, running.log()
         assert os.path.exists("/dev/shm" + key)  # the owner is the client: inferd unmapped it, never unlinked it
-        left = {name for name in set(os.listdir("/dev/shm")) - before if "inferd" in name}
+        # Only this daemon's names: tests running beside this one make (and plant stale) segments of their own.
+        left = {name for name in os.listdir("/dev/shm") if name.startswith(f"inferd-seg-{main_pid}-")}
         assert not left, f"inferd left {left} in /dev/shm"
     finally:
         running.process.kill() if running.process.poll() is None else None
