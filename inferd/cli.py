@@ -108,6 +108,10 @@ def _serve(args: argparse.Namespace) -> int:
     sockets = _listen(config.server)
     grpc_reservation = _reserve_grpc_port(config.server, sockets)
     _log_plan(host, slots)
+    if slots:
+        from inferd.process import start_fork_helper
+
+        start_fork_helper()  # its torch import overlaps the rest of the start-up
     return _run_event_loop(_run(config, slots, args.config, sockets, grpc_reservation))
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import multiprocess
+import multiprocess.forkserver
 
 from inferd.channel import Channel
 
@@ -107,15 +108,24 @@ def become_subreaper() -> bool:
 
 
 def _context() -> Any:
-    """The forkserver context, its helper preloaded with torch (on first use), where the platform
-    has one: a worker then starts as a fork of a process that has imported torch but never run
-    it, in well under a second, instead of a fresh interpreter importing torch for seconds. The
-    main process itself never imports torch either way."""
+    """The forkserver context, its helper preloaded with torch (started by `start_fork_helper` or on
+    first use), where the platform has one: a worker then starts as a fork of a process that has
+    imported torch but never run it, in well under a second, instead of a fresh interpreter
+    importing torch for seconds. The main process itself never imports torch either way."""
     if "forkserver" not in multiprocess.get_all_start_methods():
         return multiprocess.get_context("spawn")
     context = multiprocess.get_context("forkserver")
     context.set_forkserver_preload(["inferd.fork_helper"])
     return context
+
+
+def start_fork_helper() -> None:
+    """Launch the fork helper now, without waiting for it: its import of torch (seconds) then runs
+    beside the rest of the daemon's start-up instead of before the first worker. Returns at once;
+    the first `start_worker` waits for the helper as it always does."""
+    with _START_LOCK:
+        if _context().get_start_method() == "forkserver":  # none to start under spawn
+            multiprocess.forkserver.ensure_running()
 
 
 def start_worker(target: Callable[..., Any], args: tuple[Any, ...], name: str) -> tuple[WorkerProcess, socket.socket]:
