@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--interleave", action="store_true", help="measure a model's servers in turns (see run_all.py)")
     add("--batch-size", type=int, default=32)
     add("--litserve-python", help=f"LitServe venv's python (or ${targets.LITSERVE_ENV})")
+    add("--busy-poll-us", type=float, help="every inferd's busy_poll_us (default: inferd's own; 0: no polling)")
     add("--keep", action="store_true")
     return parser.parse_args(argv)
 
@@ -62,11 +63,12 @@ def endpoints(args: argparse.Namespace, model_paths: dict[str, Path], notes: lis
         found.append(targets.bare(model, path, where))
         if litserve_python:
             found.append(targets.litserve(model, path, where, litserve_python, "w2", args.batch_size, 5.0))
-        found += targets.inferd(model, path, where, command, ["native"], args.batch_size, None, 1)
+        poll = args.busy_poll_us
+        found += targets.inferd(model, path, where, command, ["native"], args.batch_size, None, 1, busy_poll_us=poll)
         for timeout_ms in args.sweep_ms:
             label = f" fixed {timeout_ms:g} ms"
             found += targets.inferd(
-                model, path, where, command, ["native"], args.batch_size, timeout_ms, 1, "fixed", label
+                model, path, where, command, ["native"], args.batch_size, timeout_ms, 1, "fixed", label, poll
             )
     return found
 

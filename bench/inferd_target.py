@@ -52,6 +52,7 @@ def write_config(
     cpus: list[int] | None,
     batch_wait: str = "adaptive",
     label: str = "",
+    busy_poll_us: float | None = None,
 ) -> Path:
     """A one-model config beside the model file; JSON is YAML, so no pyyaml is needed here."""
     width = benchmodels.MODELS[model].in_features
@@ -67,6 +68,8 @@ def write_config(
     }
     if batch_timeout_ms is not None:
         entry["batch_timeout_ms"] = batch_timeout_ms
+    if busy_poll_us is not None:
+        entry["busy_poll_us"] = busy_poll_us
     if cpus:
         entry["cpu_affinity"] = ",".join(map(str, cpus))
     config = {

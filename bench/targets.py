@@ -173,9 +173,11 @@ def inferd(
     workers: int,
     batch_wait: str = "adaptive",
     label: str = "",
+    busy_poll_us: float | None = None,
 ) -> list[Endpoint]:
     """One inferd serving `model`, measured through each protocol in `protocols` (native, v2).
-    `label` tells several inferds of one model apart (in the row's target and the server's key)."""
+    `label` tells several inferds of one model apart (in the row's target and the server's key);
+    `busy_poll_us` None leaves inferd's default."""
     port = procs.free_port()
     config = inferd_target.write_config(
         model,
@@ -187,6 +189,7 @@ def inferd(
         cpus=where.inferd_cpus or where.server_cpus,
         batch_wait=batch_wait,
         label=label.replace(" ", "-"),
+        busy_poll_us=busy_poll_us,
     )
     spec = ServerSpec(
         f"inferd-{model}{label.replace(' ', '-')}",

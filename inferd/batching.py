@@ -33,6 +33,7 @@ from typing import Protocol
 from inferd.batch_cap import BatchSizeCap
 from inferd.batch_cost import BatchCost
 from inferd.batch_window import BatchWindow
+from inferd.busy_poll import LoopSpinner
 from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestError, RequestTimedOut
 from inferd.messages import Batch, BatchDone, Payload, RequestFailure
 from inferd.priority import PriorityPolicy
@@ -40,6 +41,7 @@ from inferd.priority_queue import PROMOTED, PriorityQueue
 from inferd.urgent_reserve import UrgentReserve
 
 log = logging.getLogger(__name__)
+LOOP_SPINNER = LoopSpinner()  # one for every model's batcher: the process has one event loop
 
 
 class Worker(Protocol):
@@ -90,6 +92,7 @@ class BatchPolicy:
     max_queue_size: int
     request_timeout_s: float
     fixed_wait: bool = False  # the classic dynamic batcher: every partial batch waits batch_timeout_s
+    busy_poll_s: float = 0.0  # the window the loop stays awake in, around a batch's expected answer (busy_poll.py)
     priority: PriorityPolicy = field(default_factory=PriorityPolicy)
 
 
@@ -326,6 +329,11 @@ class Batcher:
         busy_s = self.cost.late_s(items)
         future = worker.submit(Batch(batch_id, [r.payload for r in chosen]))
         self._running[future] = (None if busy_s is None else now + busy_s, chosen)
+        if self.policy.busy_poll_s and not self._queue:
+            # Nothing else queued: the loop would sleep until this answer; under load it has work anyway.
+            expected_s = self.cost.estimate_s(items)
+            if expected_s is not None:
+                LOOP_SPINNER.watch_around(future, expected_s, self.policy.busy_poll_s)
         hung_timer = asyncio.get_running_loop().call_later(self.policy.request_timeout_s, self._on_hung, worker, future)
         future.add_done_callback(lambda done: self._on_batch_done(done, chosen, hung_timer))
 

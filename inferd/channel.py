@@ -105,6 +105,13 @@ class Channel:
         except (OSError, EOFError) as error:
             raise ChannelClosed(str(error)) from None
 
+    def readable(self) -> bool:
+        """Whether a message has (begun to) come, so that recv() would not block."""
+        try:
+            return bool(self._connection.poll(0))
+        except (OSError, EOFError):
+            return True  # recv() raises ChannelClosed at once
+
     def recv(self) -> Any:
         while True:
             try:

@@ -308,6 +308,9 @@ class ModelConfig(_Section):
     max_batch_size: int = Field(1, ge=1, le=65536)
     batch_timeout_ms: float | None = Field(None, ge=0, le=60_000)  # a cap on the learned hold; 0 never holds
     batch_wait: Literal["adaptive", "fixed"] = "adaptive"  # fixed: every partial batch waits batch_timeout_ms
+    # How long a worker polls for its next batch, and the main process for a batch's answer,
+    # before sleeping (inferd/busy_poll.py); 0 never polls.
+    busy_poll_us: float = Field(1000.0, ge=0, le=100_000)
     cpu_affinity: tuple[int, ...] | None = None
     max_queue_size: int = Field(1024, ge=1)
     request_timeout_ms: float = Field(30_000.0, gt=0)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from inferd.admission import Admission
 from inferd.batching import Batcher, BatchPolicy
+from inferd.busy_poll import worker_window_s
 from inferd.cgroup import OomKills
 from inferd.composed_workers import ComposedWorkers
 from inferd.config import Config, ModelConfig
@@ -219,7 +220,11 @@ class Daemon:
         base_dir = Path(self.config.source).resolve().parent
         level, log_format = self.config.server.log_level, self.config.server.log_format
         own_slots = tuple(s for s in slots if s.model == model.name)
-        specs = [WorkerSpec(slot, model, base_dir, level, log_format) for slot in own_slots]
+        window_s = model.busy_poll_us / 1e6
+        specs = [
+            WorkerSpec(slot, model, base_dir, level, log_format, busy_poll_s=worker_window_s(window_s, slot, slots))
+            for slot in own_slots
+        ]
         policy = BatchPolicy(
             model.max_batch_size,
             None if model.batch_timeout_ms is None else model.batch_timeout_ms / 1000,
@@ -227,6 +232,7 @@ class Daemon:
             model.request_timeout_ms / 1000,
             fixed_wait=model.batch_wait == "fixed",
             priority=priority_policy(model),
+            busy_poll_s=window_s,
         )
         metrics = self.metrics.for_model(model.name)
         supervisor = Supervisor(model, specs, metrics, self._oom_kills, self._segments)

@@ -20,7 +20,7 @@ PIPELINE_INPUT = "input"
 WORKER_FIELDS = (
     "path", "handler", "handler_args", "device", "gpus", "gpu_memory_fraction", "workers_per_device",
     "batch_timeout_ms", "batch_wait", "cpu_affinity", "inputs", "outputs", "warmup", "warmup_runs",
-    "max_worker_memory_mb", "max_concurrency", "load", "idle_unload_s",
+    "max_worker_memory_mb", "max_concurrency", "load", "idle_unload_s", "busy_poll_us",
 )  # fmt: skip
 
 

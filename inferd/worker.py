@@ -42,6 +42,7 @@ import psutil
 from setproctitle import setproctitle
 
 from inferd import logs
+from inferd.busy_poll import WorkerPoll
 from inferd.channel import Channel, ChannelClosed
 from inferd.config import ModelConfig
 from inferd.errors import EXIT_STARTUP
@@ -77,6 +78,7 @@ class WorkerSpec:
     log_level: str
     log_format: str = "text"
     main_pid: int = field(default_factory=os.getpid)  # built in the main process
+    busy_poll_s: float = 0.0  # how long to poll for the next batch before sleeping (busy_poll.py)
 
 
 def worker_main(spec: WorkerSpec, channel: Channel) -> None:
@@ -191,7 +193,9 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
     # Where this thread does all of a batch's work, its CPU time is the batch's cost without the
     # time other processes on the same cores took from it (a pipeline's other steps, say).
     one_cpu_thread = gpu_reader is None and spec.slot.device == "cpu" and torch.get_num_threads() == 1
+    poll = WorkerPoll(spec.busy_poll_s)
     while True:
+        poll.wait(channel.readable)
         try:
             message = channel.recv()
         except ChannelClosed:

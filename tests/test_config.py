@@ -171,3 +171,14 @@ def test_auth_takes_api_keys_admin_keys_or_both() -> None:
     assert admin_only.server.auth is not None and admin_only.server.auth.api_keys_env is None
     found = problems("server: {auth: {protect_metrics: true}}\nmodels: [{name: a, path: x.pt}]")
     assert len(found) == 1 and "admin_keys_env" in found[0] and "api_keys_env" in found[0]
+
+
+def test_busy_poll_defaults_to_a_millisecond_and_refuses_negatives() -> None:
+    assert parse_config("models: [{name: a, path: x.pt}]").models[0].busy_poll_us == 1000
+    assert parse_config("models: [{name: a, path: x.pt, busy_poll_us: 0}]").models[0].busy_poll_us == 0
+    found = problems("models: [{name: a, path: x.pt, busy_poll_us: -5}]")
+    assert len(found) == 1 and found[0].startswith("models[0].busy_poll_us:") and "-5" in found[0], found
+    on_pipeline = problems("models: [{name: a, path: x.pt}, {name: p, pipeline: [a], busy_poll_us: 0}]")
+    assert on_pipeline == [
+        "models[1].busy_poll_us: a pipeline has no workers of its own; set busy_poll_us on the model of each step"
+    ]

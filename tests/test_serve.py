@@ -35,9 +35,9 @@ def test_tensor_models_answer_like_torch_itself(serve, example_models: Path) -> 
         """
         models:
           - {name: tiny, path: {MODELS}/tiny.pt, max_batch_size: 8, batch_timeout_ms: 2}
-          - {name: exported, path: {MODELS}/classifier.pt2, max_batch_size: 4}
+          - {name: exported, path: {MODELS}/classifier.pt2, max_batch_size: 4, busy_poll_us: 0}
         """
-    )
+    )  # tiny polls (the default), exported never does
     rows = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
     answer = server.post("/models/tiny/predict", {"inputs": rows.tolist()})
     assert answer.status_code == 200, answer.text
