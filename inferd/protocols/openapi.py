@@ -3,9 +3,9 @@
 Each model gets concrete paths (its native route, /v2/models/<name>/... with and without the
 version, and a generative model's /models/<name>/generate) whose request schemas name its own
 inputs, datatypes and fixed dims, so a client generator or a fuzzer builds requests the model can
-take. The v2 model routes, the OpenAI-compatible, v2 statistics and shared-memory routes are
-listed from the same route tables the router serves (inferd.protocols.openapi_routes). Every
-error answer is `{"error": str, "request_id": str}`, except on the OpenAI routes, whose errors read
+take. The v2 model routes, the OpenAI-compatible, v2 statistics, shared-memory and model
+repository routes are listed from the same route tables the router serves
+(inferd.protocols.openapi_routes). Every error answer is `{"error": str, "request_id": str}`, except on the OpenAI routes, whose errors read
 as OpenAI's (`{"error": {"message", "type", "param", "code"}, "request_id"}`). The document is
 rebuilt per request: a reload that adds or removes a model changes it at once. Where API keys are
 set, it needs one, like the routes it describes.
@@ -20,7 +20,7 @@ from inferd import __version__
 from inferd.daemon import Daemon, ServedModel
 from inferd.datatypes import DATATYPES
 from inferd.messages import TensorInfo
-from inferd.protocols import generate, openai, shm_routes, v2
+from inferd.protocols import generate, openai, repository, shm_routes, v2
 from inferd.protocols.openapi_routes import (
     Schema,
     described,
@@ -111,13 +111,16 @@ def _html() -> Schema:
 
 
 def _table_paths(daemon: Daemon) -> dict[str, Any]:
-    """The OpenAI-compatible, every-model statistics and shared-memory routes, from their tables."""
+    """The OpenAI-compatible, every-model statistics, shared-memory and model repository routes,
+    from their tables."""
     context = {
         "generative_models": sorted(n for n, m in daemon.models.items() if m.generator is not None),
         "embedding_models": sorted(n for n, m in daemon.models.items() if m.is_handler and m.generator is None),
     }
     _, every_model = v2.model_routes(daemon)
-    return described([*openai.routes(daemon), every_model, *shm_routes.table(daemon).values()], context)
+    tables = [*openai.routes(daemon), every_model, *shm_routes.table(daemon).values()]
+    tables += [*repository.routes(daemon), *repository.model_routes(daemon).values()]
+    return described(tables, context)
 
 
 def _get(summary: str, ok: Schema, errors: Iterable[int] = ()) -> Schema:

@@ -1,5 +1,6 @@
 """The OpenAPI operations of the routes that /openapi.json lists from the route tables themselves
-(the OpenAI-compatible routes, generation, v2 statistics and system shared memory): each table's
+(the OpenAI-compatible routes, generation, v2 statistics, system shared memory and the model
+repository): each table's
 `Route` gives the path and its methods, this module what each method takes and answers. A route
 that has no description here is still listed, with a generic operation, so a new route can never
 be missing from the document."""
@@ -189,6 +190,35 @@ def _unregister(context: Mapping[str, Any]) -> Schema:
     )
 
 
+# ---- model repository (admin routes) ---------------------------------------------------------
+
+_ADMIN_ERRORS = (400, 401, 403, 404, 413)
+_REPOSITORY_ENTRY = object_schema(
+    {"name": _STRING, "version": _STRING,
+     "state": {"type": "string", "enum": ["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]}, "reason": _STRING},
+    ["name", "version", "state", "reason"],
+)  # fmt: skip
+
+
+def _repository_index(context: Mapping[str, Any]) -> Schema:
+    return operation(
+        "every model of the config and its state; \"ready\": true lists only the ready ones (admin route)",
+        json_content({"type": "array", "items": _REPOSITORY_ENTRY}), _ADMIN_ERRORS,
+        requestBody=body(object_schema({"ready": {"type": "boolean"}}), {"ready": False}),
+    )  # fmt: skip
+
+
+def _repository_action(summary: str, parameters: Schema) -> Callable[[Mapping[str, Any]], Schema]:
+    def described_action(context: Mapping[str, Any]) -> Schema:
+        return operation(
+            summary, json_content(_REPOSITORY_ENTRY), (*_ADMIN_ERRORS, 500),
+            requestBody=body(object_schema({"parameters": object_schema(parameters)}), {"parameters": {}}),
+        )  # fmt: skip
+
+    return described_action
+
+
+_REPOSITORY = "/v2/repository"
 _SHM = "/v2/systemsharedmemory"
 _DESCRIPTIONS: dict[tuple[str, str], Callable[[Mapping[str, Any]], Schema]] = {
     ("/v1/models", "GET"): _models,
@@ -196,6 +226,14 @@ _DESCRIPTIONS: dict[tuple[str, str], Callable[[Mapping[str, Any]], Schema]] = {
     ("/v1/completions", "POST"): lambda context: _completions(context, chat=False),
     ("/v1/embeddings", "POST"): _embeddings,
     ("/v2/models/stats", "GET"): lambda context: stats_operation("v2 statistics of every model"),
+    (f"{_REPOSITORY}/index", "POST"): _repository_index,
+    (f"{_REPOSITORY}/models/{{name}}/load", "POST"): _repository_action(
+        "start the model's workers (a pipeline's or split's: its models'); answers its state (admin route)", {}
+    ),
+    (f"{_REPOSITORY}/models/{{name}}/unload", "POST"): _repository_action(
+        "answer what the model accepted, then end its workers; answers its state (admin route)",
+        {"unload_dependents": {"type": "boolean"}},
+    ),
     (f"{_SHM}/status", "GET"): _regions,
     (f"{_SHM}/unregister", "POST"): _unregister,
     (f"{_SHM}/region/{{name}}/status", "GET"): _regions,

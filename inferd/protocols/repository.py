@@ -129,7 +129,10 @@ def routes(daemon: Daemon) -> list[Route]:
     return [Route(f"{PREFIX}/index", {"POST": get_index})]
 
 
-def resolver(daemon: Daemon) -> Resolver:
+def model_routes(daemon: Daemon) -> dict[str, Route]:
+    """The per-model routes by their last path part ("load", "unload"); the resolver serves them
+    and /openapi.json lists them from here."""
+
     async def load_model(call: Call) -> Response:
         await load(daemon, call.params["name"], _parameters(await _body(call, daemon)))
         return json_response(asdict(_entry(daemon, find(daemon, call.params["name"]))))
@@ -139,10 +142,14 @@ def resolver(daemon: Daemon) -> Resolver:
         await unload(daemon, call.params["name"])
         return json_response(asdict(_entry(daemon, find(daemon, call.params["name"]))))
 
-    by_action = {
+    return {
         "load": Route(f"{PREFIX}/models/{{name}}/load", {"POST": load_model}),
         "unload": Route(f"{PREFIX}/models/{{name}}/unload", {"POST": unload_model}),
     }
+
+
+def resolver(daemon: Daemon) -> Resolver:
+    by_action = model_routes(daemon)
 
     def resolve(path: str) -> Match | None:
         parts = path.split("/")

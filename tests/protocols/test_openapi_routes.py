@@ -1,6 +1,7 @@
 """/openapi.json lists every route of the route tables the router serves (the OpenAI-compatible
-ones, generation, v2 statistics, system shared memory), each with the methods the route takes, as
-a document schemathesis loads; and none of those operations answers a 5xx to fuzzed requests."""
+ones, generation, v2 statistics, system shared memory, the model repository), each with the
+methods the route takes, as a document schemathesis loads; and none of those operations answers a
+5xx to fuzzed requests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from inferd.protocols import generate, openai, shm_routes, v2
+from inferd.protocols import generate, openai, repository, shm_routes, v2
 from inferd.protocols.routing import Route
 from tests.conftest import RunningServer, start_server
 from tests.generation.conftest import GENERATORS, YIELDERS
@@ -51,7 +52,14 @@ def table_routes() -> list[Route]:
     """Every route of the tables, built as the router builds them (their endpoints are not run)."""
     daemon: Any = SimpleNamespace(shared_memory=None)
     _, every_model = v2.model_routes(daemon)
-    return [*openai.routes(daemon), *v2.routes(daemon), every_model, *shm_routes.table(daemon).values()]
+    repository_routes = [*repository.routes(daemon), *repository.model_routes(daemon).values()]
+    return [
+        *openai.routes(daemon),
+        *v2.routes(daemon),
+        every_model,
+        *shm_routes.table(daemon).values(),
+        *repository_routes,
+    ]
 
 
 def test_every_route_of_the_tables_is_listed_with_its_methods(paths: dict[str, Any]) -> None:
