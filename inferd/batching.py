@@ -42,12 +42,18 @@ from inferd.urgent_reserve import UrgentReserve
 
 log = logging.getLogger(__name__)
 LOOP_SPINNER = LoopSpinner()  # one for every model's batcher: the process has one event loop
+# How long before a request expected here a heads-up goes to the idle worker: about what waking a
+# sleeping worker takes on a virtual machine's halted CPU (busy_poll.py), with room to spare.
+HEADS_UP_LEAD_S = 300e-6
 
 
 class Worker(Protocol):
     name: str
 
     def submit(self, batch: Batch) -> asyncio.Future[BatchDone]: ...
+
+    def heads_up(self, within_s: float) -> None:
+        """Tell it a batch is due within about `within_s` (it polls for it instead of sleeping)."""
 
 
 class WorkerPool(Protocol):
@@ -206,6 +212,19 @@ class Batcher:
             request.timer.cancel()
             if not self.inflight_requests and self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
+
+    def expect(self, in_s: float) -> None:
+        """A request is due here in about `in_s` (a pipeline's step before this one is running):
+        with nothing queued, the worker that would take it is told shortly before then, so that it
+        is awake and polling when the request comes instead of woken by it (busy_poll.py)."""
+        if self.policy.busy_poll_s and not self._queue and self._pool.idle_slots:
+            wait_s = max(0.0, in_s - HEADS_UP_LEAD_S)
+            asyncio.get_running_loop().call_later(wait_s, self._heads_up, HEADS_UP_LEAD_S + self.policy.busy_poll_s)
+
+    def _heads_up(self, within_s: float) -> None:
+        worker = self._pool.idle_worker() if not self._queue else None  # else one is on its way anyway
+        if worker is not None:
+            worker.heads_up(within_s)
 
     def _withdraw(self, request: PendingRequest) -> None:
         if self._queue.remove(request):  # else already dispatched: its batch runs on

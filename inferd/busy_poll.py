@@ -16,6 +16,10 @@ Where, each bounded by the model's `busy_poll_us` (0: never):
   for the answer during a window around the time the model's batches of that size take (at once
   for a batch shorter than half the window), so one poll window per batch however long the batch
   (`LoopSpinner`); under load the loop has work anyway, and spinning would only take CPU from it.
+- a pipeline's step, as it submits a request, tells each step that takes its outputs alone when
+  they are due (from its own learned batch time: `Batcher.expect`); shortly before then that
+  step's idle worker gets a `HeadsUp` and polls for its batch for the lead plus the window. That
+  needs no guess, so it is done on shared cores too: one bounded poll per request and step.
 Both give the CPU to anything else runnable on it at every idle turn (sched_yield), so a poller
 rarely delays a process that has work; what polling costs is CPU time that would have gone idle.
 Under a CPU quota (a container's limit) that time is counted: set `busy_poll_us: 0` there.

@@ -142,6 +142,14 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class HeadsUp:
+    """A batch is due within about `within_s` (main -> worker; a pipeline's step before it is
+    running): the worker polls for it instead of sleeping. Workers that do not poll ignore it."""
+
+    within_s: float
+
+
+@dataclass(frozen=True)
 class Sampling:
     """How a sequence picks its next token: temperature 0 is greedy (and deterministic)."""
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from inferd.batching import Batcher
 from inferd.composed_workers import ComposedWorkers
 from inferd.datatypes import numpy_dtype
 from inferd.errors import ModelUnavailable, RequestError, RequestTimedOut
@@ -61,6 +62,12 @@ class PipelineExecutor:
             for before, step in zip((None, *config.pipeline), config.pipeline)
         )
         self._lookup = lookup
+        # The steps that take one step's outputs and nothing else, by that step's id.
+        self._takers: dict[str, list[PipelineStep]] = {}
+        for later in self.steps:
+            sources = later.after or ()
+            if len(sources) == 1 and sources[0] != PIPELINE_INPUT:
+                self._takers.setdefault(str(sources[0]), []).append(later)
         self._step_done = step_done or (lambda step, duration_s: None)
         self._inflight = InFlight()
 
@@ -145,10 +152,23 @@ class PipelineExecutor:
             raise StepOutputsDoNotFit(
                 f"pipeline {self.name!r}: step {step.id!r} cannot take its inputs: {error}"
             ) from None
+        self._warn_successors(step, model, items)
         try:
             return await model.batcher.infer(data, items, key, priority)
         except RequestError as error:
             raise _named(error, f"pipeline {self.name!r}: step {step.id!r}: ") from None
+
+    def _warn_successors(self, step: PipelineStep, model: ServedModel, items: int) -> None:
+        """Tell each step that takes this step's outputs alone when they are due, from this step's
+        learned batch time: its worker is then awake when they come (Batcher.expect)."""
+        successors = self._takers.get(str(step.id), ())
+        expected_s = model.batcher.cost.estimate_s(items) if isinstance(model.batcher, Batcher) else None
+        if expected_s is None:
+            return
+        for successor in successors:
+            taker = self.model_of(successor)
+            if taker is not None and isinstance(taker.batcher, Batcher):
+                taker.batcher.expect(expected_s)
 
 
 def _named(error: RequestError, prefix: str) -> RequestError:

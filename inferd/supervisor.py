@@ -34,7 +34,7 @@ from inferd.cgroup import OomKills
 from inferd.channel import ChannelClosed, MainChannel, connect
 from inferd.config import ModelConfig
 from inferd.errors import StartupError
-from inferd.messages import Batch, BatchDone, BootFailed, Chunks, Ready, RequestFailure, Stats, Stop
+from inferd.messages import Batch, BatchDone, BootFailed, Chunks, HeadsUp, Ready, RequestFailure, Stats, Stop
 from inferd.process import StartFailed, WorkerProcess, discard, start_worker
 from inferd.segments import SegmentDirectory, segment_prefix, sweep_worker
 from inferd.worker import WorkerSpec, worker_main
@@ -145,6 +145,15 @@ class WorkerHandle:
             del self.pending[batch.batch_id]
             future.set_result(BatchDone(batch.batch_id, [failure] * len(batch.payloads), 0.0))
         return future
+
+    def heads_up(self, within_s: float) -> None:
+        """Tell it a batch is due within about `within_s`, so it polls instead of sleeping."""
+        if self.idle:
+            try:
+                assert self.channel is not None
+                self.channel.send(HeadsUp(within_s))
+            except ChannelClosed:
+                pass  # its exit is handled where its channel's end is seen
 
     def fail_pending(self, reason: str) -> None:
         """Fail every batch it holds, the latest first: each batch's retry goes back to the head of

@@ -4,6 +4,7 @@ Protocol, over the worker's one channel to the main process:
     worker -> main   Ready, once the model is loaded and warmed up; or BootFailed, then exit 3
     main -> worker   Batch            worker -> main   BatchDone (one per Batch, in order)
     main -> worker   Stop             the worker exits 0
+    main -> worker   HeadsUp          a Batch is due soon: poll for it (busy_poll.py)
   a handler whose predict is `async def` holds up to max_concurrency batches at once and answers
   each as it finishes (inferd/async_worker.py); Stop lets those in flight finish first
   a generative model's worker instead runs a continuous batch:
@@ -42,7 +43,7 @@ import psutil
 from setproctitle import setproctitle
 
 from inferd import logs
-from inferd.busy_poll import WorkerPoll
+from inferd.busy_poll import WorkerPoll, poll_until
 from inferd.channel import Channel, ChannelClosed
 from inferd.config import ModelConfig
 from inferd.errors import EXIT_STARTUP
@@ -56,6 +57,7 @@ from inferd.messages import (
     Chunks,
     Generate,
     GpuMemory,
+    HeadsUp,
     Ready,
     RequestFailure,
     Stats,
@@ -204,6 +206,8 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
         if isinstance(message, Stop):
             log.info("stopping: %s", message.reason)
             return
+        if isinstance(message, HeadsUp):
+            poll_until(channel.readable, message.within_s)
         if isinstance(message, StreamPredict):
             _refuse_stream(message, spec.model.name, channel, send_lock)
         if isinstance(message, Batch):

@@ -48,7 +48,9 @@ def test_ten_waits_of_100_ms_on_one_worker_overlap(serve: Serve) -> None:
     assert [_item(a) for a in answers] == [f"request-{n}" for n in range(10)]
     assert len({a.json()["outputs"][0]["pid"] for a in answers}) == 1  # one worker
     assert max(a.json()["outputs"][0]["most_in_flight"] for a in answers) > 1
-    assert elapsed_s < 0.6  # one after another would take a second
+    # One after another would take at least a second; overlapped, about 0.1 s plus ten round trips
+    # on a machine the other test processes share.
+    assert elapsed_s < 0.9
     assert_clean_log(server.log())
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from inferd.batching import Batcher, BatchPolicy
+from inferd.batching import HEADS_UP_LEAD_S, Batcher, BatchPolicy
 from inferd.errors import BadRequest, ModelFailed, ModelUnavailable, QueueFull, RequestTimedOut
 from inferd.messages import Batch, BatchDone, RequestFailure
 from inferd.supervisor import WorkerLost
@@ -24,6 +24,10 @@ class FakeWorker:
         self.busy = False
         self.lost = False
         self.on_free: Any = None
+        self.heads_ups: list[tuple[float, float]] = []  # (when, within_s)
+
+    def heads_up(self, within_s: float) -> None:
+        self.heads_ups.append((time.monotonic(), within_s))
 
     def submit(self, batch: Batch) -> asyncio.Future[BatchDone]:
         self.batches.append(batch)
@@ -266,3 +270,38 @@ async def test_a_stopped_batcher_refuses_at_once_rather_than_queue() -> None:
     await batcher.stop()
     with pytest.raises(ModelUnavailable, match="shutting down"):
         await asyncio.wait_for(infer(batcher, "x"), 2.0)
+
+
+async def test_a_heads_up_reaches_the_idle_worker_shortly_before_the_expected_request() -> None:
+    worker = FakeWorker("w", delay_s=0.05)
+    batcher, _, _ = make([worker], busy_poll_s=0.001)
+    asked = time.monotonic()
+    batcher.expect(0.03)  # a step before this one is due to end in 30 ms
+    await asyncio.sleep(0.01)
+    assert worker.heads_ups == []  # never early: the worker would poll for nothing
+    while not worker.heads_ups and time.monotonic() - asked < 5:
+        await asyncio.sleep(0.001)
+    ((when, within_s),) = worker.heads_ups
+    assert when - asked >= 0.03 - HEADS_UP_LEAD_S
+    assert within_s == pytest.approx(HEADS_UP_LEAD_S + 0.001)  # the lead, then the model's poll window
+    await batcher.stop()
+
+
+async def test_no_heads_up_while_polling_is_off_or_a_batch_is_on_its_way() -> None:
+    quiet = FakeWorker("quiet")
+    batcher, _, _ = make([quiet], busy_poll_s=0.0)
+    batcher.expect(0.0)
+    await asyncio.sleep(0.02)
+    assert quiet.heads_ups == []  # busy_poll_us: 0 turns heads-ups off with the rest of polling
+    await batcher.stop()
+
+    busy = FakeWorker("busy", delay_s=0.2)
+    batcher, _, _ = make([busy], busy_poll_s=0.001)
+    running = asyncio.ensure_future(infer(batcher, "running"))
+    while not busy.batches:
+        await asyncio.sleep(0.001)
+    batcher.expect(0.0)  # no idle worker to tell
+    await asyncio.sleep(0.02)
+    assert busy.heads_ups == []
+    assert await running == ["running"]
+    await batcher.stop()
