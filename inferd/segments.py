@@ -38,6 +38,7 @@ region does.
 
 from __future__ import annotations
 
+import copyreg
 import io
 import itertools
 import logging
@@ -68,6 +69,7 @@ _KINDS = frozenset("biufc")  # bool, integers, floats, complex: fixed-size eleme
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map every page in one call, not one fault per page
 _KEPT_PER_SIZE = 2  # free segments a pool keeps per size: a batch in the worker, the next one sent
 _POOLED_MAX_BYTES = 64 * 1024 * 1024  # bigger ones are unlinked once free
+_PROTOCOL = 5  # out-of-band buffers
 CountBytes = Callable[[str, int], None]  # (path: "segment" | "forwarded" | "client_region" | "socket", bytes)
 
 
@@ -214,29 +216,40 @@ class SegmentWriter:
         self._gone: list[str] = []
         self._forwarded: dict[str, list[np.ndarray]] = {}  # views kept for the peer, per foreign segment
         self._lock = threading.Lock()  # a worker takes notices in on its reader thread, sends on others
+        self._copyreg: dict[Any, Any] | None = None
+        self._table: dict[type, Callable[[Any], Any]] = {}
+
+    def dispatch_table(self) -> dict[type, Callable[[Any], Any]]:
+        """copyreg's reducers and this writer's for arrays (rebuilt only when copyreg's change)."""
+        if self._copyreg != copyreg.dispatch_table:
+            self._copyreg = dict(copyreg.dispatch_table)
+            self._table = {**self._copyreg, **dict.fromkeys(_ARRAY_TYPES, self.reduce)}
+        return self._table
 
     def dumps(self, message: object, buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> bytes:
         file = io.BytesIO()
         _Pickler(file, self, buffer_callback).dump(message)
         return file.getvalue()
 
-    def reduce(self, obj: Any) -> Any:
-        if not isinstance(obj, np.ndarray) or obj.dtype.kind not in _KINDS:
-            return NotImplemented
+    def reduce(self, obj: np.ndarray) -> Any:
+        """An array's pickled form: a descriptor of the segment or region holding its bytes, or its
+        bytes (inline when small, since numpy's own reduce costs several times the copy)."""
+        if obj.dtype.kind not in _KINDS:
+            return obj.__reduce_ex__(_PROTOCOL)
         if isinstance(obj, RegionArray) and obj.region_key is not None:
             self._count("client_region", obj.nbytes)
             return attach_region, (obj.region_key, obj.region_offset, obj.dtype.str, obj.shape)
         if obj.nbytes < self._threshold_bytes:
-            return NotImplemented
+            return _by_value(obj)
         located = self._directory.locate(obj) if self._directory is not None else None
         if located is not None:
             return self._forward(obj, *located)
         if not self._enabled:
-            return NotImplemented
+            return _by_value(obj)
         with self._lock:
             segment = self._take(obj.nbytes)
             if segment is None:
-                return NotImplemented
+                return _by_value(obj)
             self._busy[segment.name] = segment
         np.copyto(np.frombuffer(segment.mapping, obj.dtype, obj.size).reshape(obj.shape), obj)
         self._count("segment", obj.nbytes)
@@ -322,11 +335,29 @@ def _create(path: Path, capacity: int) -> mmap.mmap:
 
 class _Pickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO, writer: SegmentWriter, buffer_callback: Any) -> None:
-        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
-        self._writer = writer
+        super().__init__(file, protocol=_PROTOCOL, buffer_callback=buffer_callback)
+        # By type, looked up in C: a reducer_override would be a Python call for every object.
+        self.dispatch_table = writer.dispatch_table()
 
-    def reducer_override(self, obj: Any) -> Any:
-        return self._writer.reduce(obj)
+
+# The array types the writer pickles itself (a dispatch table matches exact types only); other
+# ndarray subclasses are pickled by numpy, their bytes on the socket.
+_ARRAY_TYPES = (np.ndarray, RegionArray, np.memmap)
+INLINE_MAX_BYTES = 16 * 1024  # up to this size an array is pickled as its bytes (a copy: cheap)
+
+
+def _by_value(array: np.ndarray) -> Any:
+    """A small C-ordered array as its bytes, rebuilt by `inline_array`: a third of numpy's own
+    reduce and half its rebuild (bench: an array of 16 floats, 8 against 19 us a message)."""
+    if array.nbytes <= INLINE_MAX_BYTES and array.flags.c_contiguous:
+        # A bytearray so that it is rebuilt writable; of `.data`, since bytearray(n) of a 0-d
+        # integer array would make n zero bytes.
+        return inline_array, (bytearray(array.data), array.dtype.str, array.shape)
+    return array.__reduce_ex__(_PROTOCOL)
+
+
+def inline_array(data: bytearray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 class SegmentReader:

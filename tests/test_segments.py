@@ -106,9 +106,25 @@ def test_small_arrays_strings_and_objects_stay_on_the_socket(prefix: str) -> Non
     assert np.array_equal(message.results[0]["out"], small) and list(message.results[0]["texts"]) == list(texts)
 
 
+@pytest.mark.parametrize("dtype", [*NUMERIC, ">i4", "<U3", "O"])
+@pytest.mark.parametrize("shape", [(), (0, 16), (1, 16), (3, 2, 2)])
+def test_small_arrays_cross_by_value_writable_with_their_dtype_and_shape(
+    dtype: str, shape: tuple[int, ...], prefix: str
+) -> None:
+    array = np.arange(int(np.prod(shape))).astype(dtype).reshape(shape)
+    sent = Counted()
+    got = round_trip(Batch(1, [{"input": array}]), SegmentWriter(prefix, count=sent), SegmentReader())
+    received = got.payloads[0]["input"]  # type: ignore[attr-defined]
+    assert received.dtype == array.dtype and received.shape == array.shape and np.array_equal(received, array)
+    assert received.flags.writeable  # a handler may work in place on its inputs, as on numpy's own copies
+    assert sent.bytes == {} and own_segments(prefix) == []
+
+
 def test_views_and_transposes_cross_as_their_values(prefix: str) -> None:
     base = np.arange(THRESHOLD_BYTES, dtype=np.float32).reshape(512, -1)
-    parts = {"transposed": base.T, "strided": base[::2], "split": np.split(base, [100])[1]}
+    small = base[:8, :8]
+    parts = {"transposed": base.T, "strided": base[::2], "split": np.split(base, [100])[1],
+             "small strided": small[::2], "small fortran": np.asfortranarray(small)}  # fmt: skip
     message = round_trip(parts, SegmentWriter(prefix), SegmentReader())
     for name, part in parts.items():
         assert np.array_equal(message[name], part), name  # type: ignore[index]
