@@ -74,6 +74,7 @@ class WorkerPoll:
         self.window_s = window_s
         self._caught: deque[bool] = deque([True] * RECENT, maxlen=RECENT)  # start by trying
         self._skipped = 0
+        self._told_s = 0.0  # a HeadsUp's window for the next wait
 
     def should_poll(self) -> bool:
         if self.window_s <= 0:
@@ -89,9 +90,17 @@ class WorkerPoll:
     def polled(self, caught: bool) -> None:
         self._caught.append(caught)
 
+    def told(self, within_s: float) -> None:
+        """A batch is due within `within_s` (a HeadsUp): the next wait polls that long, whatever
+        recent polls caught, and is left out of their record (it was told, not guessed)."""
+        self._told_s = within_s
+
     def wait(self, ready: Callable[[], bool]) -> None:
         """Poll for `ready()` first where that pays; the caller then does its blocking read."""
-        if self.should_poll():
+        if self._told_s:
+            poll_until(ready, self._told_s)
+            self._told_s = 0.0
+        elif self.should_poll():
             self.polled(poll_until(ready, self.window_s))
 
 

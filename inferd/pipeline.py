@@ -161,8 +161,10 @@ class PipelineExecutor:
     def _warn_successors(self, step: PipelineStep, model: ServedModel, items: int) -> None:
         """Tell each step that takes this step's outputs alone when they are due, from this step's
         learned batch time: its worker is then awake when they come (Batcher.expect)."""
-        successors = self._takers.get(str(step.id), ())
-        expected_s = model.batcher.cost.estimate_s(items) if isinstance(model.batcher, Batcher) else None
+        successors = self._takers.get(str(step.id))
+        if not successors or not isinstance(model.batcher, Batcher):
+            return  # the last step, or one that only a join takes: nothing to estimate
+        expected_s = model.batcher.cost.estimate_s(items)
         if expected_s is None:
             return
         for successor in successors:

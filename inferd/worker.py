@@ -43,7 +43,7 @@ import psutil
 from setproctitle import setproctitle
 
 from inferd import logs
-from inferd.busy_poll import WorkerPoll, poll_until
+from inferd.busy_poll import WorkerPoll
 from inferd.channel import Channel, ChannelClosed
 from inferd.config import ModelConfig
 from inferd.errors import EXIT_STARTUP
@@ -207,7 +207,7 @@ def _serve(runner: Any, spec: WorkerSpec, channel: Channel) -> None:
             log.info("stopping: %s", message.reason)
             return
         if isinstance(message, HeadsUp):
-            poll_until(channel.readable, message.within_s)
+            poll.told(message.within_s)
         if isinstance(message, StreamPredict):
             _refuse_stream(message, spec.model.name, channel, send_lock)
         if isinstance(message, Batch):

@@ -47,6 +47,23 @@ def test_a_zero_window_never_polls() -> None:
     assert not any(poll.should_poll() for _ in range(3 * PROBE_EVERY))
 
 
+def test_a_heads_up_polls_even_where_the_worker_would_not_and_leaves_no_record() -> None:
+    poll = WorkerPoll(0.001)
+    for _ in range(RECENT):
+        poll.polled(False)  # sparse traffic: its own polling has switched itself off
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        for _ in range(PAYING_HITS):  # as many as would switch it back on, were they counted
+            poll.told(30.0)
+            sender = threading.Timer(0.02, theirs.send, args=(b"x",))
+            sender.start()
+            poll.wait(lambda: readable(ours))  # returns when the batch comes, not after 30 s
+            sender.join()
+            assert ours.recv(1) == b"x"
+    decisions = [poll.should_poll() for _ in range(PROBE_EVERY)]
+    assert decisions.count(True) == 1  # still off but for its probe: a told poll is no guess that paid
+
+
 def test_the_spinner_turns_while_a_watched_future_is_out_and_stops_after() -> None:
     async def scenario() -> tuple[int, int, int, bool]:
         loop = asyncio.get_running_loop()

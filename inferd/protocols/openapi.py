@@ -5,8 +5,9 @@ version, and a generative model's /models/<name>/generate) whose request schemas
 inputs, datatypes and fixed dims, so a client generator or a fuzzer builds requests the model can
 take. The v2 model routes, the OpenAI-compatible, v2 statistics, shared-memory and model
 repository routes are listed from the same route tables the router serves
-(inferd.protocols.openapi_routes). Every error answer is `{"error": str, "request_id": str}`, except on the OpenAI routes, whose errors read
-as OpenAI's (`{"error": {"message", "type", "param", "code"}, "request_id"}`). The document is
+(inferd.protocols.openapi_routes). Every error answer is `{"error": str, "request_id": str}`,
+except on the OpenAI routes, whose errors read as OpenAI's (`{"error": {"message", "type",
+"param", "code"}, "request_id"}`). The document is
 rebuilt per request: a reload that adds or removes a model changes it at once. Where API keys are
 set, it needs one, like the routes it describes.
 """

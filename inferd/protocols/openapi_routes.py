@@ -1,9 +1,8 @@
 """The OpenAPI operations of the routes that /openapi.json lists from the route tables themselves
 (the OpenAI-compatible routes, generation, v2 statistics, system shared memory and the model
-repository): each table's
-`Route` gives the path and its methods, this module what each method takes and answers. A route
-that has no description here is still listed, with a generic operation, so a new route can never
-be missing from the document."""
+repository): each table's `Route` gives the path and its methods, this module what each method
+takes and answers. A route that has no description here is still listed, with a generic
+operation, so a new route can never be missing from the document."""
 
 from __future__ import annotations
 
