@@ -22,7 +22,10 @@ device of its own; on CPU it leaves the network half the cores the single handle
 Each point's rows are interleaved (pipeline, single, next point, ...; --rounds times; the summary
 takes medians), so that a noisy moment on a shared machine hits both alike. The load generator is
 an asyncio client in this process (raw HTTP/1.1 with keep-alive), pinned to no core: on a small
-machine it competes with the servers, so compare rows of one run only.
+machine it competes with the servers, so compare rows of one run only. A point's figures come from
+a window inside its load (after --warmup, the clients going on until it ends): at c=64 a request
+takes over a second, and a count from the first request to the last answer would take in the
+ramp-up and the drain, which cost a deeper pipeline more.
 
 The overhead per step at c=1 is the mean request time less the steps' mean compute, over three
 steps; it splits into each step's own (its time in the pipeline, submission to answer, less its
@@ -42,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,37 +110,75 @@ models:
 """
 
 
-async def _client(port: int, request: bytes, stop_at: float, latencies_s: list[float]) -> int:
+async def _client(port: int, request: bytes, stop: asyncio.Event, finished: list[tuple[float, float, bool]]) -> None:
+    """One closed-loop client: a request, its answer, the next, until `stop`; each answer as
+    (when it came, its latency, whether it failed)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    failed = 0
     try:
-        while time.monotonic() < stop_at:
+        while not stop.is_set():
             started = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
             await reader.readexactly(length)
-            failed += not head.startswith(b"HTTP/1.1 200")
-            latencies_s.append(time.perf_counter() - started)
+            now = time.perf_counter()
+            finished.append((now, now - started, not head.startswith(b"HTTP/1.1 200")))
     finally:
         writer.close()
-    return failed
 
 
-async def load(port: int, photo: bytes, concurrency: int, duration_s: float) -> tuple[float, float, int]:
-    """Images/s, mean latency (s) and failures of `concurrency` closed-loop clients."""
-    request = (
+def classify_request(photo: bytes) -> bytes:
+    return (
         b"POST /models/classify/predict HTTP/1.1\r\nHost: bench\r\nContent-Type: image/png\r\n"
         + f"Content-Length: {len(photo)}\r\n\r\n".encode()
         + photo
     )
-    latencies_s: list[float] = []
-    started = time.monotonic()
-    failed = await asyncio.gather(
-        *(_client(port, request, started + duration_s, latencies_s) for _ in range(concurrency))
+
+
+@dataclass
+class Window:
+    """What one point measured over its window, the load running before and after it."""
+
+    rate: float  # images answered per second
+    latency_s: float  # their mean latency
+    failed: int
+    cpu_s: float  # the server's CPU time
+    before: str  # /metrics at the window's start and end
+    after: str
+
+
+async def load(port: int, photo: bytes, concurrency: int, warmup_s: float, duration_s: float, pid: int) -> Window:
+    """`concurrency` closed-loop clients for `warmup_s` and then a window of `duration_s`, measured
+    while the load goes on: the clients start together and take a while to reach a steady state
+    (at c=64 a request takes seconds), and at the end they stop one by one, so counting from the
+    first request to the last answer would take in that ramp and that drain."""
+    finished: list[tuple[float, float, bool]] = []
+    stop = asyncio.Event()
+    request = classify_request(photo)
+    clients = [asyncio.create_task(_client(port, request, stop, finished)) for _ in range(concurrency)]
+    try:
+        await asyncio.sleep(warmup_s)
+        before, cpu_before_s = await asyncio.to_thread(_snapshot, port, pid)
+        started = time.perf_counter()
+        await asyncio.sleep(duration_s)
+        ended = time.perf_counter()
+        after, cpu_after_s = await asyncio.to_thread(_snapshot, port, pid)
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
+    inside = [(latency_s, failed) for at, latency_s, failed in finished if started <= at < ended]
+    return Window(
+        rate=len(inside) / (ended - started),
+        latency_s=sum(latency for latency, _ in inside) / max(len(inside), 1),
+        failed=sum(failed for _, failed in inside),
+        cpu_s=cpu_after_s - cpu_before_s,
+        before=before,
+        after=after,
     )
-    elapsed_s = time.monotonic() - started
-    return len(latencies_s) / elapsed_s, sum(latencies_s) / max(len(latencies_s), 1), sum(failed)
+
+
+def _snapshot(port: int, pid: int) -> tuple[str, float]:
+    return scrape(port), cpu_seconds(pid)
 
 
 def scrape(port: int) -> str:
@@ -177,21 +219,18 @@ def measure(
 ) -> tuple[float, float]:
     """One point: its images/s, the server's CPU time per image (less swayed than images/s by other
     load on the machine), and where the time went in each model (from /metrics). The point's load
-    runs `warmup_s` first, unmeasured: the batch-size cap learns each model's costs under it."""
+    runs `warmup_s` before its window: the batch-size cap learns each model's costs under it."""
     port, pid = server
-    if warmup_s > 0:
-        asyncio.run(load(port, photo, concurrency, warmup_s))
-    before, cpu_before_s = scrape(port), cpu_seconds(pid)
-    rate, latency_s, failed = asyncio.run(load(port, photo, concurrency, duration_s))
-    after, cpu_ms = scrape(port), (cpu_seconds(pid) - cpu_before_s) * 1000 / max(rate * duration_s, 1)
+    window = asyncio.run(load(port, photo, concurrency, warmup_s, duration_s, pid))
+    cpu_ms = window.cpu_s * 1000 / max(window.rate * duration_s, 1)
     print(
-        f"{name:>9}  c={concurrency:<3} {rate:8.1f} images/s  mean {latency_s * 1000:8.2f} ms  "
-        f"CPU {cpu_ms:6.1f} ms/image  failed {failed}"
+        f"{name:>9}  c={concurrency:<3} {window.rate:8.1f} images/s  mean {window.latency_s * 1000:8.2f} ms  "
+        f"CPU {cpu_ms:6.1f} ms/image  failed {window.failed}"
     )
-    print_models(before, after)
+    print_models(window.before, window.after)
     if concurrency == 1 and name == "pipeline":
-        print_overhead(before, after)
-    return rate, cpu_ms
+        print_overhead(window.before, window.after)
+    return window.rate, cpu_ms
 
 
 def print_models(before: str, after: str) -> None:
@@ -412,8 +451,8 @@ def main() -> None:
     cpu_per_image_ms: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder, ExitStack() as servers:
         running = {name: servers.enter_context(served(name, config, Path(folder))) for name, config in configs.items()}
-        for port, _ in running.values():
-            asyncio.run(load(port, photo, 1, min(args.duration, 1.0)))  # warm every step
+        for port, pid in running.values():
+            asyncio.run(load(port, photo, 1, min(args.duration, 1.0), 0.1, pid))  # warm every step
         for _ in range(args.rounds):  # interleaved, so that a noisy moment hits both alike
             for concurrency in CONCURRENCIES:
                 for name, server in running.items():

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from inferd.segments import shared_bytes
+
 MAX_DIMS = 64  # numpy's limit on array rank
 _LENGTH_PREFIX = struct.Struct("<I")
 
@@ -172,7 +174,7 @@ def _bytes_elements(data: memoryview, count: int) -> np.ndarray:
                 f"BYTES element {index} declares {length} bytes but only "
                 f"{data.nbytes - position} remain in its binary_data_size"
             )
-        elements[index] = bytes(data[position : position + length])
+        elements[index] = shared_bytes(data[position : position + length])
         position += length
     if position != data.nbytes:
         raise TensorDataError(f"{data.nbytes - position} bytes are left over after its {count} BYTES elements")

@@ -23,7 +23,9 @@ from inferd.segments import (
     RegionUnreadable,
     SegmentReader,
     SegmentWriter,
+    SharedBytes,
     region_view,
+    shared_bytes,
     segment_prefix,
     sweep_daemon,
     sweep_worker,
@@ -104,6 +106,36 @@ def test_small_arrays_strings_and_objects_stay_on_the_socket(prefix: str) -> Non
     )
     assert sent.bytes == {} and own_segments(prefix) == []
     assert np.array_equal(message.results[0]["out"], small) and list(message.results[0]["texts"]) == list(texts)
+
+
+def test_large_raw_items_cross_in_a_segment_and_arrive_as_plain_bytes(prefix: str) -> None:
+    body = os.urandom(THRESHOLD_BYTES + 11)
+    item = shared_bytes(body)
+    assert isinstance(item, SharedBytes) and item == body
+    sent, received = Counted(), Counted()
+    writer, reader = SegmentWriter(prefix, count=sent), SegmentReader(received)
+    frames = encode(Batch(1, [[item, b"small"]]), writer)
+    assert sum(memoryview(frame).nbytes for frame in frames) < 4096  # only the segment's name on the socket
+    got = decode(bytearray(frames[0]), [bytearray(f) for f in frames[1:]], reader).payloads[0]
+    assert type(got[0]) is bytes and got[0] == body and got[1] == b"small"
+    assert sent.bytes == received.bytes == {"segment": len(body)}
+    freed = reader.take_freed()  # copied out: the segment is free at once
+    assert freed == tuple(own_segments(prefix))
+    writer.release(freed)
+    encode(Batch(2, [[shared_bytes(body)]]), writer)
+    assert own_segments(prefix) == list(freed)  # the pool's segment again
+    writer.close()
+    reader.close()
+    assert own_segments(prefix) == []
+
+
+def test_small_raw_items_stay_plain_and_shared_bytes_go_on_the_socket_without_shared_memory(prefix: str) -> None:
+    assert type(shared_bytes(b"x" * 100)) is bytes and shared_bytes(memoryview(b"abc")) == b"abc"
+    writer = SegmentWriter(prefix)
+    writer._enabled = False  # as where /dev/shm cannot be written
+    body = os.urandom(THRESHOLD_BYTES)
+    got = round_trip([shared_bytes(body)], writer, SegmentReader())
+    assert type(got[0]) is bytes and got[0] == body and own_segments(prefix) == []
 
 
 @pytest.mark.parametrize("dtype", [*NUMERIC, ">i4", "<U3", "O"])

@@ -30,6 +30,7 @@ from inferd.datatypes import bf16_bits_from_float32, float32_from_bf16_bits, num
 from inferd.errors import BadRequest, RequestError
 from inferd.messages import Items, PackedItems, Parameters, Payload, TensorInfo
 from inferd.protocols.http import body_limits, parse_json, read_body, read_decoded
+from inferd.segments import shared_bytes
 
 if TYPE_CHECKING:
     from inferd.daemon import Daemon, ServedModel
@@ -87,7 +88,7 @@ async def read_raw(request: Request, daemon: Daemon, model: ServedModel, held: R
     if not body:
         raise BadRequest(f"the {media_type} body is empty; send the item's bytes (e.g. curl --data-binary @file)")
     held.resize(len(body))
-    return DecodedRequest([body], 1, None, bare_item=True)
+    return DecodedRequest([shared_bytes(body)], 1, None, bare_item=True)
 
 
 def decode_body(
