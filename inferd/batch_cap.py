@@ -8,10 +8,15 @@ full batches are right; those must keep them.
 
 The cap keeps the measured cost per item for batch sizes in power-of-two buckets (the bucket of
 `n` items is the next power of two at or above it, `max_batch_size` the last one), exponentially
-weighted, in a `BatchCost` keyed by bucket. The cap is `max_batch_size` and steps down to a
-smaller bucket only where that one's cost per item is clearly lower than a larger one measured
-(below CLEAR_GAIN of the current choice, with MIN_SAMPLES batches in both), so noise never caps a
-flat curve and a model measured only at small sizes (while traffic was light) keeps full batches. A size
+weighted, in a `BatchCost` keyed by bucket. The cap is the largest bucket about as cheap per
+item as the cheapest measured (each larger one measured costs more than 1/CLEAR_GAIN of the
+cheapest; MIN_SAMPLES batches make a bucket measured), `max_batch_size` where that is the largest
+measured, so noise never caps a flat curve and a model measured only at small sizes (while traffic
+was light) keeps full batches. Judged against the cheapest, not step by step: a curve rising by
+less than a fifth at each doubling still leads the cap down, where a rule asking each
+smaller bucket to beat the next larger one clearly would stop at the first step. A size's first
+batch is left out (COLD_BATCHES): counted, it kept EfficientNet's bucket of 8 looking dear, and the
+classify pipeline's network ran batches of 16 in two runs of three (30 images/s against 45). A size
 not run under load is never measured, so every few batches (PROBE_EVERY_*) one is offered at the
 neighbouring bucket, above and below the cap in turn: a model whose best size changes, or whose
 first measurements were noisy, moves back. The cap only limits how many items a batch takes; a
@@ -24,10 +29,12 @@ size alike and hide the curve.
 
 from __future__ import annotations
 
-from inferd.batch_cost import BatchCost
+from inferd.batch_cost import SMOOTHING, BatchCost
 
-CLEAR_GAIN = 0.8  # a smaller bucket wins only at below this share of the larger one's cost per item
+CLEAR_GAIN = 0.9  # a smaller bucket wins only at below this share of each larger one's cost per item
 MIN_SAMPLES = 3  # batches a bucket needs before its cost counts
+COLD_BATCHES = 1  # the first batches of each exact size, left out
+OFF_CAP_SMOOTHING = 0.3  # the weight of a batch outside the cap's bucket (the cap's: batch_cost's SMOOTHING)
 PROBE_EVERY_UNMEASURED = 2  # batches between probes while a neighbouring bucket is not measured
 PROBE_EVERY = 8  # batches between two probes at a measured neighbour, at first
 PROBE_EVERY_MAX = 32  # while probes keep the cap where it is, they grow rarer up to this
@@ -43,14 +50,24 @@ class BatchSizeCap:
         self._probe_every = PROBE_EVERY
         self._probe: int | None = None  # the bucket offered until a batch in it is measured
         self._probe_up = False  # the direction of the next probe
+        self._sizes_seen: dict[int, int] = {}  # batches of each exact size, up to COLD_BATCHES
 
     def limit(self) -> int:
         """How many items the next batch may take."""
         return self.cap if self._probe is None else self._probe
 
     def observe(self, items: int, compute_s: float) -> None:
+        if self._sizes_seen.get(items, 0) < COLD_BATCHES:
+            # A size's first batch pays one-off costs (TorchScript specialises for each new
+            # shape; the allocator grows): EfficientNet's first batch of 8 took twice a later
+            # one, and kept the bucket looking dear long after. A probe stays open for a warm one.
+            self._sizes_seen[items] = self._sizes_seen.get(items, 0) + 1
+            return
         bucket = self.bucket(items)
-        self._per_item.observe(bucket, compute_s / items)
+        # A bucket other than the cap's runs only now and then (a probe, a lull): each of its
+        # batches says more of what it costs now than one of the cap's many.
+        smoothing = SMOOTHING if bucket == self.cap else OFF_CAP_SMOOTHING
+        self._per_item.observe(bucket, compute_s / items, smoothing)
         if bucket == self._probe:
             self._probe = None
         cap, self.cap = self.cap, self._best()
@@ -87,16 +104,17 @@ class BatchSizeCap:
         return self._per_item.estimate_s(bucket)
 
     def _best(self) -> int:
-        measured = [(b, cost) for b in reversed(self.buckets) if (cost := self.per_item_s(b)) is not None]
+        measured = [(b, cost) for b in self.buckets if (cost := self.per_item_s(b)) is not None]
         if not measured:
             return self.max_batch_size
-        # Sizes never measured above the largest measured are taken to cost the same: only a
-        # smaller bucket measured clearly cheaper than a larger one measured lowers the cap.
-        best, best_cost = self.max_batch_size, measured[0][1]
-        for bucket, cost in measured[1:]:
-            if cost < CLEAR_GAIN * best_cost:
-                best, best_cost = bucket, cost
-        return best
+        # The largest bucket about as cheap per item as the cheapest measured: a smaller one is
+        # chosen only where every larger one measured costs clearly more. Compared with the
+        # cheapest, not bucket by bucket: a curve rising a little at each doubling still leads
+        # the cap down. Sizes never measured above the largest measured are taken to cost the
+        # same as it, so a model measured only at small sizes keeps full batches.
+        cheapest = min(cost for _, cost in measured)
+        chosen = max(b for b, cost in measured if CLEAR_GAIN * cost <= cheapest)
+        return self.max_batch_size if chosen == measured[-1][0] else chosen
 
     def _neighbours(self) -> list[int]:
         """The buckets on either side of the cap, the next one to probe first (they take turns)."""

@@ -25,13 +25,14 @@ class BatchCost:
         self._count: dict[int, int] = {}
         self._sizes: list[int] = []  # the sizes seen, ascending
 
-    def observe(self, items: int, compute_s: float) -> None:
+    def observe(self, items: int, compute_s: float, smoothing: float = SMOOTHING) -> None:
+        """One batch's time; `smoothing` is its weight once the size has enough batches."""
         count = self._count.get(items, 0)
         if count == 0:
             bisect.insort(self._sizes, items)
             self._mean_s[items], self._spread_s[items] = compute_s, 0.0
         else:
-            weight = max(SMOOTHING, 1.0 / (count + 1))  # a plain mean until there are enough
+            weight = max(smoothing, 1.0 / (count + 1))  # a plain mean until there are enough
             self._spread_s[items] += weight * (abs(compute_s - self._mean_s[items]) - self._spread_s[items])
             self._mean_s[items] += weight * (compute_s - self._mean_s[items])
         self._late_s[items] = self._mean_s[items] + LATE_SPREADS * self._spread_s[items]
