@@ -16,9 +16,9 @@ FAULTY = """
 models:
   - name: faulty
     handler: {HANDLERS}:Faulty
-    max_batch_size: 8
-    batch_timeout_ms: 300
-    batch_wait: fixed  # the five concurrent requests below must share one batch
+    max_batch_size: 5  # the five concurrent requests below must share one batch: it goes when full,
+    batch_timeout_ms: 1000  # and a wide window lets a request slowed by a loaded machine still join
+    batch_wait: fixed
     request_timeout_ms: 1500
 """
 
