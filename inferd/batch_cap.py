@@ -74,7 +74,11 @@ class BatchSizeCap:
         if cap != self.cap:
             self._probe_every = PROBE_EVERY  # a move may be followed by another: look again soon
         self._since_probe += 1
-        if self._probe is None and self._since_probe >= self._probe_interval():
+        # Not before the cap's own bucket is measured: probing a neighbour every other batch
+        # would leave few batches at the cap to measure it (EfficientNet stayed at 32, probing 16,
+        # for six seconds), and the first batches at the cap say where to look.
+        measured_cap = self.per_item_s(self.cap) is not None
+        if self._probe is None and measured_cap and self._since_probe >= self._probe_interval():
             self._start_probe()
 
     def _probe_interval(self) -> int:

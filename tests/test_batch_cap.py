@@ -114,7 +114,7 @@ def test_small_batches_alone_under_light_traffic_do_not_cap() -> None:
         cap.observe(1, mostly_fixed(1))
         cap.observe(2, mostly_fixed(2))
     assert cap.cap == 32
-    assert run_loaded(cap, mostly_fixed, 100)[-10:] == [32] * 10
+    assert run_loaded(cap, mostly_fixed, 100)[-32:].count(32) >= 31  # a probe in 32 batches at most
 
 
 def test_no_cap_before_anything_is_measured() -> None:
