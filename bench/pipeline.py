@@ -139,12 +139,21 @@ def classify_request(photo: bytes) -> bytes:
 class Window:
     """What one point measured over its window, the load running before and after it."""
 
-    rate: float  # images answered per second
+    answered: int  # images answered inside the window
+    seconds: float  # its length
     latency_s: float  # their mean latency
     failed: int
     cpu_s: float  # the server's CPU time
     before: str  # /metrics at the window's start and end
     after: str
+
+    @property
+    def rate(self) -> float:
+        return self.answered / self.seconds
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return self.cpu_s * 1000 / max(self.answered, 1)
 
 
 async def load(port: int, photo: bytes, concurrency: int, warmup_s: float, duration_s: float, pid: int) -> Window:
@@ -168,7 +177,8 @@ async def load(port: int, photo: bytes, concurrency: int, warmup_s: float, durat
         await asyncio.gather(*clients)
     inside = [(latency_s, failed) for at, latency_s, failed in finished if started <= at < ended]
     return Window(
-        rate=len(inside) / (ended - started),
+        answered=len(inside),
+        seconds=ended - started,
         latency_s=sum(latency for latency, _ in inside) / max(len(inside), 1),
         failed=sum(failed for _, failed in inside),
         cpu_s=cpu_after_s - cpu_before_s,
@@ -222,7 +232,7 @@ def measure(
     runs `warmup_s` before its window: the batch-size cap learns each model's costs under it."""
     port, pid = server
     window = asyncio.run(load(port, photo, concurrency, warmup_s, duration_s, pid))
-    cpu_ms = window.cpu_s * 1000 / max(window.rate * duration_s, 1)
+    cpu_ms = window.cpu_ms_per_image
     print(
         f"{name:>9}  c={concurrency:<3} {window.rate:8.1f} images/s  mean {window.latency_s * 1000:8.2f} ms  "
         f"CPU {cpu_ms:6.1f} ms/image  failed {window.failed}"

@@ -57,11 +57,12 @@ class BatchSizeCap:
         return self.cap if self._probe is None else self._probe
 
     def observe(self, items: int, compute_s: float) -> None:
-        if self._sizes_seen.get(items, 0) < COLD_BATCHES:
+        seen = self._sizes_seen.get(items, 0)
+        if seen < COLD_BATCHES:
             # A size's first batch pays one-off costs (TorchScript specialises for each new
             # shape; the allocator grows): EfficientNet's first batch of 8 took twice a later
             # one, and kept the bucket looking dear long after. A probe stays open for a warm one.
-            self._sizes_seen[items] = self._sizes_seen.get(items, 0) + 1
+            self._sizes_seen[items] = seen + 1
             return
         bucket = self.bucket(items)
         # A bucket other than the cap's runs only now and then (a probe, a lull): each of its

@@ -262,13 +262,9 @@ class SegmentWriter:
         located = self._directory.locate(obj) if self._directory is not None else None
         if located is not None:
             return self._forward(obj, *located)
-        if not self._enabled:
+        segment = self._busy_segment(obj.nbytes)
+        if segment is None:
             return _by_value(obj)
-        with self._lock:
-            segment = self._take(obj.nbytes)
-            if segment is None:
-                return _by_value(obj)
-            self._busy[segment.name] = segment
         np.copyto(np.frombuffer(segment.mapping, obj.dtype, obj.size).reshape(obj.shape), obj)
         self._count("segment", obj.nbytes)
         return attach_segment, (segment.name, obj.dtype.str, obj.shape)
@@ -276,17 +272,22 @@ class SegmentWriter:
     def reduce_bytes(self, obj: SharedBytes) -> Any:
         """A SharedBytes's pickled form: its segment's name (the bytes copied there), or the bytes
         themselves when shared memory is off or it is small."""
-        segment = None
-        if self._enabled and len(obj) >= self._threshold_bytes:
-            with self._lock:
-                segment = self._take(len(obj))
-                if segment is not None:
-                    self._busy[segment.name] = segment
+        segment = self._busy_segment(len(obj)) if len(obj) >= self._threshold_bytes else None
         if segment is None:
             return bytes, (bytes(obj),)
         segment.mapping[: len(obj)] = obj
         self._count("segment", len(obj))
         return attach_bytes, (segment.name, len(obj))
+
+    def _busy_segment(self, nbytes: int) -> _Segment | None:
+        """A segment of the pool for `nbytes`, marked busy; None where shared memory is off."""
+        if not self._enabled:
+            return None
+        with self._lock:
+            segment = self._take(nbytes)
+            if segment is not None:
+                self._busy[segment.name] = segment
+        return segment
 
     def _forward(self, array: np.ndarray, name: str, offset: int) -> Any:
         assert self._directory is not None
@@ -407,10 +408,7 @@ class SegmentReader:
         return _Unpickler(io.BytesIO(data), buffers, self).load()
 
     def attach_segment(self, name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-        mapping = self._mappings.get(name)
-        if mapping is None:
-            mapping = self._mappings[name] = _map(SHM_DIR / name)
-        root = np.frombuffer(mapping, dtype, count=math.prod(shape))
+        root = np.frombuffer(self._mapping(name), dtype, count=math.prod(shape))
         self._count("segment", root.nbytes)
         if self._directory is None:
             weakref.finalize(root, self._freed.append, name)  # every view of it holds `root`
@@ -421,12 +419,16 @@ class SegmentReader:
 
     def attach_bytes(self, name: str, nbytes: int) -> bytes:
         """SharedBytes' bytes, copied out: nothing here views the segment, so it is freed at once."""
+        self._count("segment", nbytes)
+        self._freed.append(name)
+        return self._mapping(name)[:nbytes]
+
+    def _mapping(self, name: str) -> mmap.mmap:
+        """The peer's segment `name`, mapped on first use and kept for the next."""
         mapping = self._mappings.get(name)
         if mapping is None:
             mapping = self._mappings[name] = _map(SHM_DIR / name)
-        self._count("segment", nbytes)
-        self._freed.append(name)
-        return mapping[:nbytes]
+        return mapping
 
     def _root_gone(self, root_id: int, name: str) -> None:
         assert self._directory is not None
