@@ -63,10 +63,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
-# From this size an array crosses in a segment instead of on the socket. bench/channel_threshold.py
-# (2 cores, load 15): a 4 MiB round trip 7 ms in segments against 27 ms on the socket, 256 KiB 0.6
-# against 2.6 ms; at 128 KiB and below the two are within noise, and each size kept costs a pool.
-THRESHOLD_BYTES = 256 * 1024
+# From this size an array or a raw item crosses in a segment instead of on the socket.
+# bench/channel_threshold.py, round trip of one FP32 array each way, 2 cores: on a quiet machine
+# segments took 0.69x the socket's time at 128 KiB in two runs of two (0.26 against 0.38 ms), 0.68x
+# and 1.13x at 64 KiB, 1.06-1.25x at 32 KiB; under load 15, 4 MiB 7 ms against 27 ms. A PNG of 235
+# KiB into the classify pipeline's decode step, c=1: 0.98-1.16 ms of hop against 1.20-1.25 on the socket.
+THRESHOLD_BYTES = 128 * 1024
 _NAME = re.compile(r"^inferd-seg-(\d+)-(\d+)-[mw]\d+$")
 _KINDS = frozenset("biufc")  # bool, integers, floats, complex: fixed-size elements, no objects
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map every page in one call, not one fault per page
