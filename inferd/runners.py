@@ -145,6 +145,8 @@ class TensorRunner(Runner):
                 TensorInfo(name, datatype_of_array(array).name, (-1, *array.shape[1:]))
                 for name, array in arrays.items()
             )
+        if len(payloads) == 1:  # one request (every batch at low load): nothing to split
+            return [arrays]
         offsets = _row_offsets(counts)
         split = {name: np.split(array, offsets) for name, array in arrays.items()}
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(payloads))]
