@@ -421,9 +421,10 @@ class SegmentReader:
 
     def attach_bytes(self, name: str, nbytes: int) -> bytes:
         """SharedBytes' bytes, copied out: nothing here views the segment, so it is freed at once."""
+        data = self._mapping(name)[:nbytes]
         self._count("segment", nbytes)
-        self._freed.append(name)
-        return self._mapping(name)[:nbytes]
+        self._freed.append(name)  # only once copied out: the maker may reuse it at its next send
+        return data
 
     def _mapping(self, name: str) -> mmap.mmap:
         """The peer's segment `name`, mapped on first use and kept for the next."""
